@@ -1,0 +1,1 @@
+"""Reading and writing event logs as TFRecord tf.Examples."""

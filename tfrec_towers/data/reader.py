@@ -1,0 +1,245 @@
+"""TFRecord event logs -> tf.data pipelines, with a schema check and a corrupt-record policy.
+
+Two ways through the data:
+
+* ``scan``: one eager pass, file by file, that parses every record, checks numeric values are
+  finite and hands parsed batches to a callback (vocabularies and statistics are computed this way).
+  It knows the file and record number of every problem, so errors name them.
+* ``make_dataset``: the training/eval pipeline (interleave, shuffle, batch, parse, prefetch), fully
+  in TensorFlow so that input is never the bottleneck.
+
+Corrupt records: ``policy="fail"`` (default) raises ``CorruptRecordError`` naming file and record;
+``policy="skip"`` skips and counts them (``ScanReport.skipped``). A TFRecord frame that fails its
+length or CRC check cannot be re-synchronised, so the rest of that file is unreadable: TensorFlow's
+reader moves to the next file, and the report says so.
+"""
+import dataclasses
+import glob
+import os
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import tensorflow as tf
+
+POLICIES = ("fail", "skip")
+
+
+class CorruptRecordError(ValueError):
+    """A record that cannot be read or parsed; names the file and the record number (0-based)."""
+
+    def __init__(self, path: str, record: int, reason: str):
+        self.path, self.record, self.reason = path, record, reason
+        super().__init__(f"{path}: record {record}: {reason}")
+
+
+@dataclasses.dataclass
+class ScanReport:
+    files: int = 0
+    records: int = 0
+    #: (path, record number, reason) of each skipped record.
+    skipped: List[tuple] = dataclasses.field(default_factory=list)
+
+    def summary(self) -> str:
+        text = f"read {self.records} records from {self.files} file(s)"
+        if self.skipped:
+            text += f"; skipped {len(self.skipped)} corrupt record(s):" + "".join(
+                f"\n  {p}: record {r}: {why}" for p, r, why in self.skipped)
+        return text
+
+
+def list_files(patterns: Union[str, Sequence[str]]) -> List[str]:
+    """Expand globs (comma-separated or a list); a pattern matching nothing is an error."""
+    if isinstance(patterns, str):
+        patterns = [p for p in patterns.split(",") if p]
+    files = []
+    for pattern in patterns:
+        matched = sorted(tf.io.gfile.glob(pattern) if "://" in pattern else glob.glob(pattern))
+        if not matched:
+            raise FileNotFoundError(f"no file matches {pattern!r}")
+        files.extend(matched)
+    return files
+
+
+def compression_of(path: str, compression: str = "auto") -> str:
+    """'auto' -> GZIP for *.gz, none otherwise; or the explicit 'GZIP' / '' / 'ZLIB'."""
+    if compression == "auto":
+        return "GZIP" if path.endswith(".gz") else ""
+    if compression not in ("GZIP", "ZLIB", ""):
+        raise ValueError(f"compression must be auto, GZIP, ZLIB or '' (none), got {compression!r}")
+    return compression
+
+
+# --- schema check ---------------------------------------------------------------------------------
+
+_KIND = {tf.string: "bytes_list", tf.int64: "int64_list", tf.float32: "float_list"}
+
+
+def check_schema(files: Sequence[str], parse_spec: Dict, compression: str = "auto", records: int = 20) -> None:
+    """Check the first ``records`` records of each file against the parse spec, before training.
+
+    Raises ValueError listing every feature that is missing (where required) or of another kind,
+    with the file and record where it was seen.
+    """
+    problems = []
+    for path in files:
+        ds = tf.data.TFRecordDataset(path, compression_type=compression_of(path, compression)).take(records)
+        try:
+            raws = [r.numpy() for r in ds]
+        except tf.errors.OpError as e:  # the scan will say where; the schema check looks no further
+            raws = []
+            problems.append(f"{path}: unreadable ({e.message.splitlines()[0]})")
+        for i, raw in enumerate(raws):
+            try:
+                example = tf.train.Example.FromString(raw)
+            except Exception:  # noqa: BLE001 - protobuf raises its own DecodeError
+                problems.append(f"{path}: record {i}: not a tf.train.Example")
+                continue
+            present = example.features.feature
+            for name, feat in parse_spec.items():
+                if name not in present:
+                    required = isinstance(feat, tf.io.FixedLenFeature) and feat.default_value is None
+                    if required:
+                        problems.append(f"feature '{name}' is missing in {path} (record {i}); "
+                                        f"present: {sorted(present)}")
+                    continue
+                kind = present[name].WhichOneof("kind")
+                if kind is not None and kind != _KIND[feat.dtype]:
+                    problems.append(f"feature '{name}' is {kind} in {path} (record {i}) but the spec "
+                                    f"expects {_KIND[feat.dtype]} ({feat.dtype.name})")
+        seen = set()
+        problems = [p for p in problems if not (p in seen or seen.add(p))]
+    if problems:
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise ValueError("the logs do not match the feature spec:\n  " + "\n  ".join(shown))
+
+
+# --- the one-pass scan ----------------------------------------------------------------------------
+
+def _finite_check(parsed: Dict[str, tf.Tensor], numeric: Sequence[str]) -> Optional[tuple]:
+    """(feature, index in batch) of the first non-finite numeric value, or None."""
+    for name in numeric:
+        values = parsed[name].numpy()
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            return name, int(bad[0])
+    return None
+
+
+def scan(files: Sequence[str], parse_spec: Dict, on_batch: Optional[Callable[[Dict], None]] = None,
+         compression: str = "auto", policy: str = "fail", batch_size: int = 4096,
+         check_finite: Sequence[str] = (), progress: Optional[Callable[[str], None]] = None) -> ScanReport:
+    """Parse every record of ``files`` once; ``on_batch(parsed)`` sees each batch of good records.
+
+    ``check_finite`` names float features whose NaN/inf values are errors (named with file and record).
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"corrupt-record policy must be one of {POLICIES}, got {policy!r}")
+    report = ScanReport(files=len(files))
+
+    def bad(path, record, reason):
+        if policy == "fail":
+            raise CorruptRecordError(path, record, reason)
+        report.skipped.append((path, record, reason))
+
+    def consume(path, start, raws):
+        """Parse a batch; on failure, record by record so that the bad ones are named."""
+        try:
+            parsed = tf.io.parse_example(raws, parse_spec)
+            hit = _finite_check(parsed, check_finite)
+            if hit is None:
+                report.records += len(raws)
+                if on_batch:
+                    on_batch(parsed)
+                return
+        except tf.errors.InvalidArgumentError:
+            pass
+        if len(raws) == 1:
+            try:
+                parsed = tf.io.parse_example(raws, parse_spec)
+            except tf.errors.InvalidArgumentError as e:
+                return bad(path, start, e.message.splitlines()[0])
+            name, _ = _finite_check(parsed, check_finite)
+            return bad(path, start, f"numeric feature '{name}' is NaN or inf "
+                                    "(set 'impute: mean' on the feature to replace such values)")
+        half = len(raws) // 2
+        consume(path, start, raws[:half])
+        consume(path, start + half, raws[half:])
+
+    for n, path in enumerate(files):
+        comp = compression_of(path, compression)
+        done = 0
+        try:
+            for raws in tf.data.TFRecordDataset(path, compression_type=comp).batch(batch_size):
+                consume(path, done, raws)
+                done += len(raws)
+        except tf.errors.OpError as e:
+            if isinstance(e, tf.errors.OutOfRangeError):
+                raise
+            # The batch holding the broken frame was lost: re-read it one record at a time.
+            reader = iter(tf.data.TFRecordDataset(path, compression_type=comp).skip(done))
+            while True:
+                try:
+                    raw = next(reader)
+                except StopIteration:
+                    break
+                except tf.errors.OpError as inner:
+                    bad(path, done, f"{inner.message.splitlines()[0]} (the rest of the file is unreadable)")
+                    break
+                consume(path, done, raw[None])
+                done += 1
+        if progress:
+            progress(f"scanned {path}: {done} records ({n + 1}/{len(files)} files)")
+    return report
+
+
+# --- the tf.data pipeline -------------------------------------------------------------------------
+
+def make_dataset(files: Sequence[str], parse_spec: Dict, prepare: Callable[[Dict], Dict], batch_size: int,
+                 compression: str = "auto", policy: str = "fail", shuffle_buffer: int = 0,
+                 seed: Optional[int] = None, keep: Optional[Callable[[Dict], tf.Tensor]] = None,
+                 drop_remainder: bool = False, cache: bool = False, num_parallel_reads: int = 8,
+                 shard: Optional[tuple] = None) -> tf.data.Dataset:
+    """Files -> batches of model inputs: interleave, shuffle, batch, parse, ``prepare``, prefetch.
+
+    ``keep(parsed) -> bool[batch]`` filters examples (e.g. positives only) before the final batching.
+    ``shard=(num_shards, index)`` splits the files between workers; under a tf.distribute strategy
+    TensorFlow's auto-sharding does that instead. With ``policy="skip"`` records are parsed one by one
+    so that a bad one is dropped alone (slower; the scan counts and reports them).
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"corrupt-record policy must be one of {POLICIES}, got {policy!r}")
+    comps = {compression_of(f, compression) for f in files}
+    if len(comps) > 1:
+        raise ValueError(f"files mix compressions {sorted(comps)}; give one glob per compression")
+    comp = comps.pop()
+    ds = tf.data.Dataset.from_tensor_slices(list(files))
+    if shard:
+        ds = ds.shard(*shard)
+    if shuffle_buffer:
+        ds = ds.shuffle(len(files), seed=seed)
+
+    def read(path):
+        records = tf.data.TFRecordDataset(path, compression_type=comp)
+        return records.ignore_errors() if policy == "skip" else records
+
+    ds = ds.interleave(read, cycle_length=max(1, min(len(files), num_parallel_reads)),
+                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle_buffer)
+    if shuffle_buffer:
+        ds = ds.shuffle(shuffle_buffer, seed=seed)
+    if policy == "skip":
+        ds = ds.map(lambda r: tf.io.parse_single_example(r, parse_spec), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.ignore_errors().ragged_batch(batch_size, drop_remainder=drop_remainder and keep is None)
+    else:
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder and keep is None)
+        ds = ds.map(lambda r: tf.io.parse_example(r, parse_spec), num_parallel_calls=tf.data.AUTOTUNE)
+    if keep is not None:
+        def select(parsed):
+            mask = keep(parsed)
+            return {k: (tf.ragged.boolean_mask(v, mask) if isinstance(v, tf.RaggedTensor)
+                        else tf.boolean_mask(v, mask)) for k, v in parsed.items()}
+
+        ds = ds.map(select, num_parallel_calls=tf.data.AUTOTUNE).unbatch().ragged_batch(batch_size, drop_remainder)
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    if cache:
+        ds = ds.cache()
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,188 @@
+"""Evaluation over the whole item catalog with an exact (brute-force) index.
+
+For each eval event (a query and its one true item) the rank r of the true item among all catalog
+items is the number of items scoring strictly higher (0 = top). Then, per event,
+
+    HR@K = [r < K],   NDCG@10 = [r < 10] / log2(r + 2),   MRR = 1 / (r + 1),   P@1 = [r = 0],
+
+averaged over events; Recall@K averages HR@K per user first, then over users (with one relevant
+item per event the two differ only in weighting). Two variants are reported: ``all_items`` ranks the
+whole catalog; ``exclude_history`` first removes the user's training items (never the true item),
+as a recommender would not re-recommend them. An eval item missing from the catalog counts as a miss.
+"""
+import collections
+import json
+import os
+import time
+from typing import Callable, Dict, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tfrec_towers.config import Config
+from tfrec_towers.data import reader
+from tfrec_towers.run import RunDir, load_model
+from tfrec_towers.train import numeric_to_check, parse_spec, positives
+
+
+def _decode(values) -> np.ndarray:
+    return np.array([v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in np.asarray(values)])
+
+
+def _read(config: Config, files, spec, on_batch, keep=None, progress=print):
+    def select(parsed):
+        if keep is not None:
+            mask = keep(parsed)
+            parsed = {k: tf.ragged.boolean_mask(v, mask) if isinstance(v, tf.RaggedTensor) else tf.boolean_mask(v, mask)
+                      for k, v in parsed.items()}
+        on_batch(parsed)
+
+    report = reader.scan(files, spec, select, config.data.compression, config.data.corrupt_records,
+                         batch_size=config.eval.batch_size, check_finite=numeric_to_check(config), progress=progress)
+    if report.skipped:
+        progress(report.summary())
+    return report
+
+
+def embed_catalog(model, config: Config, items_pattern: str, progress=print):
+    """Item IDs (unique, first occurrence kept) and their candidate-tower embeddings."""
+    spec = config.features.parse_spec("candidate")
+    ids, embeddings = [], []
+
+    def on_batch(parsed):
+        inputs = config.features.prepare(parsed)
+        ids.append(_decode(inputs[config.features.item_id].numpy()))
+        embeddings.append(model.candidate_tower(inputs).numpy())
+
+    _read(config, reader.list_files(items_pattern), spec, on_batch, progress=progress)
+    ids, embeddings = np.concatenate(ids), np.concatenate(embeddings)
+    _, first = np.unique(ids, return_index=True)
+    first.sort()
+    return ids[first], embeddings[first]
+
+
+def embed_events(model, config: Config, pattern: str, progress=print):
+    """(user ids, true item ids, query embeddings) of the positive events in ``pattern``."""
+    user_key, item_key = config.data.user_id, config.features.item_id
+    spec = parse_spec(config, user_key)
+    users, items, embeddings = [], [], []
+
+    def on_batch(parsed):
+        inputs = config.features.prepare(parsed)
+        users.append(_decode(parsed[user_key].numpy()))
+        items.append(_decode(inputs[item_key].numpy()))
+        embeddings.append(model.query_tower(inputs).numpy())
+
+    _read(config, reader.list_files(pattern), spec, on_batch, keep=positives(config), progress=progress)
+    return np.concatenate(users), np.concatenate(items), np.concatenate(embeddings)
+
+
+def user_histories(config: Config, pattern: str, progress=print) -> Dict[str, set]:
+    """user -> set of item IDs among the positive events of ``pattern`` (the training logs)."""
+    user_key, item_key = config.data.user_id, config.features.item_id
+    spec = {user_key: tf.io.FixedLenFeature([], tf.string), item_key: config.features.by_name[item_key].parse_feature()}
+    if config.data.label:
+        spec[config.data.label] = tf.io.FixedLenFeature([], tf.int64)
+    history = collections.defaultdict(set)
+
+    def on_batch(parsed):
+        for u, i in zip(_decode(parsed[user_key].numpy()), _decode(parsed[item_key].numpy())):
+            history[u].add(i)
+
+    _read(config, reader.list_files(pattern), spec, on_batch, keep=positives(config), progress=progress)
+    return history
+
+
+def target_ranks(query: np.ndarray, items: np.ndarray, targets: np.ndarray,
+                 exclude: Optional[Sequence[np.ndarray]] = None, chunk: int = 2048) -> np.ndarray:
+    """Rank of ``items[targets[i]]`` for ``query[i]`` (count of items scoring strictly higher).
+
+    ``targets[i] < 0`` (true item not in the catalog) gives rank = number of items (a miss).
+    ``exclude[i]`` lists item indices to drop from row i's ranking (the target itself is kept).
+    """
+    ranks = np.empty(len(query), dtype=np.int64)
+    items_t = np.ascontiguousarray(items.T, dtype=np.float32)
+    for start in range(0, len(query), chunk):
+        stop = min(start + chunk, len(query))
+        scores = np.asarray(query[start:stop], dtype=np.float32) @ items_t
+        t = targets[start:stop]
+        true = scores[np.arange(stop - start), np.maximum(t, 0)].copy()
+        if exclude is not None:
+            for row in range(stop - start):
+                drop = exclude[start + row]
+                if len(drop):
+                    scores[row, drop] = -np.inf
+        r = (scores > true[:, None]).sum(axis=1)
+        ranks[start:stop] = np.where(t >= 0, r, items.shape[0])
+    return ranks
+
+
+def metrics_from_ranks(ranks: np.ndarray, users: np.ndarray, ks: Sequence[int]) -> Dict[str, float]:
+    out = {}
+    for k in ks:
+        hit = (ranks < k).astype(np.float64)
+        out[f"hr@{k}"] = float(hit.mean())
+        per_user = collections.defaultdict(list)
+        for u, h in zip(users, hit):
+            per_user[u].append(h)
+        out[f"recall@{k}"] = float(np.mean([np.mean(v) for v in per_user.values()]))
+    out["ndcg@10"] = float(np.mean(np.where(ranks < 10, 1.0 / np.log2(ranks + 2.0), 0.0)))
+    out["mrr"] = float(np.mean(1.0 / (ranks + 1.0)))
+    out["p@1"] = float(np.mean(ranks == 0))
+    return out
+
+
+def catalog_metrics(query: np.ndarray, item_ids: np.ndarray, item_emb: np.ndarray, users: np.ndarray,
+                    targets: np.ndarray, history: Optional[Dict[str, set]], ks: Sequence[int]) -> Dict:
+    """Both variants of the metrics, from query embeddings and the catalog's embeddings."""
+    index = {item: n for n, item in enumerate(item_ids.tolist())}
+    target_idx = np.array([index.get(t, -1) for t in targets.tolist()], dtype=np.int64)
+    out = {"events": int(len(users)), "users": int(len(set(users.tolist()))), "catalog_size": int(len(item_ids)),
+           "targets_not_in_catalog": int((target_idx < 0).sum()),
+           "all_items": metrics_from_ranks(target_ranks(query, item_emb, target_idx), users, ks)}
+    if history is not None:
+        excluded = {u: np.array(sorted(index[i] for i in items if i in index), dtype=np.int64)
+                    for u, items in history.items()}
+        empty = np.empty(0, dtype=np.int64)
+        exclude = [excluded.get(u, empty) for u in users.tolist()]
+        exclude = [e[e != t] if t >= 0 else e for e, t in zip(exclude, target_idx)]
+        out["exclude_history"] = metrics_from_ranks(target_ranks(query, item_emb, target_idx, exclude), users, ks)
+    return out
+
+
+def evaluate_run(run_dir: str, eval_pattern: str, items_pattern: Optional[str] = None,
+                 history_pattern: Optional[str] = None, output: Optional[str] = None, model=None,
+                 progress: Callable[[str], None] = print) -> Dict:
+    """Evaluate a trained run on ``eval_pattern``; write the metrics JSON (default RUN/metrics.json).
+
+    The catalog is ``items_pattern`` (default: the run's items glob, else the distinct items of its
+    training logs); the history excluded in ``exclude_history`` comes from ``history_pattern``
+    (default: the run's training logs).
+    """
+    run = RunDir(run_dir)
+    info, config = run.info(), run.config()
+    model = model or load_model(run.path)
+    start = time.time()
+    items_pattern = items_pattern or info.get("items") or info["train"]
+    history_pattern = history_pattern or info["train"]
+    item_ids, item_emb = embed_catalog(model, config, items_pattern, progress)
+    users, targets, query = embed_events(model, config, eval_pattern, progress)
+    history = user_histories(config, history_pattern, progress)
+    metrics = catalog_metrics(query, item_ids, item_emb, users, targets, history, config.eval.ks)
+    metrics.update({"eval": eval_pattern, "items": items_pattern, "history": history_pattern,
+                    "seconds": round(time.time() - start, 2)})
+    output = output or run / "metrics.json"
+    with open(output, "w", encoding="utf-8") as f:
+        json.dump(metrics, f, indent=2)
+    progress(format_metrics(metrics))
+    progress(f"metrics written to {output}")
+    return metrics
+
+
+def format_metrics(metrics: Dict) -> str:
+    lines = [f"{metrics['events']} events, {metrics['users']} users, catalog of {metrics['catalog_size']} items"]
+    for variant in ("all_items", "exclude_history"):
+        if variant in metrics:
+            lines.append(f"  {variant:16s} " + "  ".join(f"{k}={v:.4f}" for k, v in metrics[variant].items()
+                                                         if not k.startswith("recall")))
+    return "\n".join(lines)

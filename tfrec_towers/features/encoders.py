@@ -1,0 +1,188 @@
+"""Per-feature Keras encoders: model input tensor -> [batch, dim] float vector.
+
+Every encoder takes the dense model input of its feature (see ``Feature.prepare``); ``""`` marks
+padding in multi-valued string inputs and is masked. ``EncoderFactory`` builds them from the spec
+and the training statistics and shares lookup and embedding tables where the spec asks for it.
+"""
+from typing import Dict, Optional, Tuple
+
+import tensorflow as tf
+import tf_keras as keras
+
+from tfrec_towers.features import spec as S
+from tfrec_towers.features.dssm_word_hashing import word_hash
+
+
+def masked_pool(values: tf.Tensor, mask: tf.Tensor, mode: str) -> tf.Tensor:
+    """[B, L, D] values, [B, L] bool mask -> [B, D]; an all-masked row gives zeros (mean/sum)."""
+    m = tf.cast(mask, values.dtype)[..., None]
+    total = tf.reduce_sum(values * m, axis=1)
+    if mode == "sum":
+        return total
+    return total / tf.maximum(tf.reduce_sum(m, axis=1), 1.0)
+
+
+class AttentionPooling(keras.layers.Layer):
+    """Additive attention with a learned query: w = softmax_L(v^T tanh(W e_l + b)) over unmasked l.
+
+    A two-tower query side has no target item to attend with, so the query is a learned vector
+    (target-free attention); an all-masked row pools to zeros.
+    """
+
+    def __init__(self, units: int = 32, **kwargs):
+        super().__init__(**kwargs)
+        self.proj = keras.layers.Dense(units, activation="tanh")
+        self.score = keras.layers.Dense(1, use_bias=False)
+
+    def call(self, values, mask):
+        logits = tf.squeeze(self.score(self.proj(values)), -1)
+        logits = tf.where(mask, logits, tf.fill(tf.shape(logits), -1e9))
+        weights = tf.nn.softmax(logits, axis=-1) * tf.cast(mask, values.dtype)
+        return tf.reduce_sum(values * weights[..., None], axis=1)
+
+
+class LookupEmbedding(keras.layers.Layer):
+    """String values -> indices (vocabulary with OOV buckets, or hashing) -> embedding table."""
+
+    def __init__(self, vocabulary=None, hash_buckets: int = 0, num_oov: int = 1, dim: int = 16, **kwargs):
+        super().__init__(**kwargs)
+        if hash_buckets:
+            self.lookup = keras.layers.Hashing(num_bins=hash_buckets)
+            size = hash_buckets
+        else:
+            self.lookup = keras.layers.StringLookup(vocabulary=list(vocabulary), num_oov_indices=num_oov,
+                                                    mask_token=None)
+            size = len(vocabulary) + num_oov
+        self.dim = dim
+        self.embedding = keras.layers.Embedding(size, dim)
+
+    def call(self, values):
+        return self.embedding(self.lookup(values))
+
+
+class CategoricalEncoder(keras.layers.Layer):
+    """Single value -> its embedding; multi-valued -> mean of its values' embeddings (masked)."""
+
+    def __init__(self, table: LookupEmbedding, multivalued: bool, **kwargs):
+        super().__init__(**kwargs)
+        self.table, self.multivalued = table, multivalued
+
+    def call(self, x):
+        emb = self.table(x)
+        return masked_pool(emb, tf.not_equal(x, ""), "mean") if self.multivalued else emb
+
+
+class SequenceEncoder(keras.layers.Layer):
+    """History [B, L] (most recent last, right-padded) -> last ``max_len`` items -> pooled [B, D]."""
+
+    def __init__(self, table: LookupEmbedding, max_len: int, pooling: str, **kwargs):
+        super().__init__(**kwargs)
+        self.table, self.max_len, self.pooling = table, max_len, pooling
+        self.attention = AttentionPooling() if pooling == "attention" else None
+
+    def call(self, x):
+        x = tf.RaggedTensor.from_tensor(x, padding="")[:, -self.max_len:].to_tensor(default_value="")
+        mask = tf.not_equal(x, "")
+        emb = self.table(x)
+        if self.attention is not None:
+            return self.attention(emb, mask)
+        return masked_pool(emb, mask, self.pooling)
+
+
+class NumericEncoder(keras.layers.Layer):
+    """x -> [(x - mean) / std]; non-finite values are an error naming the feature, or imputed."""
+
+    def __init__(self, feature_name: str, mean: float, std: float, impute: Optional[str], **kwargs):
+        super().__init__(**kwargs)
+        self.feature_name, self.mean, self.std, self.impute = feature_name, mean, max(std, 1e-6), impute
+
+    def call(self, x):
+        x = tf.cast(x, tf.float32)
+        if self.impute == "mean":
+            x = tf.where(tf.math.is_finite(x), x, tf.fill(tf.shape(x), self.mean))
+        else:
+            x = tf.debugging.assert_all_finite(
+                x, f"numeric feature '{self.feature_name}' has NaN or inf values "
+                   "(set 'impute: mean' on the feature to replace them)")
+        return ((x - self.mean) / self.std)[:, None]
+
+
+class TimestampEncoder(keras.layers.Layer):
+    """Unix seconds -> concat of one embedding per calendar bucket (hour, dow, hour_of_week)."""
+
+    def __init__(self, buckets: Tuple[str, ...], dim: int, utc_offset_hours: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.buckets, self.offset = tuple(buckets), int(utc_offset_hours) * 3600
+        self.tables = [keras.layers.Embedding(S.TimestampFeature.BUCKET_SIZES[b], dim) for b in self.buckets]
+
+    @staticmethod
+    def bucketize(ts: tf.Tensor, bucket: str, offset: int = 0) -> tf.Tensor:
+        hours = tf.math.floordiv(tf.cast(ts, tf.int64) + offset, 3600)
+        hour = tf.math.floormod(hours, 24)
+        dow = tf.math.floormod(tf.math.floordiv(hours, 24) + 3, 7)  # 1970-01-01 was a Thursday; Monday = 0
+        return {"hour": hour, "dow": dow, "hour_of_week": dow * 24 + hour}[bucket]
+
+    def call(self, ts):
+        return tf.concat([t(self.bucketize(ts, b, self.offset)) for b, t in zip(self.buckets, self.tables)], -1)
+
+
+class TextEncoder(keras.layers.Layer):
+    """Text -> DSSM letter trigrams hashed into buckets -> mean (or sum) of trigram embeddings."""
+
+    def __init__(self, num_buckets: int, dim: int, combiner: str = "mean", **kwargs):
+        super().__init__(**kwargs)
+        self.num_buckets, self.combiner = num_buckets, combiner
+        self.embedding = keras.layers.Embedding(num_buckets, dim)
+
+    def call(self, texts):
+        ids = word_hash(texts, self.num_buckets)
+        emb = tf.RaggedTensor.from_row_splits(self.embedding(ids.flat_values), ids.row_splits)
+        total = tf.reduce_sum(emb, axis=1)
+        if self.combiner == "sum":
+            return total
+        return total / tf.maximum(tf.cast(ids.row_lengths(), tf.float32), 1.0)[:, None]
+
+
+class EncoderFactory:
+    """Builds one encoder per feature; features naming the same vocabulary share its tables.
+
+    ``stats`` must provide ``vocabulary(name)`` and ``numeric(name) -> (mean, std)``.
+    """
+
+    def __init__(self, spec: "S.FeatureSpec", stats):
+        self.spec, self.stats = spec, stats
+        self._tables: Dict[Tuple[str, int], LookupEmbedding] = {}
+
+    def _table(self, feature, owner: str) -> LookupEmbedding:
+        """Embedding table keyed by (vocabulary source, dim) when shared, else by the feature."""
+        source = feature.vocab_source
+        shared = source is not None and getattr(feature, "share_embedding", True)
+        key = (source if shared else feature.name, feature.embedding_dim)
+        if key not in self._tables:
+            if feature.hash_buckets:
+                table = LookupEmbedding(hash_buckets=feature.hash_buckets, dim=feature.embedding_dim,
+                                        name=f"{owner}_hash_embedding")
+            else:
+                vocab_feature = self.spec.by_name[source]
+                vocab = vocab_feature.vocabulary or self.stats.vocabulary(source)
+                if not vocab:
+                    raise ValueError(f"feature '{source}' has an empty vocabulary: no values in the training logs")
+                table = LookupEmbedding(vocabulary=vocab, num_oov=vocab_feature.num_oov, dim=feature.embedding_dim,
+                                        name=f"{key[0]}_embedding")
+            self._tables[key] = table
+        return self._tables[key]
+
+    def build(self, feature: "S.Feature") -> keras.layers.Layer:
+        name = f"{feature.name}_encoder"
+        if isinstance(feature, S.CategoricalFeature):
+            return CategoricalEncoder(self._table(feature, feature.name), feature.multivalued, name=name)
+        if isinstance(feature, S.SequenceFeature):
+            return SequenceEncoder(self._table(feature, feature.name), feature.max_len, feature.pooling, name=name)
+        if isinstance(feature, S.NumericFeature):
+            mean, std = self.stats.numeric(feature.name) if feature.normalize else (0.0, 1.0)
+            return NumericEncoder(feature.name, mean, std, feature.impute, name=name)
+        if isinstance(feature, S.TimestampFeature):
+            return TimestampEncoder(feature.buckets, feature.embedding_dim, feature.utc_offset_hours, name=name)
+        if isinstance(feature, S.TextFeature):
+            return TextEncoder(feature.num_buckets, feature.embedding_dim, feature.combiner, name=name)
+        raise TypeError(f"no encoder for feature type {type(feature).__name__}")

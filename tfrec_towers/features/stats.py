@@ -1,0 +1,121 @@
+"""Vocabularies and statistics computed in one pass over the training logs, saved with the model.
+
+* vocabularies: per vocabulary source (an ID/categorical feature, plus every sequence feature that
+  names it in ``vocab_from``), values by descending count, cut by ``min_count`` / ``max_vocab``;
+* numeric features: mean and standard deviation of the finite values;
+* item counts: how often each item ID is a training positive; q(item) = count / total is the
+  sampling probability used by the logQ correction.
+"""
+import collections
+import json
+import os
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from tfrec_towers.features import spec as S
+
+
+def _flat(values) -> np.ndarray:
+    if isinstance(values, tf.RaggedTensor):
+        values = values.flat_values
+    return np.asarray(values).reshape(-1)
+
+
+class FeatureStats:
+    """What the encoders need from the training data: ``vocabulary(name)``, ``numeric(name)``."""
+
+    def __init__(self, num_examples: int = 0, vocab_counts: Optional[Dict[str, Dict[str, int]]] = None,
+                 numeric_stats: Optional[Dict[str, Dict[str, float]]] = None,
+                 item_counts: Optional[Dict[str, int]] = None, vocab_limits: Optional[Dict] = None):
+        self.num_examples = num_examples
+        self.vocab_counts = vocab_counts or {}
+        self.numeric_stats = numeric_stats or {}
+        self.item_counts = item_counts or {}
+        self.vocab_limits = vocab_limits or {}
+
+    def vocabulary(self, name: str) -> List[str]:
+        if name not in self.vocab_counts:
+            raise KeyError(f"no vocabulary was computed for feature '{name}'")
+        min_count, max_vocab = self.vocab_limits.get(name, (1, None))
+        ranked = sorted(self.vocab_counts[name].items(), key=lambda kv: (-kv[1], kv[0]))
+        return [v for v, c in ranked if c >= min_count][:max_vocab]
+
+    def numeric(self, name: str) -> Tuple[float, float]:
+        if name not in self.numeric_stats:
+            raise KeyError(f"no statistics were computed for numeric feature '{name}'")
+        s = self.numeric_stats[name]
+        return s["mean"], s["std"]
+
+    def item_probabilities(self) -> Tuple[List[str], np.ndarray]:
+        """Item IDs and their training-positive frequency q = count / total."""
+        ids = sorted(self.item_counts)
+        counts = np.array([self.item_counts[i] for i in ids], dtype=np.float64)
+        return ids, counts / max(counts.sum(), 1.0)
+
+    # --- persistence -----------------------------------------------------------------------------
+    def to_dict(self) -> Dict:
+        return {"num_examples": self.num_examples, "vocab_counts": self.vocab_counts,
+                "numeric": self.numeric_stats, "item_counts": self.item_counts,
+                "vocab_limits": {k: list(v) for k, v in self.vocab_limits.items()}}
+
+    def save(self, path: str) -> None:
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> "FeatureStats":
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+        return cls(d["num_examples"], d["vocab_counts"], d["numeric"], d["item_counts"],
+                   {k: tuple(v) for k, v in d.get("vocab_limits", {}).items()})
+
+
+class StatsAccumulator:
+    """Feed parsed batches (``reader.scan``'s callback); ``result()`` gives the FeatureStats."""
+
+    def __init__(self, spec: "S.FeatureSpec", keep=None):
+        self.spec, self.keep = spec, keep
+        self.count = 0
+        self.vocab = collections.defaultdict(collections.Counter)
+        self.items = collections.Counter()
+        self.moments = {f.name: np.zeros(3) for f in spec.features
+                        if isinstance(f, S.NumericFeature) and f.normalize}
+
+    def __call__(self, parsed: Dict[str, tf.Tensor]) -> None:
+        if self.keep is not None:
+            mask = self.keep(parsed).numpy()
+            parsed = {k: tf.ragged.boolean_mask(v, mask) if isinstance(v, tf.RaggedTensor)
+                      else tf.boolean_mask(v, mask) for k, v in parsed.items()}
+        self.count += int(parsed[self.spec.item_id].shape[0])
+        for f in self.spec.features:
+            source = f.vocab_source
+            if source is not None and not getattr(self.spec.by_name[source], "vocabulary", None):
+                self._count(self.vocab[source], _flat(parsed[f.name]))
+            if f.name in self.moments:
+                x = _flat(parsed[f.name]).astype(np.float64)
+                x = x[np.isfinite(x)]
+                self.moments[f.name] += (x.size, x.sum(), np.square(x).sum())
+        self._count(self.items, _flat(parsed[self.spec.item_id]))
+
+    @staticmethod
+    def _count(counter: collections.Counter, values: np.ndarray) -> None:
+        if values.size == 0:
+            return
+        uniq, counts = np.unique(values, return_counts=True)
+        keys = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in uniq.tolist()]
+        counter.update(dict(zip(keys, counts.tolist())))
+
+    def result(self) -> FeatureStats:
+        numeric = {}
+        for name, (n, total, sq) in self.moments.items():
+            if n == 0:
+                raise ValueError(f"numeric feature '{name}' has no finite value in the training logs")
+            mean = total / n
+            numeric[name] = {"mean": mean, "std": float(np.sqrt(max(sq / n - mean * mean, 0.0))), "count": int(n)}
+        limits = {f.name: (f.min_count, f.max_vocab) for f in self.spec.features if f.vocab_source == f.name}
+        return FeatureStats(self.count, {k: dict(v) for k, v in self.vocab.items()}, numeric,
+                            dict(self.items), limits)

@@ -1,0 +1,76 @@
+"""DSSM-style towers: per-feature encoders -> concat -> MLP -> (shared) projection -> L2 normalise.
+
+Sharing between the two towers (``sharing``):
+* ``none``: independent towers (the usual user/item case);
+* ``projection`` (ADE-SPL): the last Dense layer is one layer used by both towers, which puts the
+  two sides' outputs in one space while their encoders and hidden layers stay asymmetric;
+* ``full`` (SDE): one tower for both sides, possible only when their features pair up with equal
+  encoders (e.g. query text / document text).
+"""
+from typing import List, Optional, Sequence, Tuple
+
+import tensorflow as tf
+import tf_keras as keras
+
+from tfrec_towers.features import spec as S
+from tfrec_towers.features.encoders import EncoderFactory
+
+SHARING = ("none", "projection", "full")
+
+
+class Tower(keras.Model):
+    """Features dict (extra keys ignored) -> [batch, output_dim] embedding."""
+
+    def __init__(self, inputs: Sequence[Tuple[str, keras.layers.Layer]], hidden: keras.Sequential,
+                 projection: keras.layers.Layer, normalize: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.input_names_ = [name for name, _ in inputs]
+        self.encoders = [encoder for _, encoder in inputs]
+        self.hidden = hidden
+        self.projection = projection
+        self.normalize = normalize
+
+    def call(self, features, training=False):
+        missing = [n for n in self.input_names_ if n not in features]
+        if missing:
+            raise KeyError(f"{self.name}: missing input feature(s) {missing}")
+        x = tf.concat([enc(features[n]) for n, enc in zip(self.input_names_, self.encoders)], axis=-1)
+        x = self.projection(self.hidden(x, training=training))
+        return tf.math.l2_normalize(x, axis=-1) if self.normalize else x
+
+
+def mlp(hidden: Sequence[int], activation: str, dropout: float, name: str) -> keras.Sequential:
+    layers: List[keras.layers.Layer] = []
+    for width in hidden:
+        layers.append(keras.layers.Dense(width, activation=activation))
+        if dropout:
+            layers.append(keras.layers.Dropout(dropout))
+    return keras.Sequential(layers, name=name)
+
+
+def build_towers(spec: "S.FeatureSpec", stats, hidden: Sequence[int] = (128,), output_dim: int = 64,
+                 activation: str = "relu", dropout: float = 0.0, normalize: bool = True,
+                 sharing: str = "none") -> Tuple[Tower, Tower]:
+    """Query and candidate towers from the spec. ``output_dim`` 0 means no projection layer."""
+    if sharing not in SHARING:
+        raise ValueError(f"sharing must be one of {SHARING}, got {sharing!r}")
+    factory = EncoderFactory(spec, stats)
+
+    def projection(name: str) -> keras.layers.Layer:
+        return keras.layers.Dense(output_dim, name=name) if output_dim else keras.layers.Lambda(lambda x: x, name=name)
+
+    if sharing == "full":
+        S.check_shareable(spec.query, spec.candidate)
+        encoders = [factory.build(f) for f in spec.query]
+        body, head = mlp(hidden, activation, dropout, "shared_mlp"), projection("shared_projection")
+        return (Tower(list(zip([f.name for f in spec.query], encoders)), body, head, normalize, name="query_tower"),
+                Tower(list(zip([f.name for f in spec.candidate], encoders)), body, head, normalize,
+                      name="candidate_tower"))
+
+    shared_head: Optional[keras.layers.Layer] = projection("shared_projection") if sharing == "projection" else None
+    towers = []
+    for side in S.SIDES:
+        inputs = [(f.name, factory.build(f)) for f in spec.side(side)]
+        towers.append(Tower(inputs, mlp(hidden, activation, dropout, f"{side}_mlp"),
+                            shared_head or projection(f"{side}_projection"), normalize, name=f"{side}_tower"))
+    return towers[0], towers[1]

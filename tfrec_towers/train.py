@@ -1,0 +1,139 @@
+"""Training: schema check -> one stats pass -> tf.data -> model.fit with checkpoints and resumption."""
+import json
+import os
+import sys
+import time
+from typing import Callable, Optional
+
+import tensorflow as tf
+import tf_keras as keras
+
+from tfrec_towers.config import Config
+from tfrec_towers.data import reader
+from tfrec_towers.features.spec import NumericFeature
+from tfrec_towers.features.stats import FeatureStats, StatsAccumulator
+from tfrec_towers.model import build_model, make_optimizer
+from tfrec_towers.run import RunDir, dummy_batch
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """default (one device), mirrored (all local GPUs/CPU), multi_worker (cluster from TF_CONFIG)."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("strategy multi_worker reads the cluster from TF_CONFIG, which is not set")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"strategy must be default, mirrored or multi_worker, got {name!r}")
+
+
+def parse_spec(config: Config, *extra: str):
+    """The parse spec of all spec features, plus the label and any ``extra`` int64/string keys."""
+    spec = config.features.parse_spec()
+    if config.data.label:
+        spec[config.data.label] = tf.io.FixedLenFeature([], tf.int64)
+    for name in extra:
+        spec.setdefault(name, tf.io.FixedLenFeature([], tf.string))
+    return spec
+
+
+def positives(config: Config) -> Optional[Callable]:
+    label = config.data.label
+    return (lambda parsed: parsed[label] >= 1) if label else None
+
+
+def numeric_to_check(config: Config):
+    return [f.name for f in config.features.features if isinstance(f, NumericFeature) and f.impute is None]
+
+
+def compute_stats(config: Config, files, progress=print):
+    """One pass over the training logs -> (FeatureStats, ScanReport of what was read and skipped)."""
+    acc = StatsAccumulator(config.features, keep=positives(config))
+    report = reader.scan(files, parse_spec(config), acc, config.data.compression, config.data.corrupt_records,
+                         check_finite=numeric_to_check(config), progress=progress)
+    return acc.result(), report
+
+
+def make_input(config: Config, files, training: bool, batch_size: Optional[int] = None) -> tf.data.Dataset:
+    d = config.data
+    return reader.make_dataset(
+        files, parse_spec(config), config.features.prepare, batch_size or config.train.batch_size,
+        compression=d.compression, policy=d.corrupt_records,
+        shuffle_buffer=d.shuffle_buffer if training else 0, seed=config.train.seed, keep=positives(config),
+        cache=d.cache, num_parallel_reads=d.num_parallel_reads)
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Appends one JSON line per finished epoch (what a resumed run continues from)."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+        self.start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"epoch": epoch, "seconds": round(time.time() - self.start, 2),
+                                **{k: float(v) for k, v in (logs or {}).items()}}) + "\n")
+
+
+def train(config: Config, train_pattern: str, run_dir: str, eval_pattern: Optional[str] = None,
+          items_pattern: Optional[str] = None, verbose="auto", progress=print) -> dict:
+    """Train (or resume) a run; evaluate on ``eval_pattern`` if given. Returns the metrics (or {})."""
+    run = RunDir(run_dir)
+    os.makedirs(run.path, exist_ok=True)
+    if os.path.exists(run / "config.yaml"):
+        if run.config().to_dict() != config.to_dict():
+            raise ValueError(f"{run.path} holds a run with a different config; resume with the same config "
+                             "or use a new run directory")
+        progress(f"resuming the run in {run.path}")
+    else:
+        config.save(run / "config.yaml")
+    run.write_info(train=train_pattern, eval=eval_pattern, items=items_pattern)
+
+    files = reader.list_files(train_pattern)
+    reader.check_schema(files, parse_spec(config), config.data.compression)
+    if os.path.exists(run / "feature_stats.json"):
+        stats = run.stats()
+        with open(run / "scan.txt", encoding="utf-8") as f:
+            scan_summary = f.read()
+    else:
+        stats, report = compute_stats(config, files, progress)
+        scan_summary = report.summary()
+        with open(run / "scan.txt", "w", encoding="utf-8") as f:
+            f.write(scan_summary)
+        stats.save(run / "feature_stats.json")
+    progress(scan_summary)
+    progress(f"{stats.num_examples} training examples, {len(stats.item_counts)} distinct items")
+
+    keras.utils.set_random_seed(config.train.seed)
+    strategy = make_strategy(config.train.strategy)
+    with strategy.scope():
+        model = build_model(config, stats)
+        # Create every variable now (a tfrs.Model is built by its towers), so that BackupAndRestore
+        # restores into existing variables instead of warning that the model is unbuilt.
+        model.query_tower(dummy_batch(config))
+        model.candidate_tower(dummy_batch(config))
+        model.built = True
+        model.compile(optimizer=make_optimizer(config.train.optimizer, config.train.learning_rate))
+    dataset = make_input(config, files, training=True)
+    callbacks = [
+        keras.callbacks.BackupAndRestore(run / "backup"),
+        keras.callbacks.ModelCheckpoint(run / "checkpoints/epoch-{epoch:03d}", save_weights_only=True),
+        keras.callbacks.TensorBoard(run / "logs", update_freq="epoch"),
+        keras.callbacks.CSVLogger(run / "history.csv", append=True),
+        EpochLog(run / "epochs.jsonl"),
+    ]
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 2
+    model.fit(dataset, epochs=config.train.epochs, steps_per_epoch=config.train.steps_per_epoch,
+              callbacks=callbacks, verbose=verbose)
+    model.save_weights(run.weights)
+    progress(f"weights saved to {run.weights}; training data: {scan_summary}")
+    if not eval_pattern:
+        return {}
+    from tfrec_towers.evaluate import evaluate_run
+
+    return evaluate_run(run.path, eval_pattern, items_pattern=items_pattern, model=model, progress=progress)
