@@ -5,7 +5,8 @@ Sharing between the two towers (``sharing``):
 * ``projection`` (ADE-SPL): the last Dense layer is one layer used by both towers, which puts the
   two sides' outputs in one space while their encoders and hidden layers stay asymmetric;
 * ``full`` (SDE): one tower for both sides, possible only when their features pair up with equal
-  encoders (e.g. query text / document text).
+  encoders (e.g. query text / document text); a candidate ``item_id`` left unpaired is not a tower
+  input (it still identifies items for the catalog and accidental hits).
 """
 from typing import List, Optional, Sequence, Tuple
 
@@ -60,11 +61,14 @@ def build_towers(spec: "S.FeatureSpec", stats, hidden: Sequence[int] = (128,), o
         return keras.layers.Dense(output_dim, name=name) if output_dim else keras.layers.Lambda(lambda x: x, name=name)
 
     if sharing == "full":
-        S.check_shareable(spec.query, spec.candidate)
+        candidate = spec.candidate
+        if len(candidate) == len(spec.query) + 1:  # an unpaired item ID only identifies items
+            candidate = [f for f in candidate if f.name != spec.item_id]
+        S.check_shareable(spec.query, candidate)
         encoders = [factory.build(f) for f in spec.query]
         body, head = mlp(hidden, activation, dropout, "shared_mlp"), projection("shared_projection")
         return (Tower(list(zip([f.name for f in spec.query], encoders)), body, head, normalize, name="query_tower"),
-                Tower(list(zip([f.name for f in spec.candidate], encoders)), body, head, normalize,
+                Tower(list(zip([f.name for f in candidate], encoders)), body, head, normalize,
                       name="candidate_tower"))
 
     shared_head: Optional[keras.layers.Layer] = projection("shared_projection") if sharing == "projection" else None

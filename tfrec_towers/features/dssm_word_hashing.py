@@ -14,7 +14,8 @@ _tokenizer = tf_text.WhitespaceTokenizer()
 def letter_trigrams(texts: tf.Tensor) -> tf.RaggedTensor:
     """[batch] strings -> [batch, (trigrams)] ragged strings; case-folded, punctuation split off."""
     texts = tf_text.case_fold_utf8(texts)
-    texts = tf.strings.regex_replace(texts, r"[^\w\s]", " ")
+    # RE2's \w is ASCII-only: keep Unicode letters, digits and combining marks too ("café" stays whole).
+    texts = tf.strings.regex_replace(texts, r"[^\w\pL\pN\pM\s]", " ")
     words = _tokenizer.tokenize(texts)  # [batch, (words)]
     marked = tf.strings.join(["#", words.flat_values, "#"])
     chars = tf.strings.unicode_split(marked, "UTF-8")  # [words, (chars)]

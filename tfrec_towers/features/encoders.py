@@ -157,6 +157,10 @@ class EncoderFactory:
         """Embedding table keyed by (vocabulary source, dim) when shared, else by the feature."""
         source = feature.vocab_source
         shared = source is not None and getattr(feature, "share_embedding", True)
+        if shared and source != feature.name and self.spec.by_name[source].embedding_dim != feature.embedding_dim:
+            raise ValueError(f"feature '{feature.name}' shares the embedding of '{source}' but asks for "
+                             f"embedding_dim {feature.embedding_dim} instead of its "
+                             f"{self.spec.by_name[source].embedding_dim}; set share_embedding: false or equal dims")
         key = (source if shared else feature.name, feature.embedding_dim)
         if key not in self._tables:
             if feature.hash_buckets:

@@ -274,6 +274,8 @@ class FeatureSpec:
             raise ValueError(f"item_id feature '{self.item_id}' must be a candidate feature")
         by_name = self.by_name
         for f in self.features:
+            if f.dtype not in _DTYPES:
+                raise ValueError(f"feature '{f.name}': dtype must be one of {sorted(_DTYPES)}, got {f.dtype!r}")
             src = getattr(f, "vocab_from", None)
             if src and src not in by_name:
                 raise ValueError(f"feature '{f.name}': vocab_from names unknown feature '{src}'")
@@ -330,10 +332,17 @@ class FeatureSpec:
 
 
 def check_shareable(query: Sequence[Feature], candidate: Sequence[Feature]) -> None:
-    """Fully shared towers (SDE) need the two sides' features to pair up with equal encoders."""
-    if len(query) != len(candidate) or any(q.encoder_key() != c.encoder_key() for q, c in zip(query, candidate)):
+    """Fully shared towers (SDE) need the two sides' features to pair up with equal encoders.
+
+    A shared encoder is built from the query feature, so paired features must also use the same
+    vocabulary (both hashed/vocabulary-free, or the same ``vocab_from`` source): a user_id/item_id
+    pair would otherwise look item IDs up in the user vocabulary.
+    """
+    if len(query) != len(candidate) or any(q.encoder_key() != c.encoder_key() or q.vocab_source != c.vocab_source
+                                           for q, c in zip(query, candidate)):
         raise ValueError(
             "sharing 'full' (SDE) needs the query and candidate sides to list features of the same types "
-            "and options, in the same order (e.g. query text and document text); got query "
-            f"{[q.type for q in query]} and candidate {[c.type for c in candidate]}. Use sharing "
-            "'projection' (ADE-SPL) or 'none' for user/item features.")
+            "and options, using the same vocabulary, in the same order (e.g. query text and document "
+            f"text); got query {[(q.name, q.type) for q in query]} and candidate "
+            f"{[(c.name, c.type) for c in candidate]}. Use sharing 'projection' (ADE-SPL) or 'none' for "
+            "user/item features.")
