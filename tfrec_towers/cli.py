@@ -9,27 +9,7 @@ def _config(args):
     from tfrec_towers.config import Config, packaged
 
     path = args.config if args.config and os.path.exists(args.config) else packaged(args.config or "default")
-    config = Config.load(path)
-    for override in getattr(args, "set", None) or []:
-        config = _override(config, override)
-    return config
-
-
-def _override(config, assignment: str):
-    """``section.key=value`` (value parsed as YAML), e.g. ``train.epochs=3``."""
-    import yaml
-
-    from tfrec_towers.config import Config
-
-    if "=" not in assignment or "." not in assignment.split("=", 1)[0]:
-        raise SystemExit(f"--set takes section.key=value, got {assignment!r}")
-    key, value = assignment.split("=", 1)
-    section, name = key.split(".", 1)
-    d = config.to_dict()
-    if section not in d or section == "features":
-        raise SystemExit(f"--set: unknown config section {section!r}")
-    d[section][name] = yaml.safe_load(value)
-    return Config.from_dict(d)
+    return Config.load(path).with_overrides(getattr(args, "set", None) or [])
 
 
 def cmd_train(args):

@@ -6,7 +6,8 @@ Loaded from YAML or JSON; every section and key is checked, so a typo fails nami
 import dataclasses
 import json
 import os
-from typing import Any, Dict, List, Optional
+import typing
+from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
@@ -71,6 +72,32 @@ class EvalConfig:
     batch_size: int = 4096
 
 
+def _check_type(where: str, value: Any, hint) -> None:
+    """Raise ValueError naming ``where`` unless ``value`` fits the annotation (int, float, str, bool,
+    Optional[...] and List[...] are what config sections use)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return
+        return _check_type(where, value, next(a for a in args if a is not type(None)))
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config {where}: expected a list, got {value!r}")
+        for v in value:
+            _check_type(where, v, args[0])
+        return
+    ok = {bool: isinstance(value, bool), int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool), str: isinstance(value, str)}
+    if not ok.get(hint, True):
+        raise ValueError(f"config {where}: expected {hint.__name__}, got {value!r}")
+
+
+#: Allowed values of the string options, checked when a config is loaded (before any data is read).
+CHOICES = {("data", "corrupt_records"): ("fail", "skip"), ("data", "compression"): ("auto", "GZIP", "ZLIB", ""),
+           ("model", "sharing"): ("none", "projection", "full"), ("task", "loss_reduction"): ("sum", "mean"),
+           ("train", "optimizer"): ("adam", "adagrad", "sgd", "rmsprop"),
+           ("train", "strategy"): ("default", "mirrored", "multi_worker")}
+
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "task": TaskConfig, "train": TrainConfig, "eval": EvalConfig}
 
 
@@ -97,6 +124,11 @@ class Config:
             bad = sorted(set(values) - allowed)
             if bad:
                 raise ValueError(f"config section '{key}': unknown key(s) {bad}; allowed: {sorted(allowed)}")
+            hints = typing.get_type_hints(section)
+            for name, value in values.items():
+                _check_type(f"{key}.{name}", value, hints[name])
+                if (key, name) in CHOICES and value not in CHOICES[key, name]:
+                    raise ValueError(f"config {key}.{name}: must be one of {CHOICES[key, name]}, got {value!r}")
             sections[key] = section(**values)
         return cls(features=FeatureSpec.from_dict(d["features"]), **sections)
 
@@ -108,6 +140,19 @@ class Config:
     @classmethod
     def load(cls, path: str) -> "Config":
         return cls.from_dict(load_mapping(path))
+
+    def with_overrides(self, assignments: Sequence[str]) -> "Config":
+        """A copy with ``section.key=value`` assignments applied (value parsed as YAML): ``train.epochs=3``."""
+        d = self.to_dict()
+        for assignment in assignments:
+            key, sep, value = assignment.partition("=")
+            section, dot, name = key.partition(".")
+            if not sep or not dot:
+                raise ValueError(f"an override is section.key=value, got {assignment!r}")
+            if section not in SECTIONS:
+                raise ValueError(f"override {assignment!r}: unknown section {section!r}; known: {', '.join(SECTIONS)}")
+            d[section][name] = yaml.safe_load(value)
+        return Config.from_dict(d)
 
     def save(self, path: str) -> None:
         with open(path, "w", encoding="utf-8") as f:
