@@ -84,41 +84,15 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-class FitTimer:
-    """Records wall and process CPU seconds of every ``keras.Model.fit`` call made inside the block.
-
-    ``train()`` does not expose its ``fit`` call, so ``Model.fit`` is wrapped for the duration. CPU
-    seconds (all threads of this process) are far less disturbed than wall time by other jobs on a
-    shared machine, so the CPU speed ratio is a useful second reading of the wall-time one.
-    """
-
-    def __init__(self):
-        self.calls = []
+class Timer:
+    """Wall and process-CPU seconds of a block (CPU time is less disturbed by other jobs)."""
 
     def __enter__(self):
-        self._fit = fit = keras.Model.fit
-        calls = self.calls
-
-        def timed_fit(model, *args, **kwargs):
-            wall, cpu = time.perf_counter(), time.process_time()
-            try:
-                return fit(model, *args, **kwargs)
-            finally:
-                calls.append((time.perf_counter() - wall, time.process_time() - cpu))
-
-        keras.Model.fit = timed_fit
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
         return self
 
     def __exit__(self, *exc):
-        keras.Model.fit = self._fit
-
-    @property
-    def wall(self):
-        return sum(w for w, _ in self.calls) if self.calls else None
-
-    @property
-    def cpu(self):
-        return sum(c for _, c in self.calls) if self.calls else None
+        self.wall, self.cpu = time.perf_counter() - self._wall, time.process_time() - self._cpu
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -215,7 +189,7 @@ def run_tfrs_tutorial(data: Dataset, seed: int) -> dict:
     train_ds = tf.data.Dataset.from_tensor_slices({"user_id": data.train["user_id"].astype(str),
                                                    "movie_title": data.train["item_title"].astype(str)})
     cached_train = train_ds.shuffle(TUTORIAL_SHUFFLE, seed=seed).batch(TUTORIAL_BATCH).cache()
-    with FitTimer() as timer:
+    with Timer() as timer:
         model.fit(cached_train, epochs=TUTORIAL_EPOCHS, verbose=0)
     seconds = timer.wall
     examples = len(data.train["user_id"]) * TUTORIAL_EPOCHS
@@ -232,24 +206,20 @@ def run_package(config: Config, data: Dataset, run_dir: str) -> dict:
     if os.path.exists(run_dir):  # never resume a run from an earlier invocation
         shutil.rmtree(run_dir)
     files = data.files
-    with FitTimer() as timer:
-        metrics = train(config, files["train"], run_dir, files["test"], files["items"], verbose=2,
-                        progress=lambda m: log("      " + m.replace("\n", "\n      ")))
+    metrics = train(config, files["train"], run_dir, files["test"], files["items"], verbose=2,
+                    progress=lambda m: log("      " + m.replace("\n", "\n      ")))
     run = RunDir(run_dir)
     with open(run / "epochs.jsonl", encoding="utf-8") as f:
         epochs = [json.loads(line) for line in f if line.strip()]
-    seconds = epochs[-1]["seconds"]
+    seconds, cpu = epochs[-1]["seconds"], epochs[-1]["cpu_seconds"]
     per_epoch = run.stats().num_examples
     if config.train.steps_per_epoch:
         per_epoch = min(per_epoch, config.train.steps_per_epoch * config.train.batch_size)
     examples = per_epoch * len(epochs)
     keep = ("events", "users", "catalog_size", "targets_not_in_catalog", "all_items", "exclude_history")
     return {**{k: metrics[k] for k in keep if k in metrics}, "train_seconds": seconds, "examples": int(examples),
-            "examples_per_s": examples / seconds if seconds > 0 else None,
-            # fit's own wall time also counts on_train_end (checkpoint/backup clean-up), which
-            # epochs.jsonl's last "seconds" does not.
-            "fit_wall_seconds": timer.wall, "fit_cpu_seconds": timer.cpu,
-            "examples_per_cpu_s": examples / timer.cpu if timer.cpu else None, "run_dir": run.path}
+            "examples_per_s": examples / seconds if seconds > 0 else None, "fit_cpu_seconds": cpu,
+            "examples_per_cpu_s": examples / cpu if cpu else None}
 
 
 def package_config(name: str, seed: int, overrides) -> Config:

@@ -66,16 +66,20 @@ def make_input(config: Config, files, training: bool, batch_size: Optional[int] 
 
 
 class EpochLog(keras.callbacks.Callback):
-    """Appends one JSON line per finished epoch (what a resumed run continues from)."""
+    """Appends one JSON line per finished epoch: its logs, and wall and process-CPU seconds since fit
+    began (CPU time is far less disturbed than wall time by other jobs on a shared machine)."""
 
     def __init__(self, path: str):
         super().__init__()
         self.path = path
-        self.start = time.time()
+
+    def on_train_begin(self, logs=None):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
 
     def on_epoch_end(self, epoch, logs=None):
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"epoch": epoch, "seconds": round(time.time() - self.start, 2),
+            f.write(json.dumps({"epoch": epoch, "seconds": round(time.perf_counter() - self.wall, 3),
+                                "cpu_seconds": round(time.process_time() - self.cpu, 3),
                                 **{k: float(v) for k, v in (logs or {}).items()}}) + "\n")
 
 

@@ -15,6 +15,7 @@ reader moves to the next file, and the report says so.
 """
 import dataclasses
 import glob
+import re
 import os
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
@@ -22,6 +23,11 @@ import numpy as np
 import tensorflow as tf
 
 POLICIES = ("fail", "skip")
+
+
+def _reason(error: tf.errors.OpError) -> str:
+    """The first line of a TensorFlow error, without its ``{{function_node ...}}`` prefix."""
+    return re.sub(r"^\{\{[^}]*\}\}\s*", "", error.message.splitlines()[0])
 
 
 class CorruptRecordError(ValueError):
@@ -87,7 +93,7 @@ def check_schema(files: Sequence[str], parse_spec: Dict, compression: str = "aut
             raws = [r.numpy() for r in ds]
         except tf.errors.OpError as e:  # the scan will say where; the schema check looks no further
             raws = []
-            problems.append(f"{path}: unreadable ({e.message.splitlines()[0]})")
+            problems.append(f"{path}: unreadable ({_reason(e)})")
         for i, raw in enumerate(raws):
             try:
                 example = tf.train.Example.FromString(raw)
@@ -141,10 +147,18 @@ def scan(files: Sequence[str], parse_spec: Dict, on_batch: Optional[Callable[[Di
             raise CorruptRecordError(path, record, reason)
         report.skipped.append((path, record, reason))
 
+    def parse(raws):
+        try:
+            return tf.io.parse_example(raws, parse_spec)
+        except UnicodeDecodeError:
+            # TensorFlow's error quotes the bytes of a record that is not an Example; when they are
+            # not UTF-8, turning that message into a Python string fails instead.
+            raise tf.errors.InvalidArgumentError(None, None, "could not parse the record as a tf.train.Example")
+
     def consume(path, start, raws):
         """Parse a batch; on failure, record by record so that the bad ones are named."""
         try:
-            parsed = tf.io.parse_example(raws, parse_spec)
+            parsed = parse(raws)
             hit = _finite_check(parsed, check_finite)
             if hit is None:
                 report.records += len(raws)
@@ -155,9 +169,9 @@ def scan(files: Sequence[str], parse_spec: Dict, on_batch: Optional[Callable[[Di
             pass
         if len(raws) == 1:
             try:
-                parsed = tf.io.parse_example(raws, parse_spec)
+                parsed = parse(raws)
             except tf.errors.InvalidArgumentError as e:
-                return bad(path, start, e.message.splitlines()[0])
+                return bad(path, start, _reason(e))
             name, _ = _finite_check(parsed, check_finite)
             return bad(path, start, f"numeric feature '{name}' is NaN or inf "
                                     "(set 'impute: mean' on the feature to replace such values)")
@@ -175,18 +189,26 @@ def scan(files: Sequence[str], parse_spec: Dict, on_batch: Optional[Callable[[Di
         except tf.errors.OpError as e:
             if isinstance(e, tf.errors.OutOfRangeError):
                 raise
-            # The batch holding the broken frame was lost: re-read it one record at a time.
+            # The batch holding the broken frame was lost: re-read it one record at a time, up to the
+            # broken frame, and consume the good records in batches (one callback per record is slow).
             reader = iter(tf.data.TFRecordDataset(path, compression_type=comp).skip(done))
-            while True:
+            pending, broken = [], None
+            while broken is None:
                 try:
-                    raw = next(reader)
+                    pending.append(next(reader))
                 except StopIteration:
                     break
                 except tf.errors.OpError as inner:
-                    bad(path, done, f"{inner.message.splitlines()[0]} (the rest of the file is unreadable)")
-                    break
-                consume(path, done, raw[None])
-                done += 1
+                    broken = inner
+                if len(pending) == batch_size or (pending and broken is not None):
+                    consume(path, done, tf.stack(pending))
+                    done += len(pending)
+                    pending = []
+            if pending:
+                consume(path, done, tf.stack(pending))
+                done += len(pending)
+            if broken is not None:
+                bad(path, done, f"{_reason(broken)} (the rest of the file is unreadable)")
         if progress:
             progress(f"scanned {path}: {done} records ({n + 1}/{len(files)} files)")
     return report

@@ -94,7 +94,7 @@ class NumericEncoder(keras.layers.Layer):
 
     def __init__(self, feature_name: str, mean: float, std: float, impute: Optional[str], **kwargs):
         super().__init__(**kwargs)
-        self.feature_name, self.mean, self.std, self.impute = feature_name, mean, max(std, 1e-6), impute
+        self.feature_name, self.mean, self.std, self.impute = feature_name, float(mean), max(float(std), 1e-6), impute
 
     def call(self, x):
         x = tf.cast(x, tf.float32)

@@ -114,7 +114,7 @@ class StatsAccumulator:
         for name, (n, total, sq) in self.moments.items():
             if n == 0:
                 raise ValueError(f"numeric feature '{name}' has no finite value in the training logs")
-            mean = total / n
+            mean = float(total / n)
             numeric[name] = {"mean": mean, "std": float(np.sqrt(max(sq / n - mean * mean, 0.0))), "count": int(n)}
         limits = {f.name: (f.min_count, f.max_vocab) for f in self.spec.features if f.vocab_source == f.name}
         return FeatureStats(self.count, {k: dict(v) for k, v in self.vocab.items()}, numeric,
