@@ -1,0 +1,38 @@
+"""Shared test helpers."""
+import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
+
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+_DTYPES = {"int64": tf.int64, "float": tf.float32, "bytes": tf.string}
+_LIST_FEATURES = {"item_genres", "item_history"}
+
+
+def read_log(pattern: str, kinds: dict) -> pd.DataFrame:
+    """Every record of the GZIP TFRecord files matching ``pattern``, parsed by TensorFlow, one row each.
+
+    ``kinds`` is a generator's ``metadata["features"][...]``. bytes become str; list features become
+    Python lists; a scalar feature absent from a record is None.
+    """
+    files = sorted(tf.io.gfile.glob(pattern))
+    assert files, f"no file matches {pattern}"
+    spec = {name: tf.io.RaggedFeature(_DTYPES[kind], row_splits_dtype=tf.int64) for name, kind in kinds.items()}
+    columns = {name: [] for name in kinds}
+    for batch in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(65536):
+        parsed = tf.io.parse_example(batch, spec)
+        for name, kind in kinds.items():
+            rows = parsed[name].to_list()
+            if kind == "bytes":
+                rows = [[v.decode("utf-8") for v in row] for row in rows]
+            if name not in _LIST_FEATURES:
+                assert all(len(row) <= 1 for row in rows), f"{name} holds more than one value"
+                rows = [row[0] if row else None for row in rows]
+            columns[name].extend(rows)
+    return pd.DataFrame(columns)
+
+
+@pytest.fixture(scope="session")
+def log_reader():
+    """``read_log`` (see there), as a fixture."""
+    return read_log
