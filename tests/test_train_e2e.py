@@ -319,3 +319,23 @@ def test_skip_policy_trains_past_a_truncated_file(data, tmp_path, capsys):
     assert os.path.exists(str(run_dir / "weights" / "final.index"))
     assert f"{truncated}: record {k}:" in open(run_dir / "scan.txt", encoding="utf-8").read()
     assert [e["epoch"] for e in epoch_lines(str(run_dir))] == [0]
+
+
+def test_rerunning_a_finished_run_evaluates_instead_of_training(trained, data, capsys):
+    run_dir, config, metrics = trained
+    epochs_before = epoch_lines(run_dir)
+    files = data["files"]
+    again = train(config, files["train"], run_dir, files["test"], files["items"], verbose=0, progress=quiet)
+    assert "has finished training" in capsys.readouterr().out
+    assert epoch_lines(run_dir) == epochs_before  # no epoch was trained again
+    assert again["all_items"] == pytest.approx(metrics["all_items"], abs=1e-6)
+
+
+def test_mirrored_strategy_trains(data, tmp_path):
+    files = data["files"]
+    config = small_config(epochs=2, strategy="mirrored")
+    metrics = train(config, files["train"], str(tmp_path / "run"), files["test"], files["items"], verbose=0,
+                    progress=quiet)
+    assert len(epoch_lines(str(tmp_path / "run"))) == 2
+    assert math.isfinite(epoch_lines(str(tmp_path / "run"))[-1]["loss"])
+    assert metrics["all_items"]["hr@10"] > 0

@@ -38,8 +38,8 @@ class DataConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    hidden: List[int] = dataclasses.field(default_factory=lambda: [128])
-    output_dim: int = 64
+    hidden: List[int] = dataclasses.field(default_factory=lambda: [256])
+    output_dim: int = 128
     activation: str = "relu"
     dropout: float = 0.0
     normalize: bool = True             # L2-normalised outputs: logits are cosines
@@ -48,7 +48,7 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class TaskConfig:
-    temperature: Optional[float] = 0.1
+    temperature: Optional[float] = 0.2  # cosine logits / 0.2: best of 0.05-0.3 on ML-100K
     logq: bool = True                  # subtract log q(item), q from training counts
     remove_accidental_hits: bool = True
     loss_reduction: str = "sum"        # TFRS's default; "mean" makes the loss scale-free in batch size

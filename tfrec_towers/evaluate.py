@@ -30,14 +30,10 @@ def _decode(values) -> np.ndarray:
 
 
 def _read(config: Config, files, spec, on_batch, keep=None, progress=print):
-    def select(parsed):
-        if keep is not None:
-            mask = keep(parsed)
-            parsed = {k: tf.ragged.boolean_mask(v, mask) if isinstance(v, tf.RaggedTensor) else tf.boolean_mask(v, mask)
-                      for k, v in parsed.items()}
-        on_batch(parsed)
+    def kept(parsed):
+        on_batch(parsed if keep is None else reader.select(parsed, keep(parsed)))
 
-    report = reader.scan(files, spec, select, config.data.compression, config.data.corrupt_records,
+    report = reader.scan(files, spec, kept, config.data.compression, config.data.corrupt_records,
                          batch_size=config.eval.batch_size, check_finite=numeric_to_check(config), progress=progress)
     if report.skipped:
         progress(report.summary())

@@ -92,6 +92,10 @@ def train(config: Config, train_pattern: str, run_dir: str, eval_pattern: Option
         if run.config().to_dict() != config.to_dict():
             raise ValueError(f"{run.path} holds a run with a different config; resume with the same config "
                              "or use a new run directory")
+        if tf.io.gfile.exists(run.weights + ".index"):
+            progress(f"the run in {run.path} has finished training (delete it, or use another run "
+                     "directory, to train again)")
+            return _evaluate(run, eval_pattern, items_pattern, None, progress)
         progress(f"resuming the run in {run.path}")
     else:
         config.save(run / "config.yaml")
@@ -136,6 +140,10 @@ def train(config: Config, train_pattern: str, run_dir: str, eval_pattern: Option
               callbacks=callbacks, verbose=verbose)
     model.save_weights(run.weights)
     progress(f"weights saved to {run.weights}; training data: {scan_summary}")
+    return _evaluate(run, eval_pattern, items_pattern, model, progress)
+
+
+def _evaluate(run: RunDir, eval_pattern, items_pattern, model, progress) -> dict:
     if not eval_pattern:
         return {}
     from tfrec_towers.evaluate import evaluate_run

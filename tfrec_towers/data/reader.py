@@ -214,6 +214,12 @@ def scan(files: Sequence[str], parse_spec: Dict, on_batch: Optional[Callable[[Di
     return report
 
 
+def select(parsed: Dict, mask: tf.Tensor) -> Dict:
+    """The rows of a parsed batch (dense or ragged features) where ``mask`` is true."""
+    return {k: tf.ragged.boolean_mask(v, mask) if isinstance(v, tf.RaggedTensor) else tf.boolean_mask(v, mask)
+            for k, v in parsed.items()}
+
+
 # --- the tf.data pipeline -------------------------------------------------------------------------
 
 def make_dataset(files: Sequence[str], parse_spec: Dict, prepare: Callable[[Dict], Dict], batch_size: int,
@@ -255,12 +261,7 @@ def make_dataset(files: Sequence[str], parse_spec: Dict, prepare: Callable[[Dict
         ds = ds.batch(batch_size, drop_remainder=drop_remainder and keep is None)
         ds = ds.map(lambda r: tf.io.parse_example(r, parse_spec), num_parallel_calls=tf.data.AUTOTUNE)
     if keep is not None:
-        def select(parsed):
-            mask = keep(parsed)
-            return {k: (tf.ragged.boolean_mask(v, mask) if isinstance(v, tf.RaggedTensor)
-                        else tf.boolean_mask(v, mask)) for k, v in parsed.items()}
-
-        ds = ds.map(select, num_parallel_calls=tf.data.AUTOTUNE).unbatch().ragged_batch(batch_size, drop_remainder)
+        ds = ds.map(lambda parsed: select(parsed, keep(parsed)), num_parallel_calls=tf.data.AUTOTUNE).unbatch().ragged_batch(batch_size, drop_remainder)
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     if cache:
         ds = ds.cache()

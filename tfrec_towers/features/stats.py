@@ -14,6 +14,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from tfrec_towers.data.reader import select
 from tfrec_towers.features import spec as S
 
 
@@ -87,9 +88,7 @@ class StatsAccumulator:
 
     def __call__(self, parsed: Dict[str, tf.Tensor]) -> None:
         if self.keep is not None:
-            mask = self.keep(parsed).numpy()
-            parsed = {k: tf.ragged.boolean_mask(v, mask) if isinstance(v, tf.RaggedTensor)
-                      else tf.boolean_mask(v, mask) for k, v in parsed.items()}
+            parsed = select(parsed, self.keep(parsed))
         self.count += int(parsed[self.spec.item_id].shape[0])
         for f in self.spec.features:
             source = f.vocab_source
