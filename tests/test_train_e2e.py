@@ -339,3 +339,12 @@ def test_mirrored_strategy_trains(data, tmp_path):
     assert len(epoch_lines(str(tmp_path / "run"))) == 2
     assert math.isfinite(epoch_lines(str(tmp_path / "run"))[-1]["loss"])
     assert metrics["all_items"]["hr@10"] > 0
+
+
+def test_stats_count_the_events_the_label_filter_drops(trained, data):
+    run_dir, config, _ = trained
+    labels = tf.io.parse_example(raw_records(tf.io.gfile.glob(data["files"]["train"])),
+                                 {"label": tf.io.FixedLenFeature([], tf.int64)})["label"].numpy()
+    stats = RunDir(run_dir).stats()
+    assert stats.num_examples == int((labels >= 1).sum())
+    assert stats.num_filtered == int((labels < 1).sum()) > 0  # synthetic logs hold exposures (label 0)

@@ -56,12 +56,16 @@ def compute_stats(config: Config, files, progress=print):
     return acc.result(), report
 
 
-def make_input(config: Config, files, training: bool, batch_size: Optional[int] = None) -> tf.data.Dataset:
+def make_input(config: Config, files, training: bool, batch_size: Optional[int] = None,
+               stats: Optional[FeatureStats] = None) -> tf.data.Dataset:
+    """The tf.data pipeline of ``files``. Given the stats of these files, the label filter (a costly
+    per-example re-batching) is left out when their pass found no event to filter."""
     d = config.data
+    keep = None if stats is not None and stats.num_filtered == 0 else positives(config)
     return reader.make_dataset(
         files, parse_spec(config), config.features.prepare, batch_size or config.train.batch_size,
         compression=d.compression, policy=d.corrupt_records,
-        shuffle_buffer=d.shuffle_buffer if training else 0, seed=config.train.seed, keep=positives(config),
+        shuffle_buffer=d.shuffle_buffer if training else 0, seed=config.train.seed, keep=keep,
         cache=d.cache, num_parallel_reads=d.num_parallel_reads)
 
 
@@ -126,7 +130,7 @@ def train(config: Config, train_pattern: str, run_dir: str, eval_pattern: Option
         model.candidate_tower(dummy_batch(config))
         model.built = True
         model.compile(optimizer=make_optimizer(config.train.optimizer, config.train.learning_rate))
-    dataset = make_input(config, files, training=True)
+    dataset = make_input(config, files, training=True, stats=stats)
     callbacks = [
         keras.callbacks.BackupAndRestore(run / "backup"),
         keras.callbacks.ModelCheckpoint(run / "checkpoints/epoch-{epoch:03d}", save_weights_only=True),

@@ -29,8 +29,11 @@ class FeatureStats:
 
     def __init__(self, num_examples: int = 0, vocab_counts: Optional[Dict[str, Dict[str, int]]] = None,
                  numeric_stats: Optional[Dict[str, Dict[str, float]]] = None,
-                 item_counts: Optional[Dict[str, int]] = None, vocab_limits: Optional[Dict] = None):
+                 item_counts: Optional[Dict[str, int]] = None, vocab_limits: Optional[Dict] = None,
+                 num_filtered: Optional[int] = None):
         self.num_examples = num_examples
+        #: Events of the logs that the label filter removed (0: training can skip the filter; None: unknown).
+        self.num_filtered = num_filtered
         self.vocab_counts = vocab_counts or {}
         self.numeric_stats = numeric_stats or {}
         self.item_counts = item_counts or {}
@@ -59,7 +62,7 @@ class FeatureStats:
     def to_dict(self) -> Dict:
         return {"num_examples": self.num_examples, "vocab_counts": self.vocab_counts,
                 "numeric": self.numeric_stats, "item_counts": self.item_counts,
-                "vocab_limits": {k: list(v) for k, v in self.vocab_limits.items()}}
+                "vocab_limits": {k: list(v) for k, v in self.vocab_limits.items()}, "num_filtered": self.num_filtered}
 
     def save(self, path: str) -> None:
         tmp = path + ".tmp"
@@ -72,7 +75,7 @@ class FeatureStats:
         with open(path, encoding="utf-8") as f:
             d = json.load(f)
         return cls(d["num_examples"], d["vocab_counts"], d["numeric"], d["item_counts"],
-                   {k: tuple(v) for k, v in d.get("vocab_limits", {}).items()})
+                   {k: tuple(v) for k, v in d.get("vocab_limits", {}).items()}, d.get("num_filtered"))
 
 
 class StatsAccumulator:
@@ -80,7 +83,7 @@ class StatsAccumulator:
 
     def __init__(self, spec: "S.FeatureSpec", keep=None):
         self.spec, self.keep = spec, keep
-        self.count = 0
+        self.count = self.filtered = 0
         self.vocab = collections.defaultdict(collections.Counter)
         self.items = collections.Counter()
         self.moments = {f.name: np.zeros(3) for f in spec.features
@@ -88,7 +91,9 @@ class StatsAccumulator:
 
     def __call__(self, parsed: Dict[str, tf.Tensor]) -> None:
         if self.keep is not None:
+            before = int(parsed[self.spec.item_id].shape[0])
             parsed = select(parsed, self.keep(parsed))
+            self.filtered += before - int(parsed[self.spec.item_id].shape[0])
         self.count += int(parsed[self.spec.item_id].shape[0])
         for f in self.spec.features:
             source = f.vocab_source
@@ -117,4 +122,4 @@ class StatsAccumulator:
             numeric[name] = {"mean": mean, "std": float(np.sqrt(max(sq / n - mean * mean, 0.0))), "count": int(n)}
         limits = {f.name: (f.min_count, f.max_vocab) for f in self.spec.features if f.vocab_source == f.name}
         return FeatureStats(self.count, {k: dict(v) for k, v in self.vocab.items()}, numeric,
-                            dict(self.items), limits)
+                            dict(self.items), limits, self.filtered)
