@@ -49,7 +49,7 @@ import tf_keras as keras  # noqa: E402
 
 from tfrec_towers.config import Config, packaged  # noqa: E402
 from tfrec_towers.data import reader  # noqa: E402
-from tfrec_towers.data.movielens import convert_movielens  # noqa: E402
+from tfrec_towers.data.movielens import convert_movielens, default_data_dir  # noqa: E402
 from tfrec_towers.evaluate import catalog_metrics, user_histories  # noqa: E402
 from tfrec_towers.run import RunDir  # noqa: E402
 from tfrec_towers.train import train  # noqa: E402
@@ -74,10 +74,6 @@ TABLE_METRICS = [("all_items", "hr@10", "HR@10"), ("all_items", "hr@50", "HR@50"
 #: Figures seen earlier on this machine kind (all_items), printed next to ours for orientation.
 REFERENCE = {("tfrs", "tfrs_tutorial", "hr@100"): 0.242, ("tfrs", "popularity", "hr@100"): 0.297,
              ("last", "popularity", "hr@50"): 0.153, ("last", "popularity", "hr@10"): 0.050}
-
-
-def default_data_dir() -> str:
-    return os.environ.get("TFREC_TOWERS_ML100K", os.path.join(REPO, "..", "shared", "datasets", "ml-100k"))
 
 
 def log(message: str) -> None:

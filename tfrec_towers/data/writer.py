@@ -263,8 +263,6 @@ def write_tfrecords(rows: Union[pd.DataFrame, Iterable[Mapping]], path_prefix: s
     return paths
 
 
-dataframe_to_tfrecords = write_tfrecords
-
 
 # --- the event-log layout -------------------------------------------------------------------------
 
@@ -297,7 +295,8 @@ def _glob(out_dir: str, split: str) -> str:
 def check_out_dir(out_dir: str, overwrite: bool) -> None:
     """Refuse a non-empty ``out_dir`` unless ``overwrite`` (generators call it first, to fail fast)."""
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)) and not overwrite:
-        raise FileExistsError(f"{os.path.abspath(out_dir)} exists and is not empty; pass overwrite=True to replace it")
+        raise FileExistsError(f"{os.path.abspath(out_dir)} exists and is not empty; pass overwrite=True "
+                              "(--overwrite) to replace it")
 
 
 def write_log_dataset(out_dir: str, train: pd.DataFrame, test: pd.DataFrame, items: pd.DataFrame,
