@@ -13,6 +13,7 @@ CORE = [
     "apache-beam==2.77.0",
     "pandas",
     "pyyaml",
+    "matplotlib",
 ]
 
 setup(
@@ -27,6 +28,6 @@ setup(
     packages=find_packages(include=["tfrec_towers", "tfrec_towers.*"]),
     package_data={"tfrec_towers": ["configs/*.yaml"]},
     install_requires=CORE,
-    extras_require={"test": ["pytest", "matplotlib"]},
+    extras_require={"test": ["pytest"]},
     entry_points={"console_scripts": ["tfrec-towers=tfrec_towers.cli:main"]},
 )

@@ -24,6 +24,13 @@ def cmd_evaluate(args):
     evaluate_run(args.run_dir, args.eval, args.items, args.history, args.output)
 
 
+def cmd_report(args):
+    from tfrec_towers.embedding_report import write_embedding_report
+
+    write_embedding_report(args.run_dir, args.out, args.eval, args.items, num_points=args.points,
+                           num_pairs=args.pairs, method=args.method, seed=args.seed)
+
+
 def cmd_movielens(args):
     from tfrec_towers.data.movielens import convert_movielens
 
@@ -91,6 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--history", help="glob whose items are excluded per user (default: the run's training logs)")
     sp.add_argument("--output", help="metrics JSON path (default: RUN/metrics.json)")
     sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("report", help="embedding-space report: 2-D map and same/cross-tower similarities")
+    sp.add_argument("run_dir", metavar="RUN_DIR")
+    sp.add_argument("--out", required=True, help="folder for the PNGs and embedding_report.json")
+    sp.add_argument("--eval", help="glob of eval TFRecords whose queries are shown (default: the run's)")
+    sp.add_argument("--items", help="item catalog glob (default: the run's)")
+    sp.add_argument("--method", choices=["pca", "tsne"], default="pca", help="2-D map (tsne needs scikit-learn)")
+    sp.add_argument("--points", type=int, default=2000, help="at most this many queries and items on the map")
+    sp.add_argument("--pairs", type=int, default=20000, help="random pairs per similarity distribution")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=cmd_report)
 
     sp = sub.add_parser("movielens", help="MovieLens-100K -> TFRecord logs and item catalog")
     sp.add_argument("--data-dir", help="folder with u.data, u.user, u.item (default: $TFREC_TOWERS_ML100K, "

@@ -37,6 +37,24 @@ class DataConfig:
 
 
 @dataclasses.dataclass
+class DualAugmentedConfig:
+    """Dual augmented towers (DAT): per-ID augmented vectors fed to each tower, trained to mimic the
+    other tower's output on positive pairs; optional category alignment of item covariances."""
+    query_id: str = "user_id"          # query-side ID feature keying the user's augmented vector a_u
+    mimic_weight: float = 0.5          # the paper's lambda for each of the two mimic losses
+    category: Optional[str] = None     # candidate feature whose first value is the item's category
+    alignment_weight: float = 0.0      # weight of the category alignment loss (0: off)
+
+
+@dataclasses.dataclass
+class GenerativeConfig:
+    """Generative interaction: the item tower generates a pseudo query-side vector from item features."""
+    targets: List[str] = dataclasses.field(default_factory=lambda: ["item_history"])  # query features rebuilt
+    hidden: List[int] = dataclasses.field(default_factory=lambda: [128])
+    weight: float = 1.0                # weight of the reconstruction loss (positive pairs only)
+
+
+@dataclasses.dataclass
 class ModelConfig:
     hidden: List[int] = dataclasses.field(default_factory=lambda: [256])
     output_dim: int = 128
@@ -44,15 +62,66 @@ class ModelConfig:
     dropout: float = 0.0
     normalize: bool = True             # L2-normalised outputs: logits are cosines
     sharing: str = "none"              # none | projection (ADE-SPL) | full (SDE)
+    dual_augmented: Optional[DualAugmentedConfig] = None
+    generative: Optional[GenerativeConfig] = None
+
+
+@dataclasses.dataclass
+class AdaptiveConfig:
+    """Adaptive temperature and margin (JD search, EMNLP 2023): the paper's global defaults."""
+    alpha: float = 0.5
+    delta0: float = 0.01
+    tau0: float = 1 / 30
+    trainable: bool = False
+    symmetric_weight: float = 0.05     # weight w of the item-anchored symmetric term
+
+
+@dataclasses.dataclass
+class StreamingLogQConfig:
+    """Streaming frequency estimation for logQ (Yi et al. 2019, Algorithms 2-3)."""
+    hash_size: int = 1 << 20
+    num_hashes: int = 2
+    learning_rate: float = 0.01
+    start: str = "first_gap"           # first_gap | paper: see tasks/streaming_frequency.py
 
 
 @dataclasses.dataclass
 class TaskConfig:
     temperature: Optional[float] = 0.2  # cosine logits / 0.2: best of 0.05-0.3 on ML-100K
-    logq: bool = True                  # subtract log q(item), q from training counts
+    logq: bool = True                  # subtract log of each column's expected count (the sampling mixture)
+    logq_estimator: str = "counts"     # counts (training-log counts) | streaming (Yi et al. 2019)
+    streaming: StreamingLogQConfig = dataclasses.field(default_factory=StreamingLogQConfig)
     remove_accidental_hits: bool = True
+    loss: str = "softmax"              # softmax | hinge | bce | focal
     loss_reduction: str = "sum"        # TFRS's default; "mean" makes the loss scale-free in batch size
+    bidirectional: str = "none"        # none | sum | mean: add the item->user softmax
+    samtone: str = "none"              # none | query | item | both: same-tower negatives (SamToNe)
+    pair_alpha: float = 0.0            # PAIR: (1 - alpha) L_q + alpha L_p; the paper uses 0.1
+    adaptive: Optional[AdaptiveConfig] = None
+    hard_negatives: int = 0            # keep only the k hardest negatives of each row (0: all)
+    margin: float = 0.1                # hinge margin, in cosine units
+    positive_weight: float = 1.0       # bce: weight of label-1 entries
+    negative_weight: float = 1.0       # bce: weight of label-0 entries
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.25
     batch_recall_k: List[int] = dataclasses.field(default_factory=lambda: [10, 100])
+
+
+@dataclasses.dataclass
+class NegativesConfig:
+    """Where each row's negatives come from, mixed within one batch (counts are per batch or per row)."""
+    in_batch: bool = True              # the other rows' positives
+    uniform: int = 0                   # per batch: catalog items drawn uniformly (+ in_batch = mixed negative sampling)
+    popularity: int = 0                # per batch: catalog items drawn with p ~ count^popularity_power
+    popularity_power: float = 0.75     # word2vec's unigram^0.75: between uniform and popularity
+    exposure: int = 0                  # per row: items of the same key's unclicked events
+    exposure_key: str = "user_id"      # user_id, or request_id for the same request's exposures
+    exposure_field: Optional[str] = None  # field telling unclicked events (default: data.label)
+    exposure_below: float = 1.0        # an event is unclicked when field < this
+    mined: int = 0                     # per row: hard negatives mined from a previous run's model
+    mined_from: Optional[str] = None   # that run's directory
+    mined_top_k: int = 100             # pool of each user's top-scored non-positive items
+    cross_replica: bool = False        # under a distribution strategy, all replicas' candidates
 
 
 @dataclasses.dataclass
@@ -72,33 +141,57 @@ class EvalConfig:
     batch_size: int = 4096
 
 
-def _check_type(where: str, value: Any, hint) -> None:
-    """Raise ValueError naming ``where`` unless ``value`` fits the annotation (int, float, str, bool,
-    Optional[...] and List[...] are what config sections use)."""
+def _build(where: str, cls, values: Dict[str, Any]):
+    """A section dataclass from a mapping, every key and value checked (nested sections recursively)."""
+    if not isinstance(values, dict):
+        raise ValueError(f"config {where}: expected a mapping, got {values!r}")
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    bad = sorted(set(values) - allowed)
+    if bad:
+        raise ValueError(f"config section '{where}': unknown key(s) {bad}; allowed: {sorted(allowed)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        kwargs[name] = _check_type(f"{where}.{name}", value, hints[name])
+        if (where, name) in CHOICES and value not in CHOICES[where, name]:
+            raise ValueError(f"config {where}.{name}: must be one of {CHOICES[where, name]}, got {value!r}")
+    return cls(**kwargs)
+
+
+def _check_type(where: str, value: Any, hint) -> Any:
+    """``value`` if it fits the annotation (int, float, str, bool, Optional, List and nested section
+    dataclasses are what config sections use; a nested section is built from its mapping), else
+    ValueError naming ``where``."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is typing.Union:
         if value is None and type(None) in args:
-            return
+            return None
         return _check_type(where, value, next(a for a in args if a is not type(None)))
+    if dataclasses.is_dataclass(hint):
+        return value if isinstance(value, hint) else _build(where, hint, value or {})
     if origin in (list, List):
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"config {where}: expected a list, got {value!r}")
-        for v in value:
-            _check_type(where, v, args[0])
-        return
+        return [_check_type(where, v, args[0]) for v in value]
     ok = {bool: isinstance(value, bool), int: isinstance(value, int) and not isinstance(value, bool),
           float: isinstance(value, (int, float)) and not isinstance(value, bool), str: isinstance(value, str)}
     if not ok.get(hint, True):
         raise ValueError(f"config {where}: expected {hint.__name__}, got {value!r}")
+    return value
 
 
 #: Allowed values of the string options, checked when a config is loaded (before any data is read).
 CHOICES = {("data", "corrupt_records"): ("fail", "skip"), ("data", "compression"): ("auto", "GZIP", "ZLIB", ""),
            ("model", "sharing"): ("none", "projection", "full"), ("task", "loss_reduction"): ("sum", "mean"),
+           ("task", "loss"): ("softmax", "hinge", "bce", "focal"), ("task", "bidirectional"): ("none", "sum", "mean"),
+           ("task.streaming", "start"): ("first_gap", "paper"),
+           ("task", "samtone"): ("none", "query", "item", "both"),
+           ("task", "logq_estimator"): ("counts", "streaming"),
            ("train", "optimizer"): ("adam", "adagrad", "sgd", "rmsprop"),
            ("train", "strategy"): ("default", "mirrored", "multi_worker")}
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "task": TaskConfig, "train": TrainConfig, "eval": EvalConfig}
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "task": TaskConfig, "negatives": NegativesConfig,
+            "train": TrainConfig, "eval": EvalConfig}
 
 
 @dataclasses.dataclass
@@ -107,6 +200,7 @@ class Config:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
+    negatives: NegativesConfig = dataclasses.field(default_factory=NegativesConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
@@ -117,19 +211,7 @@ class Config:
             raise ValueError(f"config: unknown section(s) {unknown}; known: features, {', '.join(SECTIONS)}")
         if "features" not in d:
             raise ValueError("config: the 'features' section (the feature spec) is required")
-        sections = {}
-        for key, section in SECTIONS.items():
-            values = d.get(key) or {}
-            allowed = {f.name for f in dataclasses.fields(section)}
-            bad = sorted(set(values) - allowed)
-            if bad:
-                raise ValueError(f"config section '{key}': unknown key(s) {bad}; allowed: {sorted(allowed)}")
-            hints = typing.get_type_hints(section)
-            for name, value in values.items():
-                _check_type(f"{key}.{name}", value, hints[name])
-                if (key, name) in CHOICES and value not in CHOICES[key, name]:
-                    raise ValueError(f"config {key}.{name}: must be one of {CHOICES[key, name]}, got {value!r}")
-            sections[key] = section(**values)
+        sections = {key: _build(key, section, d.get(key) or {}) for key, section in SECTIONS.items()}
         return cls(features=FeatureSpec.from_dict(d["features"]), **sections)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -142,16 +224,22 @@ class Config:
         return cls.from_dict(load_mapping(path))
 
     def with_overrides(self, assignments: Sequence[str]) -> "Config":
-        """A copy with ``section.key=value`` assignments applied (value parsed as YAML): ``train.epochs=3``."""
+        """A copy with ``section.key=value`` assignments applied (value parsed as YAML): ``train.epochs=3``,
+        ``task.adaptive={}`` (a nested section with its defaults), ``task.adaptive.alpha=0.3``."""
         d = self.to_dict()
         for assignment in assignments:
             key, sep, value = assignment.partition("=")
-            section, dot, name = key.partition(".")
-            if not sep or not dot:
+            path = key.split(".")
+            if not sep or len(path) < 2:
                 raise ValueError(f"an override is section.key=value, got {assignment!r}")
-            if section not in SECTIONS:
-                raise ValueError(f"override {assignment!r}: unknown section {section!r}; known: {', '.join(SECTIONS)}")
-            d[section][name] = yaml.safe_load(value)
+            if path[0] not in SECTIONS:
+                raise ValueError(f"override {assignment!r}: unknown section {path[0]!r}; known: {', '.join(SECTIONS)}")
+            node = d
+            for part in path[:-1]:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+            node[path[-1]] = yaml.safe_load(value)
         return Config.from_dict(d)
 
     def save(self, path: str) -> None:

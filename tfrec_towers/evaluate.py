@@ -12,7 +12,6 @@ as a recommender would not re-recommend them. An eval item missing from the cata
 """
 import collections
 import json
-import os
 import time
 from typing import Callable, Dict, Optional, Sequence
 

@@ -1,4 +1,9 @@
-"""The two-tower ``tfrs.Model``: towers + Retrieval task, built from a Config and training stats."""
+"""The two-tower ``tfrs.Model``: towers + negatives + Retrieval task, built from a Config and training stats.
+
+A training step: query tower on the batch, item tower on the batch's positives and on any sampled
+negatives (catalog rows), optionally candidates of all replicas, each column's expected count for the
+logQ correction, then the Retrieval task (see ``build_task`` for the order of its steps).
+"""
 from typing import Optional
 
 import numpy as np
@@ -8,8 +13,12 @@ import tf_keras as keras
 
 from tfrec_towers.config import Config
 from tfrec_towers.features.stats import FeatureStats
+from tfrec_towers.negatives.cross_replica import gather_across_replicas
+from tfrec_towers.negatives.hard_negative_mining import HardNegativeMining
 from tfrec_towers.tasks import LogQCorrection, RemoveAccidentalHits, Retrieval, Temperature
 from tfrec_towers.towers import build_towers
+
+POINTWISE = ("bce", "focal")
 
 
 class ItemFrequency(keras.layers.Layer):
@@ -30,51 +39,207 @@ class ItemFrequency(keras.layers.Layer):
 
 
 class TwoTowerModel(tfrs.Model):
-    """Query tower, candidate tower and a Retrieval task; ``features`` is one batch of model inputs."""
+    """Query tower, candidate tower and a Retrieval task; ``features`` is one batch of model inputs.
 
-    def __init__(self, query_tower, candidate_tower, task: Retrieval, item_id: str,
-                 item_frequency: Optional[ItemFrequency] = None, **kwargs):
+    Args:
+      item_frequency: in-batch sampling frequency for logQ (``ItemFrequency`` or ``StreamingFrequency``).
+      negatives: extra negative sources (``tfrec_towers.negatives.Negatives``), or None.
+      query_key: the batch key of the query entity (user ID) for same-entity masks, when present.
+      label_key: the event label, passed to the task (pointwise losses, positive-only auxiliary losses).
+      cross_replica: score the candidates of all replicas under a distribution strategy.
+    """
+
+    def __init__(self, query_tower, candidate_tower, task: Retrieval, item_id: str, item_frequency=None,
+                 negatives=None, query_key: Optional[str] = None, label_key: Optional[str] = None,
+                 cross_replica: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.query_tower, self.candidate_tower, self.task = query_tower, candidate_tower, task
-        self.item_id, self.item_frequency = item_id, item_frequency
+        self.item_id, self.item_frequency, self.negatives = item_id, item_frequency, negatives
+        self.query_key, self.label_key, self.cross_replica = query_key, label_key, cross_replica
+
+    def _expected_in_batch(self, ids, batch_size, training):
+        """B q(y): each item's expected count among the batch's in-batch columns."""
+        if isinstance(self.item_frequency, ItemFrequency):
+            return tf.cast(batch_size, tf.float32) * self.item_frequency(ids)
+        return self.item_frequency(ids, training=training)
 
     def compute_loss(self, features, training=False):
         query = self.query_tower(features, training=training)
         candidates = self.candidate_tower(features, training=training)
         ids = features[self.item_id]
-        probability = self.item_frequency(ids) if self.item_frequency is not None else None
-        return self.task(query, candidates, candidate_ids=ids, candidate_sampling_probability=probability,
-                         compute_metrics=not training, features=features)
+        batch_size = tf.shape(ids)[0]
+        expected = self._expected_in_batch(ids, batch_size, training) if self.item_frequency is not None else None
+        if self.cross_replica:
+            gathered = gather_across_replicas(candidates, ids, *([expected] if expected is not None else []))
+            candidates, ids = gathered[0], gathered[1]
+            expected = gathered[2] if expected is not None else None
+        if self.negatives is not None:
+            rows = self.negatives.sample(features)
+            if rows is not None:
+                extra_ids = self.negatives.catalog.ids_at(rows)
+                candidates = tf.concat([candidates, self.candidate_tower(self.negatives.catalog.gather(rows),
+                                                                         training=training)], axis=0)
+                ids = tf.concat([ids, extra_ids], axis=0)
+                if expected is not None:
+                    extra = self._expected_in_batch(extra_ids, batch_size, False)
+                    expected = tf.concat([expected, extra], axis=0)
+            if expected is not None:
+                expected = self.negatives.expected_counts(ids, expected)
+        labels = features.get(self.label_key) if self.label_key else None
+        return self.task(query, candidates, candidate_ids=ids, candidate_sampling_probability=expected,
+                         compute_metrics=not training, features=features,
+                         query_ids=features.get(self.query_key) if self.query_key else None,
+                         labels=None if labels is None else tf.cast(labels, tf.float32))
 
 
-def build_task(config: Config) -> Retrieval:
+def make_loss(config: Config):
+    """The loss over the chain's [rows, columns] logits: softmax cross-entropy, hinge, or pointwise."""
     t = config.task
-    transforms = []
+    if t.loss == "softmax":
+        reduction = {"sum": keras.losses.Reduction.SUM,
+                     "mean": keras.losses.Reduction.SUM_OVER_BATCH_SIZE}[t.loss_reduction]
+        return keras.losses.CategoricalCrossentropy(from_logits=True, reduction=reduction)
+    if t.loss == "hinge":
+        from tfrec_towers.tasks.margin_loss import HingeLoss
+
+        return HingeLoss(t.margin, t.loss_reduction)
+    from tfrec_towers.tasks.pointwise_loss import FocalLoss, WeightedBinaryCrossEntropy
+
+    if t.loss == "bce":
+        return WeightedBinaryCrossEntropy(t.positive_weight, t.negative_weight, t.loss_reduction)
+    return FocalLoss(t.focal_gamma, t.focal_alpha, t.loss_reduction)
+
+
+def build_task(config: Config, auxiliary_losses=()) -> Retrieval:
+    """The Retrieval task. Query->item chain, in this order (each step a small tested layer):
+
+        temperature -> logQ (sampling mixture) -> accidental hits -> adaptive tau/margin
+        -> same-tower negatives (SamToNe) -> hard-negative mining -> loss
+
+    Adaptive tau/margin comes before SamToNe so that it sees only the cross-tower columns it is
+    defined on. The item->query chain (bidirectional, SamToNe item side) has temperature, accidental
+    hits between same users, and SamToNe's item-item terms; no logQ (queries are not sampled).
+    """
+    t, n = config.task, config.negatives
+    transforms, aux = [], list(auxiliary_losses)
     if t.temperature:
         transforms.append(Temperature(t.temperature))
     if t.logq:
         transforms.append(LogQCorrection())
     if t.remove_accidental_hits:
         transforms.append(RemoveAccidentalHits())
-    reduction = {"sum": keras.losses.Reduction.SUM,
-                 "mean": keras.losses.Reduction.SUM_OVER_BATCH_SIZE}[t.loss_reduction]
-    loss = keras.losses.CategoricalCrossentropy(from_logits=True, reduction=reduction)
+    if t.adaptive is not None:
+        from tfrec_towers.tasks.adaptive_temperature_margin import AdaptiveSymmetricLoss, AdaptiveTemperatureMargin
+
+        a = t.adaptive
+        if not t.temperature:
+            raise ValueError("task.adaptive needs task.temperature (the chain's base temperature)")
+        adaptive = AdaptiveTemperatureMargin(t.temperature, a.alpha, a.delta0, a.tau0, a.trainable)
+        transforms.append(adaptive)
+        if a.symmetric_weight:
+            aux.append(AdaptiveSymmetricLoss(adaptive, a.symmetric_weight, t.loss_reduction))
+    reverse = None
+    if (t.samtone != "none" or t.bidirectional != "none" or t.pair_alpha) and not t.temperature:
+        raise ValueError("same-tower negatives, PAIR and the bidirectional loss need task.temperature")
+    if t.samtone in ("item", "both") and t.bidirectional == "none":
+        raise ValueError("task.samtone item/both adds item-item negatives to the item->user softmax: "
+                         "set task.bidirectional to sum or mean")
+    if t.samtone in ("query", "both"):
+        from tfrec_towers.tasks.samtone import SameTowerNegatives
+
+        transforms.append(SameTowerNegatives(t.temperature))
+    if t.bidirectional != "none":
+        if not n.in_batch:
+            raise ValueError("the bidirectional loss needs in-batch negatives (negatives.in_batch)")
+        reverse = [Temperature(t.temperature)]
+        if t.remove_accidental_hits:
+            reverse.append(RemoveAccidentalHits(optional=True))
+        if t.samtone in ("item", "both"):
+            from tfrec_towers.tasks.samtone import SameTowerNegatives
+
+            reverse.append(SameTowerNegatives(t.temperature))
+    if t.pair_alpha:
+        from tfrec_towers.tasks.pair import PassageCentricLoss
+
+        aux.append(PassageCentricLoss(t.temperature, t.pair_alpha, t.loss_reduction))
+    if t.hard_negatives:
+        transforms.append(HardNegativeMining(t.hard_negatives))
+    weight = {"none": 1.0, "sum": 1.0, "mean": 0.5}[t.bidirectional]
     batch_metrics = [keras.metrics.TopKCategoricalAccuracy(k=k, name=f"batch_recall_at_{k}")
-                     for k in t.batch_recall_k]
-    return Retrieval(transforms=transforms, loss=loss, batch_metrics=batch_metrics)
+                     for k in t.batch_recall_k] if t.loss == "softmax" else []
+    return Retrieval(transforms=transforms, auxiliary_losses=aux, loss=make_loss(config),
+                     batch_metrics=batch_metrics, reverse_transforms=reverse,
+                     query_weight=weight * (1.0 - t.pair_alpha), reverse_weight=weight,
+                     in_batch_negatives=n.in_batch)
 
 
-def build_model(config: Config, stats: FeatureStats) -> TwoTowerModel:
+def _in_batch_frequency(config: Config, stats: FeatureStats):
+    t = config.task
+    if not t.logq:
+        return None
+    if t.logq_estimator == "streaming":
+        from tfrec_towers.tasks.streaming_frequency import StreamingFrequency
+
+        s = t.streaming
+        return StreamingFrequency(s.hash_size, s.num_hashes, s.learning_rate, start=s.start)
+    ids, q = stats.item_probabilities()
+    if not ids:
+        raise ValueError("logQ correction needs item counts, but the training logs gave none")
+    return ItemFrequency(ids, q)
+
+
+def _tower_extensions(config: Config, stats: FeatureStats, query_tower, candidate_tower):
+    """Adds the extra tower inputs of DAT and generative interaction; returns their auxiliary losses."""
+    m, aux = config.model, []
+    if m.dual_augmented is not None:
+        from tfrec_towers.dual_augmented import AugmentedVector, CategoryAlignmentLoss, MimicLoss
+
+        d = m.dual_augmented
+        if not m.output_dim:
+            raise ValueError("dual augmented towers need model.output_dim (the augmented vectors' size)")
+        item_id = config.features.item_id
+        user_vector = AugmentedVector(d.query_id, _vocabulary(stats, d.query_id), m.output_dim, name="a_u")
+        item_vector = AugmentedVector(item_id, stats.vocabulary(item_id) if item_id in stats.vocab_counts
+                                      else sorted(stats.item_counts), m.output_dim, name="a_v")
+        query_tower.extra_inputs.append(user_vector)
+        candidate_tower.extra_inputs.append(item_vector)
+        aux.append(MimicLoss(user_vector, item_vector, d.mimic_weight))
+        if d.alignment_weight:
+            if not d.category:
+                raise ValueError("model.dual_augmented.alignment_weight needs model.dual_augmented.category")
+            aux.append(CategoryAlignmentLoss(d.category, d.alignment_weight))
+    if m.generative is not None:
+        from tfrec_towers.generative_interaction import PseudoQueryGenerator, ReconstructionLoss
+
+        g = m.generative
+        unknown = [name for name in g.targets if name not in query_tower.input_names_]
+        if unknown or not g.targets:
+            raise ValueError(f"model.generative.targets must name query-side features; not query inputs: {unknown}")
+        target_dim = int(query_tower.encode(config.features.dummy_batch(), g.targets).shape[-1])
+        generator = PseudoQueryGenerator(target_dim, g.hidden, name="pseudo_query")
+        candidate_tower.extra_inputs.append(generator)
+        aux.append(ReconstructionLoss(query_tower, candidate_tower, generator, g.targets, g.weight))
+    return aux
+
+
+def _vocabulary(stats: FeatureStats, name: str):
+    if name not in stats.vocab_counts:
+        raise ValueError(f"dual augmented towers: no vocabulary for '{name}'; it must be an id/categorical "
+                         "feature of the spec")
+    return stats.vocabulary(name)
+
+
+def build_model(config: Config, stats: FeatureStats, negatives=None) -> TwoTowerModel:
+    """The model; ``negatives`` (``build_negatives``) only when training with sampled negatives."""
     m = config.model
     query_tower, candidate_tower = build_towers(config.features, stats, m.hidden, m.output_dim, m.activation,
                                                 m.dropout, m.normalize, m.sharing)
-    frequency = None
-    if config.task.logq:
-        ids, q = stats.item_probabilities()
-        if not ids:
-            raise ValueError("logQ correction needs item counts, but the training logs gave none")
-        frequency = ItemFrequency(ids, q)
-    return TwoTowerModel(query_tower, candidate_tower, build_task(config), config.features.item_id, frequency)
+    aux = _tower_extensions(config, stats, query_tower, candidate_tower)
+    by_name = config.features.by_name
+    query_key = config.data.user_id if config.data.user_id in by_name else None
+    return TwoTowerModel(query_tower, candidate_tower, build_task(config, aux), config.features.item_id,
+                         _in_batch_frequency(config, stats), negatives, query_key, config.data.label,
+                         config.negatives.cross_replica)
 
 
 def make_optimizer(name: str, learning_rate: float):

@@ -51,12 +51,7 @@ class RunDir:
 
 def dummy_batch(config: Config) -> Dict[str, tf.Tensor]:
     """A one-row batch of model inputs, to create a model's variables before restoring weights."""
-    batch = {}
-    for feature in config.features.features:
-        spec = feature.input_signature()
-        shape = [1] * len(spec.shape)
-        batch[feature.name] = tf.fill(shape, "" if spec.dtype == tf.string else tf.cast(0, spec.dtype))
-    return batch
+    return config.features.dummy_batch()
 
 
 def load_model(run_dir: str) -> TwoTowerModel:

@@ -20,22 +20,36 @@ SHARING = ("none", "projection", "full")
 
 
 class Tower(keras.Model):
-    """Features dict (extra keys ignored) -> [batch, output_dim] embedding."""
+    """Features dict (extra keys ignored) -> [batch, output_dim] embedding.
+
+    ``extra_inputs`` are layers called as ``layer(features, x)`` on the concatenated encodings x whose
+    outputs join the MLP's input: the augmented vectors of dual augmented towers, the pseudo query
+    vector of generative interaction.
+    """
 
     def __init__(self, inputs: Sequence[Tuple[str, keras.layers.Layer]], hidden: keras.Sequential,
-                 projection: keras.layers.Layer, normalize: bool = True, **kwargs):
+                 projection: keras.layers.Layer, normalize: bool = True,
+                 extra_inputs: Sequence[keras.layers.Layer] = (), **kwargs):
         super().__init__(**kwargs)
         self.input_names_ = [name for name, _ in inputs]
         self.encoders = [encoder for _, encoder in inputs]
         self.hidden = hidden
         self.projection = projection
         self.normalize = normalize
+        self.extra_inputs = list(extra_inputs)
 
-    def call(self, features, training=False):
-        missing = [n for n in self.input_names_ if n not in features]
+    def encode(self, features, names: Optional[Sequence[str]] = None):
+        """Concatenated encoder outputs of the tower's features (or of ``names`` among them)."""
+        missing = [n for n in self.input_names_ if n not in features and (names is None or n in names)]
         if missing:
             raise KeyError(f"{self.name}: missing input feature(s) {missing}")
-        x = tf.concat([enc(features[n]) for n, enc in zip(self.input_names_, self.encoders)], axis=-1)
+        return tf.concat([enc(features[n]) for n, enc in zip(self.input_names_, self.encoders)
+                          if names is None or n in names], axis=-1)
+
+    def call(self, features, training=False):
+        x = self.encode(features)
+        if self.extra_inputs:
+            x = tf.concat([x] + [layer(features, x) for layer in self.extra_inputs], axis=-1)
         x = self.projection(self.hidden(x, training=training))
         return tf.math.l2_normalize(x, axis=-1) if self.normalize else x
 

@@ -12,7 +12,8 @@ from tfrec_towers.config import Config
 from tfrec_towers.data import reader
 from tfrec_towers.features.spec import NumericFeature
 from tfrec_towers.features.stats import FeatureStats, StatsAccumulator
-from tfrec_towers.model import build_model, make_optimizer
+from tfrec_towers.model import POINTWISE, build_model, make_optimizer
+from tfrec_towers.negatives import build_negatives
 from tfrec_towers.run import RunDir, dummy_batch
 
 
@@ -39,6 +40,16 @@ def parse_spec(config: Config, *extra: str):
     return spec
 
 
+def batch_keys(config: Config):
+    """Log fields that training batches need besides the spec's features: the keys of per-key negatives."""
+    n, keys = config.negatives, []
+    if n.exposure:
+        keys.append(n.exposure_key)
+    if n.mined:
+        keys.append(config.data.user_id)
+    return [k for k in keys if k not in config.features.by_name]
+
+
 def positives(config: Config) -> Optional[Callable]:
     label = config.data.label
     return (lambda parsed: parsed[label] >= 1) if label else None
@@ -59,11 +70,13 @@ def compute_stats(config: Config, files, progress=print):
 def make_input(config: Config, files, training: bool, batch_size: Optional[int] = None,
                stats: Optional[FeatureStats] = None) -> tf.data.Dataset:
     """The tf.data pipeline of ``files``. Given the stats of these files, the label filter (a costly
-    per-example re-batching) is left out when their pass found no event to filter."""
+    per-example re-batching) is left out when their pass found no event to filter; pointwise losses
+    train on every event, the label as target."""
     d = config.data
-    keep = None if stats is not None and stats.num_filtered == 0 else positives(config)
+    unfiltered = (stats is not None and stats.num_filtered == 0) or (training and config.task.loss in POINTWISE)
+    keep = None if unfiltered else positives(config)
     return reader.make_dataset(
-        files, parse_spec(config), config.features.prepare, batch_size or config.train.batch_size,
+        files, parse_spec(config, *(batch_keys(config) if training else [])), config.features.prepare, batch_size or config.train.batch_size,
         compression=d.compression, policy=d.corrupt_records,
         shuffle_buffer=d.shuffle_buffer if training else 0, seed=config.train.seed, keep=keep,
         cache=d.cache, num_parallel_reads=d.num_parallel_reads)
@@ -123,7 +136,7 @@ def train(config: Config, train_pattern: str, run_dir: str, eval_pattern: Option
     keras.utils.set_random_seed(config.train.seed)
     strategy = make_strategy(config.train.strategy)
     with strategy.scope():
-        model = build_model(config, stats)
+        model = build_model(config, stats, build_negatives(config, stats, files, items_pattern, progress))
         # Create every variable now (a tfrs.Model is built by its towers), so that BackupAndRestore
         # restores into existing variables instead of warning that the model is unbuilt.
         model.query_tower(dummy_batch(config))

@@ -16,7 +16,6 @@ reader moves to the next file, and the report says so.
 import dataclasses
 import glob
 import re
-import os
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np

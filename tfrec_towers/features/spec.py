@@ -310,6 +310,14 @@ class FeatureSpec:
     def input_signature(self, side: str) -> Dict[str, tf.TensorSpec]:
         return {f.name: f.input_signature() for f in self.side(side)}
 
+    def dummy_batch(self) -> Dict[str, tf.Tensor]:
+        """A one-row batch of model inputs ("" / 0), to create variables or probe output shapes."""
+        batch = {}
+        for feature in self.features:
+            spec = feature.input_signature()
+            batch[feature.name] = tf.fill([1] * len(spec.shape), "" if spec.dtype == tf.string else tf.cast(0, spec.dtype))
+        return batch
+
     # --- (de)serialisation -----------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
         return {"item_id": self.item_id, "query": [f.to_dict() for f in self.query],

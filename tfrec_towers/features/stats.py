@@ -9,7 +9,7 @@
 import collections
 import json
 import os
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf

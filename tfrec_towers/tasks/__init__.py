@@ -1,4 +1,4 @@
-"""Retrieval task and the logit transforms / auxiliary losses composed into it."""
+"""Retrieval task and the logit transforms / auxiliary losses composed into it (see ``model.build_task``)."""
 from tfrec_towers.tasks.retrieval import (  # noqa: F401
     AuxiliaryLoss,
     LogitTransform,
@@ -8,3 +8,12 @@ from tfrec_towers.tasks.retrieval import (  # noqa: F401
     RetrievalContext,
     Temperature,
 )
+from tfrec_towers.tasks.adaptive_temperature_margin import (  # noqa: F401
+    AdaptiveSymmetricLoss,
+    AdaptiveTemperatureMargin,
+)
+from tfrec_towers.tasks.margin_loss import HingeLoss  # noqa: F401
+from tfrec_towers.tasks.pair import PassageCentricLoss  # noqa: F401
+from tfrec_towers.tasks.pointwise_loss import FocalLoss, WeightedBinaryCrossEntropy  # noqa: F401
+from tfrec_towers.tasks.samtone import SameTowerNegatives  # noqa: F401
+from tfrec_towers.tasks.streaming_frequency import StreamingFrequency  # noqa: F401

@@ -13,14 +13,34 @@ so the model never changes when an objective is added.
 import dataclasses
 from typing import Dict, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
 
+#: The logit of a pair that must not act as a negative (TFRS's value: finite, so 0 * logit stays 0).
+MIN_LOGIT = float(np.finfo(np.float32).min / 100.0)
+
+
+class Untracked:
+    """Plain attribute holder that Keras does not track: a loss layer keeps references to layers that
+    the towers already own (tracked there), without a second path in checkpoints and weight lists."""
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+
 @dataclasses.dataclass
 class RetrievalContext:
-    """What a transform or auxiliary loss may need besides logits and labels."""
+    """What a transform or auxiliary loss may need besides logits and labels.
+
+    Row i of the batch is a query and its positive candidate: ``query_embeddings`` is [B, d];
+    ``candidate_embeddings`` is [N, d] with N >= B, its first B rows the rows' positives and any
+    further rows extra negatives (sampled from the catalog, mined, ...). ``candidate_ids`` [N] and
+    ``query_ids`` [B] identify entities (same ID = same entity, never a negative of each other);
+    ``labels`` [B] is the event label of each row (1 click, 0 exposure without click) when given.
+    """
 
     query_embeddings: tf.Tensor
     candidate_embeddings: tf.Tensor
@@ -28,6 +48,22 @@ class RetrievalContext:
     candidate_sampling_probability: Optional[tf.Tensor] = None
     sample_weight: Optional[tf.Tensor] = None
     features: Optional[Dict[str, tf.Tensor]] = None
+    query_ids: Optional[tf.Tensor] = None
+    labels: Optional[tf.Tensor] = None
+
+    @property
+    def positive_embeddings(self) -> tf.Tensor:
+        """[B, d]: each row's positive candidate."""
+        return self.candidate_embeddings[:tf.shape(self.query_embeddings)[0]]
+
+    def reversed(self) -> "RetrievalContext":
+        """The item -> query direction: each row's positive candidate is the anchor and the batch's
+        queries are the columns (extra negative candidates take no part; no sampling correction)."""
+        b = tf.shape(self.query_embeddings)[0]
+        return RetrievalContext(
+            self.positive_embeddings, self.query_embeddings,
+            candidate_ids=self.query_ids, sample_weight=self.sample_weight, features=self.features,
+            query_ids=None if self.candidate_ids is None else self.candidate_ids[:b], labels=self.labels)
 
 
 class LogitTransform(keras.layers.Layer):
@@ -73,39 +109,84 @@ class LogQCorrection(LogitTransform):
 
 
 class RemoveAccidentalHits(LogitTransform):
-    """Columns whose candidate ID equals row i's positive are not negatives for row i (logit -> -inf)."""
+    """Column j is not a negative of row i when its ID equals row i's positive ID (logit -> MIN_LOGIT).
+
+    Row i's positive is column i (an event row whose label is 0 has none, and still masks its own item).
+    With ``optional`` the step is skipped when the context has no IDs (e.g. no user ID in the item->user
+    direction); otherwise missing IDs are an error.
+    """
+
+    def __init__(self, optional: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.optional = optional
 
     def call(self, logits, labels, context):
-        if context.candidate_ids is None:
+        ids = context.candidate_ids
+        if ids is None:
+            if self.optional:
+                return logits, labels
             raise ValueError("removing accidental hits needs candidate ids")
-        return tfrs.layers.loss.RemoveAccidentalHits()(labels, logits, context.candidate_ids), labels
+        b, n = tf.shape(logits)[0], tf.shape(ids)[0]
+        same = tf.equal(ids[:b, None], ids[None, :]) & ~tf.cast(tf.eye(b, n), tf.bool)
+        same = tf.pad(same, [[0, 0], [0, tf.shape(logits)[1] - n]])
+        return tf.where(same, MIN_LOGIT, logits), labels
 
 
 class Retrieval(tfrs.tasks.Retrieval):
     """``tfrs.tasks.Retrieval`` whose loss is computed through ``transforms`` and ``auxiliary_losses``.
 
+        loss = w_q L(chain_q(Q C^T), I) + w_r L(chain_r(P Q^T), I) + sum_k weight_k aux_k
+
     Args:
       transforms: LogitTransforms applied in order to the [queries, candidates] logits.
+      reverse_transforms: when not None, the item->query direction is added: each row's positive item
+        is the anchor and the batch's queries are its columns (bidirectional softmax).
+      query_weight, reverse_weight: w_q, w_r (1 and 1: sum of the directions; 0.5 and 0.5: mean).
+      in_batch_negatives: False keeps, of the first B columns, only row i's own positive.
       auxiliary_losses: AuxiliaryLoss layers whose weighted values are added to the loss.
-      loss, metrics, batch_metrics, loss_metrics, name: as in ``tfrs.tasks.Retrieval``.
+      loss, metrics, batch_metrics, loss_metrics, name: as in ``tfrs.tasks.Retrieval``; ``loss`` is
+        any callable ``(y_true, y_pred, sample_weight)``.
     """
 
     def __init__(self, transforms: Sequence[LogitTransform] = (), auxiliary_losses: Sequence[AuxiliaryLoss] = (),
-                 loss=None, metrics=None, batch_metrics=None, loss_metrics=None, name=None):
+                 loss=None, metrics=None, batch_metrics=None, loss_metrics=None, name=None,
+                 reverse_transforms: Optional[Sequence[LogitTransform]] = None, query_weight: float = 1.0,
+                 reverse_weight: float = 1.0, in_batch_negatives: bool = True):
         super().__init__(loss=loss, metrics=metrics, batch_metrics=batch_metrics, loss_metrics=loss_metrics,
                          name=name)
         self.transforms = list(transforms)
+        self.reverse_transforms = None if reverse_transforms is None else list(reverse_transforms)
         self.auxiliary_losses = list(auxiliary_losses)
+        self.query_weight, self.reverse_weight = query_weight, reverse_weight
+        self.in_batch_negatives = in_batch_negatives
+
+    def direction(self, transforms, context: RetrievalContext):
+        """(logits, labels) of one direction: Q C^T through the chain, labels I (times event labels)."""
+        logits = tf.linalg.matmul(context.query_embeddings, context.candidate_embeddings, transpose_b=True)
+        b, n = tf.shape(logits)[0], tf.shape(logits)[1]
+        labels = tf.eye(b, n)
+        if context.labels is not None:
+            labels *= tf.cast(tf.reshape(context.labels, [-1, 1]), labels.dtype)
+        if not self.in_batch_negatives:
+            others = tf.pad(1.0 - tf.eye(b), [[0, 0], [0, n - b]]) > 0
+            logits = tf.where(others, MIN_LOGIT, logits)
+        for transform in transforms:
+            logits, labels = transform(logits, labels, context=context)
+        return logits, labels
 
     def call(self, query_embeddings, candidate_embeddings, sample_weight=None, candidate_sampling_probability=None,
-             candidate_ids=None, compute_metrics=True, compute_batch_metrics=True, features=None):
+             candidate_ids=None, compute_metrics=True, compute_batch_metrics=True, features=None,
+             query_ids=None, labels=None):
         context = RetrievalContext(query_embeddings, candidate_embeddings, candidate_ids,
-                                   candidate_sampling_probability, sample_weight, features)
-        logits = tf.linalg.matmul(query_embeddings, candidate_embeddings, transpose_b=True)
-        labels = tf.eye(tf.shape(logits)[0], tf.shape(logits)[1])
-        for transform in self.transforms:
-            logits, labels = transform(logits, labels, context=context)
+                                   candidate_sampling_probability, sample_weight, features, query_ids, labels)
+        logits, labels = self.direction(self.transforms, context)
         loss = self._loss(y_true=labels, y_pred=logits, sample_weight=sample_weight)
+        if self.query_weight != 1.0:
+            loss *= self.query_weight
+        if self.reverse_transforms is not None:
+            reverse_logits, reverse_labels = self.direction(self.reverse_transforms, context.reversed())
+            loss += self.reverse_weight * self._loss(y_true=reverse_labels, y_pred=reverse_logits,
+                                                     sample_weight=sample_weight)
         for aux in self.auxiliary_losses:
             loss += aux.weight * aux(context)
 
@@ -114,8 +195,9 @@ class Retrieval(tfrs.tasks.Retrieval):
             updates += [metric.update_state(query_embeddings, candidate_embeddings[:tf.shape(query_embeddings)[0]],
                                             true_candidate_ids=candidate_ids, sample_weight=sample_weight)
                         for metric in self._factorized_metrics]
-        if compute_batch_metrics:
-            updates += [metric.update_state(labels, logits, sample_weight=sample_weight)
+        if compute_batch_metrics:  # over the candidate columns only (not SamToNe's same-tower ones)
+            n = tf.shape(candidate_embeddings)[0]
+            updates += [metric.update_state(labels[:, :n], logits[:, :n], sample_weight=sample_weight)
                         for metric in self._batch_metrics]
         with tf.control_dependencies(updates):
             return tf.identity(loss)
