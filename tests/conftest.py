@@ -36,3 +36,19 @@ def read_log(pattern: str, kinds: dict) -> pd.DataFrame:
 def log_reader():
     """``read_log`` (see there), as a fixture."""
     return read_log
+
+
+def small_trained_run(root, num_users: int, num_items: int, num_requests: int, seed: int, epochs: int):
+    """Synthetic logs under ``root/logs`` and the default config trained on them in ``root/run``:
+    (run_dir, files, config). For tests of what comes after training (export, serving)."""
+    from tfrec_towers.config import Config, packaged
+    from tfrec_towers.data.synthetic import generate_synthetic
+    from tfrec_towers.train import train
+
+    files = generate_synthetic(str(root / "logs"), num_users=num_users, num_items=num_items,
+                               num_requests=num_requests, seed=seed, progress=None)["files"]
+    config = Config.load(packaged("default"))
+    config.train.epochs, config.train.batch_size = epochs, 256
+    run_dir = str(root / "run")
+    train(config, files["train"], run_dir, files["test"], files["items"], verbose=0, progress=lambda message: None)
+    return run_dir, files, config

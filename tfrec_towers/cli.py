@@ -1,4 +1,4 @@
-"""``tfrec-towers``: convert logs, train, evaluate, and run the whole job end to end (``demo``)."""
+"""``tfrec-towers``: convert logs, train, evaluate, export and serve; the whole job end to end (``demo``)."""
 import argparse
 import json
 import os
@@ -63,8 +63,52 @@ def cmd_demo(args):
     with open(os.path.join(data, "metadata.json"), encoding="utf-8") as f:
         files = json.load(f)["files"]
     config = _config(args)
-    metrics = train(config, files["train"], os.path.join(workdir, "run"), files["test"], files["items"])
+    run_dir = os.path.join(workdir, "run")
+    metrics = train(config, files["train"], run_dir, files["test"], files["items"])
     print(json.dumps({k: metrics[k] for k in ("all_items", "exclude_history") if k in metrics}, indent=2))
+    from tfrec_towers.export.exporter import export_run
+
+    version_dir = export_run(run_dir, os.path.join(workdir, "models"), "tfrec_towers", index="portable")
+    print(f"serve it with: tfrec-towers serve {os.path.dirname(os.path.dirname(version_dir))}")
+
+
+def _index_params(args):
+    return {k: getattr(args, k) for k in ("num_partitions", "num_probe", "num_rerank") if getattr(args, k)}
+
+
+def cmd_export(args):
+    from tfrec_towers.export.exporter import export_run
+
+    export_run(args.run_dir, args.base_dir, args.name, index=args.index, k=args.k, items=args.items,
+               index_params=_index_params(args))
+
+
+def cmd_refresh_items(args):
+    from tfrec_towers.export.exporter import refresh_items
+
+    refresh_items(args.base_dir, args.name, args.items, run_dir=args.run_dir, index=args.index, k=args.k,
+                  index_params=_index_params(args))
+
+
+def cmd_ops(args):
+    from tfrec_towers.export.ops import ops_report
+    from tfrec_towers.export.versions import latest_version
+
+    path = args.export_dir
+    if not os.path.exists(os.path.join(path, "saved_model.pb")) and latest_version(path) is not None:
+        path = os.path.join(path, str(latest_version(path)))  # BASE/NAME: its latest version
+    report = ops_report(path)
+    print(json.dumps(report, indent=2))
+    return 0 if report["stock_tf_serving"] or not args.check_stock else 1
+
+
+def cmd_serve(args):
+    from tfrec_towers.serving.server import ModelServer
+
+    server = ModelServer(args.base_dir, host=args.host, grpc_port=args.port, rest_port=args.rest_port,
+                         poll_interval_s=args.poll_seconds, max_batch_size=args.max_batch_size,
+                         num_versions=args.num_versions, log=lambda message: print(message, flush=True))
+    server.serve_forever()  # logs the bound addresses; Ctrl-C stops it
 
 
 def cmd_config(args):
@@ -130,11 +174,53 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--overwrite", action="store_true")
     sp.set_defaults(func=cmd_synthetic)
 
-    sp = sub.add_parser("demo", help="end to end: (synthetic) logs -> train -> evaluate")
+    sp = sub.add_parser("demo", help="end to end: (synthetic) logs -> train -> evaluate -> export")
     config_args(sp)
     sp.add_argument("--data", help="a folder written by `movielens` or `synthetic` (default: generate synthetic)")
     sp.add_argument("--workdir", default="tfrec-demo", help="where data and the run go (default: ./tfrec-demo)")
     sp.set_defaults(func=cmd_demo)
+
+    def index_args(sp, default):
+        sp.add_argument("--index", choices=["portable", "scann", "brute"], default=default,
+                        help="portable: stock TF ops (loads in stock TF Serving); scann: ScaNN custom ops; "
+                             "brute: exact" + (f" (default: {default})" if default else
+                                               " (default: the latest version's)"))
+        sp.add_argument("--k", type=int, default=100 if default else None, help="items per query")
+        sp.add_argument("--num-partitions", type=int, help="index partitions/leaves (default ~sqrt(catalog))")
+        sp.add_argument("--num-probe", type=int, help="partitions searched per query (default: tuned)")
+        sp.add_argument("--num-rerank", type=int, help="exactly re-ranked shortlist (default max(4k, 100))")
+
+    sp = sub.add_parser("export", help="a trained run -> BASE/NAME/<timestamp>/ SavedModel (towers + item index)")
+    sp.add_argument("run_dir", metavar="RUN_DIR")
+    sp.add_argument("base_dir", metavar="BASE_DIR")
+    sp.add_argument("name", metavar="NAME", help="model name: the version goes to BASE_DIR/NAME/<timestamp>")
+    index_args(sp, "portable")
+    sp.add_argument("--items", help="item catalog glob (default: the run's)")
+    sp.set_defaults(func=cmd_export)
+
+    sp = sub.add_parser("refresh-items", help="re-embed a new/changed catalog with the latest version's model "
+                                              "-> a new version")
+    sp.add_argument("base_dir", metavar="BASE_DIR")
+    sp.add_argument("name", metavar="NAME")
+    sp.add_argument("--items", required=True, help="glob of the new item catalog TFRecords")
+    sp.add_argument("--run-dir", help="the run of the latest version (default: recorded in its metadata)")
+    index_args(sp, None)
+    sp.set_defaults(func=cmd_refresh_items)
+
+    sp = sub.add_parser("ops", help="the non-TensorFlow ops an export needs, and whether stock TF Serving has them")
+    sp.add_argument("export_dir", metavar="EXPORT_DIR", help="a version directory, or BASE/NAME (its latest)")
+    sp.add_argument("--check-stock", action="store_true", help="exit 1 if stock TF Serving cannot load it")
+    sp.set_defaults(func=cmd_ops)
+
+    sp = sub.add_parser("serve", help="serve BASE_DIR/NAME/<version> exports over TF Serving's gRPC (and REST) API")
+    sp.add_argument("base_dir", metavar="BASE_DIR")
+    sp.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500, as TF Serving)")
+    sp.add_argument("--rest-port", type=int, help="also serve TF Serving's REST API on this port")
+    sp.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    sp.add_argument("--poll-seconds", type=float, default=1.0, help="how often BASE_DIR is polled for versions")
+    sp.add_argument("--max-batch-size", type=int, default=10000, help="larger requests get INVALID_ARGUMENT")
+    sp.add_argument("--num-versions", type=int, default=1, help="newest versions kept loaded per model")
+    sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("config", help="print a packaged config (default, tutorial)")
     sp.add_argument("name", nargs="?", default="default")
@@ -147,11 +233,10 @@ def main(argv=None):
     import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 
     try:
-        args.func(args)
+        return args.func(args) or 0
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"tfrec-towers {args.command}: error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

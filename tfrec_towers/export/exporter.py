@@ -1,0 +1,134 @@
+"""``export`` and ``refresh-items``: a trained run -> a new TF Serving version BASE/NAME/<timestamp>/.
+
+Both write one SavedModel (``retrieval_module.py``) holding the user tower and an index of item
+embeddings computed by the same weights. ``refresh-items`` re-embeds a new or changed catalog with
+the weights of the latest version (checked by fingerprint) and writes a new version: the user side
+is unchanged, the index rebuilt, and no version ever mixes two models.
+
+Metadata (``assets/tfrec_towers.json``, also served by the ``metadata`` signature): model name and
+version, the run directory and a fingerprint of its weights, the feature spec, the index type and
+parameters, k, and the item catalog (files, size, fingerprint of ids and embeddings).
+"""
+import datetime
+import glob
+import hashlib
+import json
+import os
+import tempfile
+from typing import Dict, Optional
+
+import numpy as np
+import tensorflow as tf
+
+import tfrec_towers
+from tfrec_towers.evaluate import embed_catalog
+from tfrec_towers.export.indexes import INDEX_TYPES, build_index
+from tfrec_towers.export.retrieval_module import METADATA_FILE, RetrievalModule
+from tfrec_towers.export.versions import latest_version, staged_version
+from tfrec_towers.run import RunDir, load_model
+
+#: Namespaced custom ops allowed in an export: ScaNN's (``Scann>...``) and tensorflow-text's.
+NAMESPACES = ["Scann", "TFText"]
+
+
+def weights_fingerprint(run_dir: str) -> str:
+    """sha256 of the run's final weights files: identifies the model a version was built from."""
+    files = sorted(glob.glob(RunDir(run_dir).weights + ".*"))
+    if not files:
+        raise FileNotFoundError(f"{run_dir} has no final weights: did training finish?")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(os.path.basename(path).encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def catalog_fingerprint(ids: np.ndarray, embeddings: np.ndarray) -> str:
+    digest = hashlib.sha256("\n".join(map(str, ids)).encode())
+    digest.update(np.ascontiguousarray(embeddings, np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def read_metadata(version_dir: str) -> Dict:
+    path = os.path.join(version_dir, "assets", METADATA_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{version_dir} is not an export of tfrec_towers (no assets/{METADATA_FILE})")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def export_run(run_dir: str, base_dir: str, name: str, index: str = "portable", k: int = 100,
+               items: Optional[str] = None, index_params: Optional[Dict] = None, log=print,
+               _extra_metadata: Optional[Dict] = None) -> str:
+    """Export ``run_dir`` as a new version of BASE/NAME; returns the version directory.
+
+    Args:
+      index: ``portable`` (default: stock TF ops, loads in stock TF Serving), ``scann`` or ``brute``.
+      k: items returned per query by ``serving_default`` (at most the catalog size).
+      items: item-catalog TFRecord glob; default: the run's ``items`` files.
+      index_params: num_partitions / num_probe / num_rerank overrides (``portable``, ``scann``).
+    """
+    if index not in INDEX_TYPES:
+        raise ValueError(f"index type must be one of {INDEX_TYPES}, got {index!r}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    run = RunDir(run_dir)
+    items = items or run.info().get("items")
+    if not items:
+        raise ValueError(f"{run.path} records no item catalog: pass items (a TFRecord glob of the catalog)")
+    fingerprint = weights_fingerprint(run.path)
+    config = run.config()
+    model = load_model(run.path)
+    log(f"embedding the item catalog {items}")
+    ids, embeddings = embed_catalog(model, config, items, progress=log)
+    log(f"building the {index} index over {len(ids)} items")
+    built = build_index(index, ids, embeddings, k, **(index_params or {}))
+    metadata = {
+        "model_name": name, "run_dir": run.path, "weights_fingerprint": fingerprint,
+        "feature_spec": config.features.to_dict(), "embedding_dim": int(embeddings.shape[1]),
+        "index": {"type": index, "k": built.k, "requested_k": k, "params": built.params},
+        "catalog": {"items": items, "num_items": len(ids), "fingerprint": catalog_fingerprint(ids, embeddings)},
+        "tfrec_towers": tfrec_towers.__version__, "tensorflow": tf.__version__,
+        **(_extra_metadata or {}),
+    }
+    with staged_version(base_dir, name, log) as (tmp, version), tempfile.TemporaryDirectory() as meta_dir:
+        metadata.update(version=version, created=datetime.datetime.now(datetime.timezone.utc).isoformat())
+        meta_path = os.path.join(meta_dir, METADATA_FILE)
+        with open(meta_path, "w", encoding="utf-8") as f:
+            json.dump(metadata, f, indent=2)
+        module = RetrievalModule(config.features, model.query_tower, model.candidate_tower, built, meta_path)
+        signatures = module.signatures()
+        log(f"saving the SavedModel (signatures: {', '.join(signatures)})")
+        tf.saved_model.save(module, tmp, signatures=signatures,
+                            options=tf.saved_model.SaveOptions(namespace_whitelist=NAMESPACES))
+    out = os.path.join(os.path.abspath(base_dir), name, str(version))
+    log(f"wrote {out} ({index} index, {len(ids)} items, k={built.k})")
+    return out
+
+
+def refresh_items(base_dir: str, name: str, items: str, run_dir: Optional[str] = None, index: Optional[str] = None,
+                  k: Optional[int] = None, index_params: Optional[Dict] = None, log=print) -> str:
+    """A new version of BASE/NAME: the latest version's model over the catalog ``items``.
+
+    The run directory defaults to the one recorded in the latest version; its weights must still be
+    the ones that version was built from, else this refuses (use ``export_run`` for a new model).
+    Index type and k default to the latest version's; partition parameters are re-tuned to the new
+    catalog size unless given.
+    """
+    model_dir = os.path.join(os.path.abspath(base_dir), name)
+    latest = latest_version(model_dir)
+    if latest is None:
+        raise FileNotFoundError(f"{model_dir} has no version to refresh: run `tfrec-towers export` first")
+    previous = read_metadata(os.path.join(model_dir, str(latest)))
+    run_dir = run_dir or previous["run_dir"]
+    fingerprint = weights_fingerprint(run_dir)
+    if fingerprint != previous["weights_fingerprint"]:
+        raise ValueError(
+            f"the weights in {run_dir} are not those of version {latest} (fingerprint {fingerprint[:12]} != "
+            f"{previous['weights_fingerprint'][:12]}): refresh-items keeps the model fixed and only "
+            "rebuilds the index; use `tfrec-towers export` to publish a new model")
+    return export_run(run_dir, base_dir, name, index=index or previous["index"]["type"],
+                      k=k or previous["index"]["requested_k"], items=items, index_params=index_params, log=log,
+                      _extra_metadata={"refreshed_from": latest})

@@ -1,0 +1,69 @@
+"""The three index types of an export, each ``index(queries [B, D]) -> (scores [B, k], ids [B, k])``.
+
+* ``brute``: exact scores against every item (stock ops; best up to ~1e5-1e6 items per query batch);
+* ``portable``: IVF + int8 + exact re-rank in stock ops (``portable_index.py``), loadable by stock
+  TF Serving;
+* ``scann``: TFRS's ScaNN layer (tree + asymmetric hashing + re-rank), ScaNN's custom ops: needs a
+  ScaNN-enabled TF Serving or a Python server that imports ``scann`` (TFRS issue #182).
+ScaNN gets the same catalog-size tuning as ``portable`` (leaves ~ sqrt(N), see ``tuned_params``).
+"""
+from typing import Dict, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tfrec_towers.export.portable_index import PortableIndex, tuned_params
+
+INDEX_TYPES = ("scann", "portable", "brute")
+
+
+class BruteForceIndex(tf.Module):
+    """Exact top-K: ``scores = q E^T`` over the whole catalog."""
+
+    def __init__(self, ids: np.ndarray, embeddings: np.ndarray, k: int, name: str = "brute_force_index"):
+        super().__init__(name=name)
+        if len(ids) == 0:
+            raise ValueError("cannot build an index over an empty catalog")
+        self.k = min(k, len(ids))
+        self.params: Dict = {}
+        self.embeddings = tf.Variable(np.asarray(embeddings, np.float32), trainable=False, name="embeddings")
+        self.ids = tf.Variable(np.asarray(ids, dtype=object).astype(bytes), trainable=False, name="ids")
+
+    def __call__(self, queries):
+        scores, idx = tf.math.top_k(tf.matmul(queries, self.embeddings, transpose_b=True), k=self.k)
+        return scores, tf.gather(self.ids, idx)
+
+
+class ScannIndex(tf.Module):
+    """``tfrs.layers.factorized_top_k.ScaNN`` over the catalog, leaves and re-ranking tuned to its size."""
+
+    def __init__(self, ids: np.ndarray, embeddings: np.ndarray, k: int, num_partitions: Optional[int] = None,
+                 num_probe: Optional[int] = None, num_rerank: Optional[int] = None, name: str = "scann_index"):
+        super().__init__(name=name)
+        import tensorflow_recommenders as tfrs
+
+        n = len(ids)
+        if n == 0:
+            raise ValueError("cannot build an index over an empty catalog")
+        self.k = min(k, n)
+        self.params = params = tuned_params(n, self.k, num_partitions, num_probe, num_rerank)
+        self.layer = tfrs.layers.factorized_top_k.ScaNN(
+            k=self.k, num_leaves=params["num_partitions"], num_leaves_to_search=params["num_probe"],
+            num_reordering_candidates=params["num_rerank"], dimensions_per_block=2)
+        self.layer.index(tf.constant(embeddings, tf.float32), tf.constant(np.asarray(ids, dtype=object).astype(bytes)))
+
+    def __call__(self, queries):
+        return self.layer(queries)
+
+
+def build_index(kind: str, ids: np.ndarray, embeddings: np.ndarray, k: int, **params) -> tf.Module:
+    """An index of type ``kind`` over (ids, embeddings); ``params`` override the tuned defaults."""
+    if kind == "brute":
+        if params:
+            raise ValueError(f"the brute index takes no parameters, got {sorted(params)}")
+        return BruteForceIndex(ids, embeddings, k)
+    if kind == "portable":
+        return PortableIndex(ids, embeddings, k, **params)
+    if kind == "scann":
+        return ScannIndex(ids, embeddings, k, **params)
+    raise ValueError(f"index type must be one of {INDEX_TYPES}, got {kind!r}")

@@ -1,0 +1,75 @@
+"""TF Serving's model layout: BASE/NAME/<version>/ with integer versions, written atomically.
+
+A version is assembled in ``BASE/NAME/.tmp-<version>-<host>-<pid>`` (same filesystem) and renamed
+into place, so a server polling BASE/NAME sees either no version or a complete one: TF Serving
+ignores children whose names are not integers, and ``rename`` of a directory is atomic on POSIX.
+Versions are unix timestamps, made strictly increasing (``max(now, latest + 1)``) so two exports in
+the same second still order correctly; an existing version is never overwritten.
+"""
+import contextlib
+import os
+import shutil
+import socket
+import time
+from typing import Iterator, List, Optional, Tuple
+
+_TMP = ".tmp-"
+
+
+def list_versions(model_dir: str) -> List[int]:
+    """Complete versions under BASE/NAME, ascending (integer-named directories only)."""
+    if not os.path.isdir(model_dir):
+        return []
+    return sorted(int(n) for n in os.listdir(model_dir)
+                  if n.isdigit() and os.path.isdir(os.path.join(model_dir, n)))
+
+
+def latest_version(model_dir: str) -> Optional[int]:
+    versions = list_versions(model_dir)
+    return versions[-1] if versions else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(model_dir: str, log=print) -> List[str]:
+    """Delete staging directories left by killed exports of this host (their pid is gone)."""
+    removed, host = [], socket.gethostname()
+    for name in os.listdir(model_dir) if os.path.isdir(model_dir) else []:
+        parts = name[len(_TMP):].rsplit("-", 2) if name.startswith(_TMP) else []
+        if len(parts) == 3 and parts[1] == host and parts[2].isdigit() and not _pid_alive(int(parts[2])):
+            shutil.rmtree(os.path.join(model_dir, name), ignore_errors=True)
+            removed.append(name)
+    if removed:
+        log(f"removed {len(removed)} staging director{'y' if len(removed) == 1 else 'ies'} of interrupted exports")
+    return removed
+
+
+@contextlib.contextmanager
+def staged_version(base_dir: str, name: str, log=print) -> Iterator[Tuple[str, int]]:
+    """``with staged_version(base, name) as (tmp_dir, version):`` write into tmp_dir; on a clean exit
+    it becomes BASE/NAME/<version>, on an exception it is deleted and no version appears."""
+    if not name or os.sep in name or name.startswith("."):
+        raise ValueError(f"model name must be a plain directory name, got {name!r}")
+    model_dir = os.path.join(os.path.abspath(base_dir), name)
+    os.makedirs(model_dir, exist_ok=True)
+    remove_stale_staging(model_dir, log)
+    version = max(int(time.time()), (latest_version(model_dir) or 0) + 1)
+    tmp = os.path.join(model_dir, f"{_TMP}{version}-{socket.gethostname()}-{os.getpid()}")
+    os.makedirs(tmp)
+    try:
+        yield tmp, version
+        final = os.path.join(model_dir, str(version))
+        if os.path.exists(final):
+            raise FileExistsError(f"{final} appeared while exporting; versions are never overwritten")
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
