@@ -89,5 +89,9 @@ def test_demo_end_to_end(tmp_path):
     assert saved["all_items"] == printed["all_items"]
     assert saved["events"] == meta["num_test"]
     assert os.path.exists(workdir / "run" / "weights" / "final.index")
+    versions = os.listdir(workdir / "models" / "tfrec_towers")  # exported for serving
+    assert len(versions) == 1 and versions[0].isdigit()
+    assert os.path.exists(workdir / "models" / "tfrec_towers" / versions[0] / "saved_model.pb")
+    assert f"tfrec-towers serve {workdir / 'models'}" in out
     with open(workdir / "run" / "epochs.jsonl", encoding="utf-8") as f:
         assert len(f.readlines()) == 1

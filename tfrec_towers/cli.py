@@ -65,11 +65,11 @@ def cmd_demo(args):
     config = _config(args)
     run_dir = os.path.join(workdir, "run")
     metrics = train(config, files["train"], run_dir, files["test"], files["items"])
-    print(json.dumps({k: metrics[k] for k in ("all_items", "exclude_history") if k in metrics}, indent=2))
     from tfrec_towers.export.exporter import export_run
 
     version_dir = export_run(run_dir, os.path.join(workdir, "models"), "tfrec_towers", index="portable")
     print(f"serve it with: tfrec-towers serve {os.path.dirname(os.path.dirname(version_dir))}")
+    print(json.dumps({k: metrics[k] for k in ("all_items", "exclude_history") if k in metrics}, indent=2))
 
 
 def _index_params(args):

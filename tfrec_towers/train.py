@@ -17,6 +17,21 @@ from tfrec_towers.negatives import build_negatives
 from tfrec_towers.run import RunDir, dummy_batch
 
 
+def worker_task() -> Optional[str]:
+    """This process's task in TF_CONFIG's cluster (``"worker-1"``), or None for the chief / no cluster.
+
+    The chief is task type ``chief``, or worker 0 when the cluster has no chief (Keras' convention).
+    Under multi_worker every worker runs ``fit``, but only the chief's files are the run: the others
+    write into ``RUN/workers/<task>/`` (their checkpoints are needed for the collectives, not kept).
+    """
+    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = tf_config.get("task") or {}
+    kind, index = task.get("type"), int(task.get("index", 0))
+    if kind is None or kind == "chief" or (kind == "worker" and index == 0 and "chief" not in tf_config.get("cluster", {})):
+        return None
+    return f"{kind}-{index}"
+
+
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """default (one device), mirrored (all local GPUs/CPU), multi_worker (cluster from TF_CONFIG)."""
     if name == "default":
@@ -102,7 +117,15 @@ class EpochLog(keras.callbacks.Callback):
 
 def train(config: Config, train_pattern: str, run_dir: str, eval_pattern: Optional[str] = None,
           items_pattern: Optional[str] = None, verbose="auto", progress=print) -> dict:
-    """Train (or resume) a run; evaluate on ``eval_pattern`` if given. Returns the metrics (or {})."""
+    """Train (or resume) a run; evaluate on ``eval_pattern`` if given. Returns the metrics (or {}).
+
+    Under ``train.strategy: multi_worker`` start the same command on every worker of TF_CONFIG's
+    cluster; the chief writes ``run_dir`` and evaluates, the other workers only train.
+    """
+    strategy = make_strategy(config.train.strategy)  # first: collectives must be set up before any op runs
+    task = worker_task() if config.train.strategy == "multi_worker" else None
+    if task:
+        run_dir, eval_pattern = os.path.join(run_dir, "workers", task), None
     run = RunDir(run_dir)
     os.makedirs(run.path, exist_ok=True)
     if os.path.exists(run / "config.yaml"):
@@ -134,7 +157,6 @@ def train(config: Config, train_pattern: str, run_dir: str, eval_pattern: Option
     progress(f"{stats.num_examples} training examples, {len(stats.item_counts)} distinct items")
 
     keras.utils.set_random_seed(config.train.seed)
-    strategy = make_strategy(config.train.strategy)
     with strategy.scope():
         model = build_model(config, stats, build_negatives(config, stats, files, items_pattern, progress))
         # Create every variable now (a tfrs.Model is built by its towers), so that BackupAndRestore

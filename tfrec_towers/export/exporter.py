@@ -61,7 +61,7 @@ def read_metadata(version_dir: str) -> Dict:
 
 def export_run(run_dir: str, base_dir: str, name: str, index: str = "portable", k: int = 100,
                items: Optional[str] = None, index_params: Optional[Dict] = None, log=print,
-               _extra_metadata: Optional[Dict] = None) -> str:
+               refreshed_from: Optional[int] = None) -> str:
     """Export ``run_dir`` as a new version of BASE/NAME; returns the version directory.
 
     Args:
@@ -69,6 +69,7 @@ def export_run(run_dir: str, base_dir: str, name: str, index: str = "portable", 
       k: items returned per query by ``serving_default`` (at most the catalog size).
       items: item-catalog TFRecord glob; default: the run's ``items`` files.
       index_params: num_partitions / num_probe / num_rerank overrides (``portable``, ``scann``).
+      refreshed_from: the version whose model this re-exports over a new catalog (``refresh_items``).
     """
     if index not in INDEX_TYPES:
         raise ValueError(f"index type must be one of {INDEX_TYPES}, got {index!r}")
@@ -91,8 +92,9 @@ def export_run(run_dir: str, base_dir: str, name: str, index: str = "portable", 
         "index": {"type": index, "k": built.k, "requested_k": k, "params": built.params},
         "catalog": {"items": items, "num_items": len(ids), "fingerprint": catalog_fingerprint(ids, embeddings)},
         "tfrec_towers": tfrec_towers.__version__, "tensorflow": tf.__version__,
-        **(_extra_metadata or {}),
     }
+    if refreshed_from is not None:
+        metadata["refreshed_from"] = refreshed_from
     with staged_version(base_dir, name, log) as (tmp, version), tempfile.TemporaryDirectory() as meta_dir:
         metadata.update(version=version, created=datetime.datetime.now(datetime.timezone.utc).isoformat())
         meta_path = os.path.join(meta_dir, METADATA_FILE)
@@ -131,4 +133,4 @@ def refresh_items(base_dir: str, name: str, items: str, run_dir: Optional[str] =
             "rebuilds the index; use `tfrec-towers export` to publish a new model")
     return export_run(run_dir, base_dir, name, index=index or previous["index"]["type"],
                       k=k or previous["index"]["requested_k"], items=items, index_params=index_params, log=log,
-                      _extra_metadata={"refreshed_from": latest})
+                      refreshed_from=latest)
