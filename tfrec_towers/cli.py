@@ -111,6 +111,12 @@ def cmd_serve(args):
     server.serve_forever()  # logs the bound addresses; Ctrl-C stops it
 
 
+def cmd_examples(args):
+    from tfrec_towers.data.event_logs import build_training_examples, schema_from_args
+
+    build_training_examples(args.events, args.items, args.out, users=args.users, schema=schema_from_args(args))
+
+
 def cmd_config(args):
     from tfrec_towers.config import packaged
 
@@ -164,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--test-file", help="u.data-format test file (protocol files)")
     sp.add_argument("--overwrite", action="store_true")
     sp.set_defaults(func=cmd_movielens)
+
+    sp = sub.add_parser("examples", help="raw event logs (CSV/Parquet/TFRecord) + user/item tables -> training "
+                                         "tf.Examples (the Beam job's single-process twin)")
+    from tfrec_towers.data.event_logs import add_arguments
+
+    add_arguments(sp)
+    sp.set_defaults(func=cmd_examples)
 
     sp = sub.add_parser("synthetic", help="generate synthetic event logs with a hidden preference model")
     sp.add_argument("--out", required=True)

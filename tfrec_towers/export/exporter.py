@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import tempfile
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -61,7 +61,7 @@ def read_metadata(version_dir: str) -> Dict:
 
 def export_run(run_dir: str, base_dir: str, name: str, index: str = "portable", k: int = 100,
                items: Optional[str] = None, index_params: Optional[Dict] = None, log=print,
-               refreshed_from: Optional[int] = None) -> str:
+               refreshed_from: Optional[int] = None, catalog: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> str:
     """Export ``run_dir`` as a new version of BASE/NAME; returns the version directory.
 
     Args:
@@ -70,6 +70,8 @@ def export_run(run_dir: str, base_dir: str, name: str, index: str = "portable", 
       items: item-catalog TFRecord glob; default: the run's ``items`` files.
       index_params: num_partitions / num_probe / num_rerank overrides (``portable``, ``scann``).
       refreshed_from: the version whose model this re-exports over a new catalog (``refresh_items``).
+      catalog: (ids, embeddings) of ``items`` computed elsewhere with this run's item tower (the Beam
+        refresh job); by default they are computed here.
     """
     if index not in INDEX_TYPES:
         raise ValueError(f"index type must be one of {INDEX_TYPES}, got {index!r}")
@@ -82,8 +84,11 @@ def export_run(run_dir: str, base_dir: str, name: str, index: str = "portable", 
     fingerprint = weights_fingerprint(run.path)
     config = run.config()
     model = load_model(run.path)
-    log(f"embedding the item catalog {items}")
-    ids, embeddings = embed_catalog(model, config, items, progress=log)
+    if catalog is None:
+        log(f"embedding the item catalog {items}")
+        ids, embeddings = embed_catalog(model, config, items, progress=log)
+    else:
+        ids, embeddings = np.asarray(catalog[0]), np.asarray(catalog[1], np.float32)
     log(f"building the {index} index over {len(ids)} items")
     built = build_index(index, ids, embeddings, k, **(index_params or {}))
     metadata = {
@@ -111,18 +116,23 @@ def export_run(run_dir: str, base_dir: str, name: str, index: str = "portable", 
 
 
 def refresh_items(base_dir: str, name: str, items: str, run_dir: Optional[str] = None, index: Optional[str] = None,
-                  k: Optional[int] = None, index_params: Optional[Dict] = None, log=print) -> str:
+                  k: Optional[int] = None, index_params: Optional[Dict] = None, log=print,
+                  catalog: Optional[Tuple[np.ndarray, np.ndarray]] = None, from_version: Optional[int] = None) -> str:
     """A new version of BASE/NAME: the latest version's model over the catalog ``items``.
 
     The run directory defaults to the one recorded in the latest version; its weights must still be
     the ones that version was built from, else this refuses (use ``export_run`` for a new model).
     Index type and k default to the latest version's; partition parameters are re-tuned to the new
-    catalog size unless given.
+    catalog size unless given. ``catalog``: precomputed (ids, embeddings), as in ``export_run``;
+    ``from_version``: the version they were computed with, which must still be the latest.
     """
     model_dir = os.path.join(os.path.abspath(base_dir), name)
     latest = latest_version(model_dir)
     if latest is None:
         raise FileNotFoundError(f"{model_dir} has no version to refresh: run `tfrec-towers export` first")
+    if from_version is not None and latest != from_version:
+        raise ValueError(f"version {latest} of {model_dir} appeared after the catalog was embedded with version "
+                         f"{from_version}: run the refresh again")
     previous = read_metadata(os.path.join(model_dir, str(latest)))
     run_dir = run_dir or previous["run_dir"]
     fingerprint = weights_fingerprint(run_dir)
@@ -133,4 +143,4 @@ def refresh_items(base_dir: str, name: str, items: str, run_dir: Optional[str] =
             "rebuilds the index; use `tfrec-towers export` to publish a new model")
     return export_run(run_dir, base_dir, name, index=index or previous["index"]["type"],
                       k=k or previous["index"]["requested_k"], items=items, index_params=index_params, log=log,
-                      refreshed_from=latest)
+                      refreshed_from=latest, catalog=catalog)
