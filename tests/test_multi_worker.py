@@ -56,6 +56,10 @@ def test_two_workers_match_one_worker(tmp_path):
     # learned (10 of 150 items at random: HR@10 0.067), and the same within seed-level noise
     assert multi["hr@10"] > 0.4 and one["hr@10"] > 0.4, (multi, one)
     assert abs(multi["hr@10"] - one["hr@10"]) < 0.08 and abs(multi["mrr"] - one["mrr"]) < 0.08, (multi, one)
+    # logged batch metrics are global across workers, not summed over them (tf_keras's "auto")
+    with open(tmp_path / "multi" / "epochs.jsonl", encoding="utf-8") as f:
+        epochs = [json.loads(line) for line in f]
+    assert len(epochs) == 3 and all(0 < e["batch_recall_at_100"] <= 1 for e in epochs), epochs
     # the chief (worker 0) wrote the run; worker 1 trained in its scratch directory and did not evaluate
     scratch = tmp_path / "multi" / "workers" / "worker-1"
     assert (scratch / "weights").is_dir() and not (scratch / "metrics.json").exists()

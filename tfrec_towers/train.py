@@ -165,6 +165,11 @@ def train(config: Config, train_pattern: str, run_dir: str, eval_pattern: Option
         model.candidate_tower(dummy_batch(config))
         model.built = True
         model.compile(optimizer=make_optimizer(config.train.optimizer, config.train.learning_rate))
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            # tf_keras's "auto" sums every logged value over the workers, but metric results are
+            # already global (sync-on-read): batch recall read workers x the truth. With "first"
+            # metrics are global and the logged loss is this worker's share of the global batch.
+            model.distribute_reduction_method = "first"
     dataset = make_input(config, files, training=True, stats=stats)
     callbacks = [
         keras.callbacks.BackupAndRestore(run / "backup"),
