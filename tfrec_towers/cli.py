@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--k", type=int, default=100 if default else None, help="items per query")
         sp.add_argument("--num-partitions", type=int, help="index partitions/leaves (default ~sqrt(catalog))")
         sp.add_argument("--num-probe", type=int, help="partitions searched per query (default: tuned)")
-        sp.add_argument("--num-rerank", type=int, help="exactly re-ranked shortlist (default max(4k, 100))")
+        sp.add_argument("--num-rerank", type=int, help="exactly re-ranked shortlist (default max(4k, 100); scann max(15k, 100))")
 
     sp = sub.add_parser("export", help="a trained run -> BASE/NAME/<timestamp>/ SavedModel (towers + item index)")
     sp.add_argument("run_dir", metavar="RUN_DIR")
