@@ -44,17 +44,12 @@ def tune_probe(embeddings: np.ndarray, centroids: np.ndarray, assign: np.ndarray
     must be probed depends on how clustered the embeddings are (0.2% or 18% of them for two 1M-item
     catalogs in ``benchmarks/serving.py``), so a fixed fraction either wastes time or loses recall.
     """
-    n, chunk = len(embeddings), 65536
+    n = len(embeddings)
     queries = np.random.default_rng(seed).choice(n, min(sample, n), replace=False)
     q = embeddings[queries]
-    kk = min(k + 1, n)
-    best_s, best_i = np.empty((len(q), 0), np.float32), np.empty((len(q), 0), np.int64)
-    for start in range(0, n, chunk):  # running exact top-(k+1), in chunks to bound memory
-        stop = min(start + chunk, n)
-        s = np.hstack([best_s, q @ embeddings[start:stop].T])
-        i = np.hstack([best_i, np.broadcast_to(np.arange(start, stop), (len(q), stop - start))])
-        keep = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
-        best_s, best_i = np.take_along_axis(s, keep, 1), np.take_along_axis(i, keep, 1)
+    kk, step = min(k + 1, n), max(1, (1 << 24) // n)  # exact top-(k+1); <= 16M scores at a time
+    best_i = np.concatenate([np.argpartition(-(q[i:i + step] @ embeddings.T), kk - 1, axis=1)[:, :kk]
+                             for i in range(0, len(q), step)])
     rank_of_partition = np.argsort(np.argsort(-(q @ centroids.T), axis=1), axis=1)
     ranks = [rank_of_partition[row, assign[nbrs[nbrs != self_i]]] for row, (nbrs, self_i)
              in enumerate(zip(best_i, queries))]
