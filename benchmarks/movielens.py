@@ -42,6 +42,8 @@ if REPO not in sys.path:
 
 import tfrec_towers  # noqa: E402,F401  (Keras 2 before TensorFlow loads)
 
+from readme_tables import provenance  # noqa: E402  (benchmarks/ is on the path: scripts run from it)
+
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_recommenders as tfrs  # noqa: E402
@@ -375,7 +377,7 @@ def write_outputs(args, results, started):
         json.dump(doc, f, indent=2)
     table = markdown(results, args.protocols)
     with open(args.output_md, "w", encoding="utf-8") as f:
-        f.write(f"MovieLens-100K, {started:%Y-%m-%d}, {platform.platform()}, {os.cpu_count()} CPUs"
+        f.write(provenance("MovieLens-100K", started)
                 + (f"; default overrides: {' '.join(args.set)}" if args.set else "") + "\n\n" + table)
     return table
 

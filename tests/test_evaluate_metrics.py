@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from tfrec_towers.evaluate import catalog_metrics, metrics_from_ranks, target_ranks
+from tfrec_towers.evaluate import MISSING, catalog_metrics, metrics_from_ranks, target_ranks
 
 
 def brute_force_ranks(query, items, targets, exclude=None):
@@ -14,7 +14,7 @@ def brute_force_ranks(query, items, targets, exclude=None):
     for i in range(len(query)):
         t = targets[i]
         if t < 0:
-            ranks.append(len(items))
+            ranks.append(MISSING)
             continue
         drop = set() if exclude is None else set(int(j) for j in exclude[i])
         drop.discard(int(t))  # the target itself is never excluded
@@ -57,7 +57,7 @@ def test_target_ranks_with_exclusion_and_missing_targets(chunk):
     exclude[4] = np.empty(0, dtype=np.int64)
     got = target_ranks(query, items, targets, exclude=exclude, chunk=chunk)
     np.testing.assert_array_equal(got, brute_force_ranks(query, items, targets, exclude))
-    assert (got[[2, 7, 20]] == len(items)).all()
+    assert (got[[2, 7, 20]] == MISSING).all()
     # excluding can only improve a rank
     plain = target_ranks(query, items, targets)
     assert (got <= plain).all() and (got < plain).any()
@@ -72,7 +72,7 @@ def test_target_ranks_hand_example():
     # excluding items 0 and 2 (2 is query 0's target: kept) and item 1 for query 1
     excl = [np.array([0, 2]), np.array([1])]
     np.testing.assert_array_equal(target_ranks(query, items, np.array([2, 3]), excl), [1, 0])
-    np.testing.assert_array_equal(target_ranks(query, items, np.array([-1, 3])), [4, 1])
+    np.testing.assert_array_equal(target_ranks(query, items, np.array([-1, 3])), [MISSING, 1])
 
 
 def test_metrics_from_ranks_hand_computed():
@@ -133,4 +133,21 @@ def test_catalog_metrics_without_history_and_perfect_model():
     out = catalog_metrics(query, item_ids, items, np.array(["u", "v", "w"]), targets, None, [1])
     assert "exclude_history" not in out
     assert out["all_items"]["hr@1"] == pytest.approx(2 / 3)  # the missing target counts as a miss
-    assert out["all_items"]["mrr"] == pytest.approx((1 + 1 + 1 / 5) / 3)
+    assert out["all_items"]["mrr"] == pytest.approx((1 + 1 + 0) / 3)  # ... and adds nothing to MRR
+
+
+def test_missing_targets_are_never_hits_even_when_k_covers_the_catalog():
+    """Issue 14.8: with K >= catalog size every ranked target is a hit, a missing one never is."""
+    rng = np.random.default_rng(3)
+    items = rng.normal(size=(60, 8)).astype(np.float32)
+    item_ids = np.array([f"i{n}" for n in range(60)])
+    targets = np.array([f"i{n}" for n in rng.integers(0, 60, size=50)])
+    targets[:10] = [f"gone{n}" for n in range(10)]
+    query = rng.normal(size=(50, 8)).astype(np.float32)
+    users = np.array([f"u{n}" for n in range(50)])
+    out = catalog_metrics(query, item_ids, items, users, targets, {}, [10, 60, 100])
+    assert out["targets_not_in_catalog"] == 10
+    for variant in ("all_items", "exclude_history"):
+        assert out[variant]["hr@100"] == pytest.approx(0.8) and out[variant]["hr@60"] == pytest.approx(0.8)
+        assert out[variant]["recall@100"] == pytest.approx(0.8)
+        assert out[variant]["hr@10"] < 0.8 and out[variant]["mrr"] < 0.8

@@ -185,6 +185,19 @@ def test_check_schema_missing_required_feature(tmp_path):
     assert bad in message and good not in message
 
 
+def test_check_schema_names_each_problem_once(tmp_path):
+    """Issue 14.7: a feature missing from every record was listed once per checked record (20 times)."""
+    rows = make_rows(30)
+    for r in rows:
+        del r["score"]
+    path = write(rows, tmp_path / "noscore")
+    with pytest.raises(ValueError) as err:
+        reader.check_schema([path], parse_spec())
+    message = str(err.value)
+    assert message.count("'score'") == 1, message
+    assert "record 0, and 19 more of the first 20" in message
+
+
 def test_check_schema_mistyped_feature(tmp_path):
     rows = make_rows(3)
     for r in rows:
@@ -258,6 +271,15 @@ def test_make_dataset_skip_yields_good_records_of_truncated_file(tmp_path):
     assert math.isclose(by_user["u3"], make_rows(4)[3]["score"])
 
 
+def test_cache_reshuffles_every_epoch(tmp_path):
+    """Issue 14.4: the cache sat after the shuffle, so every epoch replayed the first one's order."""
+    path = write(make_rows(300), tmp_path / "many", "GZIP")
+    ds = reader.make_dataset([path], parse_spec(), SPEC.prepare, 32, shuffle_buffer=1000, seed=0, cache=True)
+    epochs = [[u.decode() for batch in ds for u in batch["user_id"].numpy()] for _ in range(3)]
+    assert sorted(epochs[0]) == sorted(epochs[1]) == sorted(epochs[2]) == sorted(f"u{i}" for i in range(300))
+    assert epochs[0] != epochs[1] and epochs[1] != epochs[2]
+
+
 def test_make_dataset_fail_raises_data_loss_on_truncated_file(tmp_path):
     path, _ = truncated_file(tmp_path, N, K)
     intact = write(make_rows(5, start=200), tmp_path / "intact")
@@ -281,6 +303,42 @@ def test_truncated_gzip_file(tmp_path):
     report = reader.scan([path], parse_spec(), policy="skip", batch_size=64)
     assert 0 < report.records < 400 and len(report.skipped) == 1
     assert report.skipped[0][1] == report.records  # the first record that could not be read
+
+
+def test_cut_gzip_shard_is_never_read_as_complete(tmp_path):
+    """Issue 14.1: a cut GZIP shard read as a shorter valid one (train exited 0 having read half)."""
+    rows = [{"user_id": f"user-{i}-" + "x" * (i % 50), "score": float(i)} for i in range(7000)]
+    kinds = {"user_id": "bytes", "score": "float"}
+    spec = {"user_id": tf.io.FixedLenFeature([], tf.string), "score": tf.io.FixedLenFeature([], tf.float32)}
+    intact = write_tfrecords(rows[:10], str(tmp_path / "intact"), 1, compression="GZIP", kinds=kinds)[0]
+    full = write_tfrecords(rows, str(tmp_path / "shard"), 1, compression="GZIP", kinds=kinds)[0]
+    with open(full, "rb") as f:
+        data = f.read()
+    silent_cuts = []
+    for name, cut in {"half": len(data) // 2, "99%": int(len(data) * 0.99), "trailer": len(data) - 5,
+                      "last byte": len(data) - 1}.items():
+        path = str(tmp_path / f"cut-{cut}.tfrecord.gz")
+        with open(path, "wb") as f:
+            f.write(data[:cut])
+        readable, silent = 0, True  # what TensorFlow alone reads, and whether it says anything
+        try:
+            for _ in tf.data.TFRecordDataset(path, compression_type="GZIP"):
+                readable += 1
+        except tf.errors.DataLossError:
+            silent = False
+        with pytest.raises(CorruptRecordError) as err:
+            reader.scan([intact, path], spec, policy="fail")
+        assert err.value.path == path, name
+        assert f"GZIP stream ends after record {err.value.record - 1} ({err.value.record} records read)" in str(err.value)
+        report = reader.scan([intact, path], spec, policy="skip")
+        assert report.records == 10 + err.value.record, name
+        assert [(p, r) for p, r, _ in report.skipped] == [(path, err.value.record)], name
+        assert "GZIP stream ends" in report.summary() and path in report.summary()
+        assert err.value.record == readable, name
+        silent_cuts.append(silent)
+    assert sum(silent_cuts) >= 2  # the trailer cuts at least: TensorFlow reports nothing there
+    # The whole shard still reads clean.
+    assert reader.scan([full], spec, policy="fail").records == 7000
 
 
 # --- corrupt records: bytes that are not a tf.Example ---------------------------------------------

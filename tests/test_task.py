@@ -109,6 +109,24 @@ def test_logq_subtracts_expected_counts_above_one():
     np.testing.assert_allclose(scaled, loss, rtol=1e-5)
 
 
+def test_batch_recall_reads_the_columns_before_mining_and_same_tower_negatives():
+    """Issue 14.5: with hard-negative mining batch recall@K read 1.0 (columns shrink to k + 1 <= K)."""
+    from tfrec_towers.negatives.hard_negative_mining import HardNegativeMining
+    from tfrec_towers.tasks.samtone import SameTowerNegatives
+
+    q, c, _ = random_batch(seed=6, n=64, dim=8)
+
+    def batch_recall(transforms):
+        metric = keras.metrics.TopKCategoricalAccuracy(k=10)
+        Retrieval(transforms=transforms, batch_metrics=[metric])(q, c)
+        return float(metric.result())
+
+    plain = batch_recall([Temperature(0.2)])
+    assert 0 < plain < 0.5  # random embeddings: about 10 / 64
+    assert batch_recall([Temperature(0.2), HardNegativeMining(5)]) == pytest.approx(plain)
+    assert batch_recall([Temperature(0.2), SameTowerNegatives(0.2), HardNegativeMining(5)]) == pytest.approx(plain)
+
+
 def test_chain_order_and_errors():
     with pytest.raises(ValueError, match="temperature must be positive"):
         Temperature(0.0)

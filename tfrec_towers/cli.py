@@ -247,7 +247,7 @@ def main(argv=None):
 
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, BlockingIOError) as e:  # BlockingIOError: run in use
         print(f"tfrec-towers {args.command}: error: {e}", file=sys.stderr)
         return 2
 

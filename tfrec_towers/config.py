@@ -33,7 +33,7 @@ class DataConfig:
     user_id: str = "user_id"           # the user key, for excluding a user's history in evaluation
     shuffle_buffer: int = 100_000
     num_parallel_reads: int = 8
-    cache: bool = False                # keep parsed batches in memory after the first epoch
+    cache: bool = False                # keep the read records in memory after the first epoch (reshuffled each epoch)
 
 
 @dataclasses.dataclass
@@ -155,7 +155,17 @@ def _build(where: str, cls, values: Dict[str, Any]):
         kwargs[name] = _check_type(f"{where}.{name}", value, hints[name])
         if (where, name) in CHOICES and value not in CHOICES[where, name]:
             raise ValueError(f"config {where}.{name}: must be one of {CHOICES[where, name]}, got {value!r}")
+        if (where, name) in RANGES and value is not None:
+            _check_range(f"{where}.{name}", value, *RANGES[where, name])
     return cls(**kwargs)
+
+
+def _check_range(where: str, value: Any, text: str, ok) -> None:
+    """ValueError naming ``where`` and the allowed range unless ``ok`` holds for the value (each item
+    of a list)."""
+    for v in value if isinstance(value, list) else [value]:
+        if not ok(v):
+            raise ValueError(f"config {where}: must be {text}, got {value!r}")
 
 
 def _check_type(where: str, value: Any, hint) -> Any:
@@ -189,6 +199,34 @@ CHOICES = {("data", "corrupt_records"): ("fail", "skip"), ("data", "compression"
            ("task", "logq_estimator"): ("counts", "streaming"),
            ("train", "optimizer"): ("adam", "adagrad", "sgd", "rmsprop"),
            ("train", "strategy"): ("default", "mirrored", "multi_worker")}
+
+_POSITIVE = ("> 0", lambda v: v > 0)
+_NON_NEGATIVE = (">= 0", lambda v: v >= 0)
+_FRACTION = ("in [0, 1]", lambda v: 0 <= v <= 1)
+
+#: Allowed ranges of the numeric options (a list option: each item), checked when a config is loaded,
+#: so that a nonsense value fails before any data is read; None (where allowed) is not checked.
+RANGES = {("data", "shuffle_buffer"): _NON_NEGATIVE, ("data", "num_parallel_reads"): _POSITIVE,
+          ("model", "hidden"): _POSITIVE, ("model", "output_dim"): (">= 0 (0: no projection)", lambda v: v >= 0),
+          ("model", "dropout"): ("in [0, 1)", lambda v: 0 <= v < 1),
+          ("model.dual_augmented", "mimic_weight"): _NON_NEGATIVE,
+          ("model.dual_augmented", "alignment_weight"): _NON_NEGATIVE,
+          ("model.generative", "hidden"): _POSITIVE, ("model.generative", "weight"): _NON_NEGATIVE,
+          ("task", "temperature"): ("> 0 (or null for no temperature)", lambda v: v > 0),
+          ("task", "pair_alpha"): ("in [0, 1)", lambda v: 0 <= v < 1), ("task", "hard_negatives"): _NON_NEGATIVE,
+          ("task", "margin"): _NON_NEGATIVE, ("task", "positive_weight"): _NON_NEGATIVE,
+          ("task", "negative_weight"): _NON_NEGATIVE, ("task", "focal_gamma"): _NON_NEGATIVE,
+          ("task", "focal_alpha"): _FRACTION, ("task", "batch_recall_k"): _POSITIVE,
+          ("task.adaptive", "alpha"): _NON_NEGATIVE, ("task.adaptive", "delta0"): _NON_NEGATIVE,
+          ("task.adaptive", "tau0"): _POSITIVE, ("task.adaptive", "symmetric_weight"): _NON_NEGATIVE,
+          ("task.streaming", "hash_size"): _POSITIVE, ("task.streaming", "num_hashes"): _POSITIVE,
+          ("task.streaming", "learning_rate"): ("in (0, 1]", lambda v: 0 < v <= 1),
+          ("negatives", "uniform"): _NON_NEGATIVE, ("negatives", "popularity"): _NON_NEGATIVE,
+          ("negatives", "popularity_power"): _NON_NEGATIVE, ("negatives", "exposure"): _NON_NEGATIVE,
+          ("negatives", "mined"): _NON_NEGATIVE, ("negatives", "mined_top_k"): _POSITIVE,
+          ("train", "batch_size"): _POSITIVE, ("train", "epochs"): _POSITIVE,
+          ("train", "learning_rate"): _POSITIVE, ("train", "steps_per_epoch"): _POSITIVE,
+          ("eval", "ks"): _POSITIVE, ("eval", "batch_size"): _POSITIVE}
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "task": TaskConfig, "negatives": NegativesConfig,
             "train": TrainConfig, "eval": EvalConfig}
@@ -242,9 +280,12 @@ class Config:
             node[path[-1]] = yaml.safe_load(value)
         return Config.from_dict(d)
 
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
     def save(self, path: str) -> None:
         with open(path, "w", encoding="utf-8") as f:
-            yaml.safe_dump(self.to_dict(), f, sort_keys=False)
+            f.write(self.to_yaml())
 
 
 def packaged(name: str = "default") -> str:

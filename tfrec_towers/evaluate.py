@@ -8,7 +8,8 @@ items is the number of items scoring strictly higher (0 = top). Then, per event,
 averaged over events; Recall@K averages HR@K per user first, then over users (with one relevant
 item per event the two differ only in weighting). Two variants are reported: ``all_items`` ranks the
 whole catalog; ``exclude_history`` first removes the user's training items (never the true item),
-as a recommender would not re-recommend them. An eval item missing from the catalog counts as a miss.
+as a recommender would not re-recommend them. An eval item missing from the catalog has no rank
+(``MISSING``): it is a miss at every K, however large, and ``targets_not_in_catalog`` counts them.
 """
 import collections
 import json
@@ -22,6 +23,9 @@ from tfrec_towers.config import Config
 from tfrec_towers.data import reader
 from tfrec_towers.run import RunDir, load_model
 from tfrec_towers.train import numeric_to_check, parse_spec, positives
+
+#: The rank of an eval target that is not in the catalog: never a hit, contributes 0 to NDCG and MRR.
+MISSING = -1
 
 
 def _decode(values) -> np.ndarray:
@@ -92,7 +96,7 @@ def target_ranks(query: np.ndarray, items: np.ndarray, targets: np.ndarray,
                  exclude: Optional[Sequence[np.ndarray]] = None, chunk: int = 2048) -> np.ndarray:
     """Rank of ``items[targets[i]]`` for ``query[i]`` (count of items scoring strictly higher).
 
-    ``targets[i] < 0`` (true item not in the catalog) gives rank = number of items (a miss).
+    ``targets[i] < 0`` (true item not in the catalog) gives ``MISSING``.
     ``exclude[i]`` lists item indices to drop from row i's ranking (the target itself is kept).
     """
     ranks = np.empty(len(query), dtype=np.int64)
@@ -108,22 +112,25 @@ def target_ranks(query: np.ndarray, items: np.ndarray, targets: np.ndarray,
                 if len(drop):
                     scores[row, drop] = -np.inf
         r = (scores > true[:, None]).sum(axis=1)
-        ranks[start:stop] = np.where(t >= 0, r, items.shape[0])
+        ranks[start:stop] = np.where(t >= 0, r, MISSING)
     return ranks
 
 
 def metrics_from_ranks(ranks: np.ndarray, users: np.ndarray, ks: Sequence[int]) -> Dict[str, float]:
+    """The per-event metrics of the module docstring; a ``MISSING`` rank is a miss everywhere."""
+    found = ranks != MISSING
     out = {}
     for k in ks:
-        hit = (ranks < k).astype(np.float64)
+        hit = (found & (ranks < k)).astype(np.float64)
         out[f"hr@{k}"] = float(hit.mean())
         per_user = collections.defaultdict(list)
         for u, h in zip(users, hit):
             per_user[u].append(h)
         out[f"recall@{k}"] = float(np.mean([np.mean(v) for v in per_user.values()]))
-    out["ndcg@10"] = float(np.mean(np.where(ranks < 10, 1.0 / np.log2(ranks + 2.0), 0.0)))
-    out["mrr"] = float(np.mean(1.0 / (ranks + 1.0)))
-    out["p@1"] = float(np.mean(ranks == 0))
+    r = np.where(found, ranks, 0).astype(np.float64)
+    out["ndcg@10"] = float(np.mean(np.where(found & (ranks < 10), 1.0 / np.log2(r + 2.0), 0.0)))
+    out["mrr"] = float(np.mean(np.where(found, 1.0 / (r + 1.0), 0.0)))
+    out["p@1"] = float(np.mean(found & (ranks == 0)))
     return out
 
 
@@ -176,6 +183,8 @@ def evaluate_run(run_dir: str, eval_pattern: str, items_pattern: Optional[str] =
 
 def format_metrics(metrics: Dict) -> str:
     lines = [f"{metrics['events']} events, {metrics['users']} users, catalog of {metrics['catalog_size']} items"]
+    if metrics.get("targets_not_in_catalog"):
+        lines.append(f"  {metrics['targets_not_in_catalog']} eval targets are not in the catalog (counted as misses)")
     for variant in ("all_items", "exclude_history"):
         if variant in metrics:
             lines.append(f"  {variant:16s} " + "  ".join(f"{k}={v:.4f}" for k, v in metrics[variant].items()

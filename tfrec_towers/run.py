@@ -9,11 +9,21 @@
     RUN/history.csv          per-epoch loss and batch metrics
     RUN/weights/final*       final weights
     RUN/metrics.json         full-catalog evaluation
+    RUN/train.lock           held (flock) by the one process training in RUN; train.lock.json names it
+
+config.yaml, feature_stats.json, scan.txt and run.json are written atomically, and only after the
+stats pass over the training logs completed; run.json (last) records the training files and their
+sizes, so a later command on other files is refused instead of reusing stats that do not fit them.
 """
+import contextlib
+import datetime
 import json
 import os
-from typing import Any, Dict
+import socket
+import sys
+from typing import Any, Dict, List, Sequence
 
+import filelock
 import tensorflow as tf
 
 from tfrec_towers.config import Config
@@ -39,14 +49,61 @@ class RunDir:
             return json.load(f)
 
     def write_info(self, **info) -> None:
-        with open(self / "run.json", "w", encoding="utf-8") as f:
-            json.dump(info, f, indent=2)
+        write_atomic(self / "run.json", json.dumps(info, indent=2))
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the run directory's lock (created with the directory) for the ``with`` block.
+
+        An flock, released by the kernel when the holder exits, kill -9 included, so a dead run never
+        blocks the next one. A second process fails at once, naming the holder.
+        """
+        os.makedirs(self.path, exist_ok=True)
+        lock = filelock.FileLock(self / "train.lock", timeout=0)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise RunInUseError(f"{self.path} is in use by another training process ({self._holder()}); "
+                                "wait for it to finish or use another run directory") from None
+        try:
+            holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
+                      "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+            write_atomic(self / "train.lock.json", json.dumps(holder))
+            yield
+        finally:
+            lock.release()
+
+    def _holder(self) -> str:
+        try:
+            with open(self / "train.lock.json", encoding="utf-8") as f:
+                h = json.load(f)
+            return f"pid {h['pid']} on {h['host']} since {h['since']}: {h['command']}"
+        except (OSError, ValueError, KeyError):
+            return "holder unknown"
 
     def config(self) -> Config:
         return Config.load(self / "config.yaml")
 
     def stats(self) -> FeatureStats:
         return FeatureStats.load(self / "feature_stats.json")
+
+
+class RunInUseError(BlockingIOError):
+    """Another process holds the run directory's lock (what a non-blocking flock raises, named)."""
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: readers see the old file or
+    the whole new one, never a part (a killed process leaves at most the temporary file)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def file_fingerprints(files: Sequence[str]) -> List[List]:
+    """[[path, size in bytes], ...] of the training files, as run.json records them."""
+    return [[os.path.abspath(f) if "://" not in f else f, tf.io.gfile.stat(f).length] for f in files]
 
 
 def dummy_batch(config: Config) -> Dict[str, tf.Tensor]:

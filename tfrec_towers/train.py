@@ -14,7 +14,7 @@ from tfrec_towers.features.spec import NumericFeature
 from tfrec_towers.features.stats import FeatureStats, StatsAccumulator
 from tfrec_towers.model import POINTWISE, build_model, make_optimizer
 from tfrec_towers.negatives import build_negatives
-from tfrec_towers.run import RunDir, dummy_batch
+from tfrec_towers.run import RunDir, dummy_batch, file_fingerprints, write_atomic
 
 
 def worker_task() -> Optional[str]:
@@ -127,32 +127,51 @@ def train(config: Config, train_pattern: str, run_dir: str, eval_pattern: Option
     if task:
         run_dir, eval_pattern = os.path.join(run_dir, "workers", task), None
     run = RunDir(run_dir)
-    os.makedirs(run.path, exist_ok=True)
-    if os.path.exists(run / "config.yaml"):
+    files = reader.list_files(train_pattern)
+    if not reader.check_schema(files, parse_spec(config), config.data.compression):
+        raise ValueError(f"no training records in {train_pattern} ({len(files)} file(s), all empty)")
+    with run.lock():
+        return _train_locked(run, config, strategy, files, train_pattern, eval_pattern, items_pattern,
+                             verbose, progress)
+
+
+def _train_locked(run: RunDir, config: Config, strategy, files, train_pattern, eval_pattern, items_pattern,
+                  verbose, progress) -> dict:
+    fingerprints = file_fingerprints(files)
+    if os.path.exists(run / "run.json"):  # a run whose stats pass completed: resume or evaluate it
+        info = run.info()
         if run.config().to_dict() != config.to_dict():
             raise ValueError(f"{run.path} holds a run with a different config; resume with the same config "
                              "or use a new run directory")
+        if info.get("train_files", fingerprints) != fingerprints:
+            raise ValueError(f"{run.path} was trained on other files (or they changed since: "
+                             f"{_first_difference(info.get('train_files'), fingerprints)}); "
+                             "give the same training files or use a new run directory")
+        if not os.path.exists(run / "feature_stats.json"):
+            raise ValueError(f"{run.path} has run.json but no feature_stats.json: the run directory is "
+                             "damaged; use a new run directory")
+        stats = run.stats()
+        if not stats.num_examples:
+            raise ValueError(f"{run.path} holds the stats of 0 training examples; use a new run directory")
+        with open(run / "scan.txt", encoding="utf-8") as f:
+            scan_summary = f.read()
+        run.write_info(**{**info, "eval": eval_pattern, "items": items_pattern})
         if tf.io.gfile.exists(run.weights + ".index"):
             progress(f"the run in {run.path} has finished training (delete it, or use another run "
                      "directory, to train again)")
             return _evaluate(run, eval_pattern, items_pattern, None, progress)
         progress(f"resuming the run in {run.path}")
     else:
-        config.save(run / "config.yaml")
-    run.write_info(train=train_pattern, eval=eval_pattern, items=items_pattern)
-
-    files = reader.list_files(train_pattern)
-    reader.check_schema(files, parse_spec(config), config.data.compression)
-    if os.path.exists(run / "feature_stats.json"):
-        stats = run.stats()
-        with open(run / "scan.txt", encoding="utf-8") as f:
-            scan_summary = f.read()
-    else:
         stats, report = compute_stats(config, files, progress)
         scan_summary = report.summary()
-        with open(run / "scan.txt", "w", encoding="utf-8") as f:
-            f.write(scan_summary)
+        if not stats.num_examples:
+            raise ValueError(f"no training records in {train_pattern}: {scan_summary}"
+                             + (f" (none with {config.data.label} >= 1)" if config.data.label and report.records else ""))
+        # Written only now, after a complete pass, and run.json last: it marks the run as resumable.
+        write_atomic(run / "config.yaml", config.to_yaml())
+        write_atomic(run / "scan.txt", scan_summary)
         stats.save(run / "feature_stats.json")
+        run.write_info(train=train_pattern, eval=eval_pattern, items=items_pattern, train_files=fingerprints)
     progress(scan_summary)
     progress(f"{stats.num_examples} training examples, {len(stats.item_counts)} distinct items")
 
@@ -185,6 +204,15 @@ def train(config: Config, train_pattern: str, run_dir: str, eval_pattern: Option
     model.save_weights(run.weights)
     progress(f"weights saved to {run.weights}; training data: {scan_summary}")
     return _evaluate(run, eval_pattern, items_pattern, model, progress)
+
+
+def _first_difference(recorded, now) -> str:
+    recorded, now = dict(map(tuple, recorded or [])), dict(map(tuple, now))
+    for path in sorted(set(recorded) | set(now)):
+        if recorded.get(path) != now.get(path):
+            return (f"{path}: recorded {recorded[path]} bytes, now {now[path]}" if path in recorded and path in now
+                    else f"{path} is {'new' if path in now else 'no longer given'}")
+    return "same files"
 
 
 def _evaluate(run: RunDir, eval_pattern, items_pattern, model, progress) -> dict:

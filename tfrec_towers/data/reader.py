@@ -11,11 +11,16 @@ Two ways through the data:
 Corrupt records: ``policy="fail"`` (default) raises ``CorruptRecordError`` naming file and record;
 ``policy="skip"`` skips and counts them (``ScanReport.skipped``). A TFRecord frame that fails its
 length or CRC check cannot be re-synchronised, so the rest of that file is unreadable: TensorFlow's
-reader moves to the next file, and the report says so.
+reader moves to the next file, and the report says so. TensorFlow's reader also stops quietly where
+a GZIP/ZLIB stream is cut short (a truncated shard reads as a shorter, valid one), so the scan checks
+each compressed file's stream to its end (trailer and CRC included) and reports a cut one the same way:
+"the GZIP stream ends after record N".
 """
 import dataclasses
 import glob
+import gzip
 import re
+import zlib
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -79,46 +84,83 @@ def compression_of(path: str, compression: str = "auto") -> str:
 _KIND = {tf.string: "bytes_list", tf.int64: "int64_list", tf.float32: "float_list"}
 
 
-def check_schema(files: Sequence[str], parse_spec: Dict, compression: str = "auto", records: int = 20) -> None:
-    """Check the first ``records`` records of each file against the parse spec, before training.
+def check_schema(files: Sequence[str], parse_spec: Dict, compression: str = "auto", records: int = 20) -> int:
+    """Check the first ``records`` records of each file against the parse spec, before training;
+    returns how many records were checked (0: the files hold no record).
 
-    Raises ValueError listing every feature that is missing (where required) or of another kind,
-    with the file and record where it was seen.
+    Raises ValueError listing every feature that is missing (where required) or of another kind, once
+    per feature and file, with the first record where it was seen and how many of the checked records
+    share the problem.
     """
-    problems = []
+    problems: Dict[tuple, list] = {}  # (file, feature, problem) -> [first record, count, detail]
+
+    def note(path, name, problem, record, detail=""):
+        seen = problems.setdefault((path, name, problem), [record, 0, detail])
+        seen[1] += 1
+
+    checked = {}
     for path in files:
         ds = tf.data.TFRecordDataset(path, compression_type=compression_of(path, compression)).take(records)
         try:
             raws = [r.numpy() for r in ds]
         except tf.errors.OpError as e:  # the scan will say where; the schema check looks no further
             raws = []
-            problems.append(f"{path}: unreadable ({_reason(e)})")
+            note(path, None, f"unreadable ({_reason(e)})", 0)
+        checked[path] = len(raws)
         for i, raw in enumerate(raws):
             try:
                 example = tf.train.Example.FromString(raw)
             except Exception:  # noqa: BLE001 - protobuf raises its own DecodeError
-                problems.append(f"{path}: record {i}: not a tf.train.Example")
+                note(path, None, "not a tf.train.Example", i)
                 continue
             present = example.features.feature
             for name, feat in parse_spec.items():
                 if name not in present:
-                    required = isinstance(feat, tf.io.FixedLenFeature) and feat.default_value is None
-                    if required:
-                        problems.append(f"feature '{name}' is missing in {path} (record {i}); "
-                                        f"present: {sorted(present)}")
+                    if isinstance(feat, tf.io.FixedLenFeature) and feat.default_value is None:
+                        note(path, name, "missing", i, f"; present: {sorted(present)}")
                     continue
                 kind = present[name].WhichOneof("kind")
                 if kind is not None and kind != _KIND[feat.dtype]:
-                    problems.append(f"feature '{name}' is {kind} in {path} (record {i}) but the spec "
-                                    f"expects {_KIND[feat.dtype]} ({feat.dtype.name})")
-        seen = set()
-        problems = [p for p in problems if not (p in seen or seen.add(p))]
-    if problems:
-        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+                    note(path, name, f"{kind} but the spec expects {_KIND[feat.dtype]} ({feat.dtype.name})", i)
+    lines = []
+    for (path, name, problem), (first, count, detail) in problems.items():
+        where = f"{path} (record {first}" + (f", and {count - 1} more of the first {checked[path]})" if count > 1 else ")")
+        what = f"feature '{name}' is {problem} in" if name else f"{problem}:"
+        lines.append(f"{what} {where}{detail}")
+    if lines:
+        shown = lines[:20] + ([f"... and {len(lines) - 20} more"] if len(lines) > 20 else [])
         raise ValueError("the logs do not match the feature spec:\n  " + "\n  ".join(shown))
+    return sum(checked.values())
 
 
 # --- the one-pass scan ----------------------------------------------------------------------------
+
+def stream_error(path: str, compression: str) -> Optional[str]:
+    """Why the GZIP/ZLIB stream of ``path`` is cut short or damaged, or None when it is whole.
+
+    TensorFlow's TFRecord reader treats the end of a truncated compressed stream as the end of the
+    file, so a shard cut at any point (inside the trailer too) would read as complete. Python's gzip
+    and zlib check the stream to its end-of-stream marker, CRC and length.
+    """
+    if compression not in ("GZIP", "ZLIB"):
+        return None
+    try:
+        with tf.io.gfile.GFile(path, "rb") as raw:
+            if compression == "GZIP":
+                with gzip.GzipFile(fileobj=raw) as stream:
+                    while stream.read(1 << 20):
+                        pass
+                return None
+            stream = zlib.decompressobj()
+            while not stream.eof:
+                chunk = raw.read(1 << 20)
+                if not chunk:
+                    return "the ZLIB stream ended before its end-of-stream marker"
+                stream.decompress(chunk)
+    except (EOFError, OSError, zlib.error) as e:
+        return str(e) or type(e).__name__
+    return None
+
 
 def _finite_check(parsed: Dict[str, tf.Tensor], numeric: Sequence[str]) -> Optional[tuple]:
     """(feature, index in batch) of the first non-finite numeric value, or None."""
@@ -180,7 +222,7 @@ def scan(files: Sequence[str], parse_spec: Dict, on_batch: Optional[Callable[[Di
 
     for n, path in enumerate(files):
         comp = compression_of(path, compression)
-        done = 0
+        done, broken = 0, None
         try:
             for raws in tf.data.TFRecordDataset(path, compression_type=comp).batch(batch_size):
                 consume(path, done, raws)
@@ -191,7 +233,7 @@ def scan(files: Sequence[str], parse_spec: Dict, on_batch: Optional[Callable[[Di
             # The batch holding the broken frame was lost: re-read it one record at a time, up to the
             # broken frame, and consume the good records in batches (one callback per record is slow).
             reader = iter(tf.data.TFRecordDataset(path, compression_type=comp).skip(done))
-            pending, broken = [], None
+            pending = []
             while broken is None:
                 try:
                     pending.append(next(reader))
@@ -206,8 +248,12 @@ def scan(files: Sequence[str], parse_spec: Dict, on_batch: Optional[Callable[[Di
             if pending:
                 consume(path, done, tf.stack(pending))
                 done += len(pending)
-            if broken is not None:
-                bad(path, done, f"{_reason(broken)} (the rest of the file is unreadable)")
+        cut = stream_error(path, comp)
+        if cut is not None:
+            last = f"after record {done - 1} ({done} records read)" if done else "before its first record"
+            bad(path, done, f"the {comp} stream ends {last}: {cut}; the rest of the file is lost")
+        elif broken is not None:
+            bad(path, done, f"{_reason(broken)} (the rest of the file is unreadable)")
         if progress:
             progress(f"scanned {path}: {done} records ({n + 1}/{len(files)} files)")
     return report
@@ -226,7 +272,7 @@ def make_dataset(files: Sequence[str], parse_spec: Dict, prepare: Callable[[Dict
                  seed: Optional[int] = None, keep: Optional[Callable[[Dict], tf.Tensor]] = None,
                  drop_remainder: bool = False, cache: bool = False, num_parallel_reads: int = 8,
                  shard: Optional[tuple] = None) -> tf.data.Dataset:
-    """Files -> batches of model inputs: interleave, shuffle, batch, parse, ``prepare``, prefetch.
+    """Files -> batches of model inputs: interleave, [cache], shuffle, batch, parse, ``prepare``, prefetch.
 
     ``keep(parsed) -> bool[batch]`` filters examples (e.g. positives only) before the final batching.
     ``shard=(num_shards, index)`` splits the files between workers; under a tf.distribute strategy
@@ -251,6 +297,11 @@ def make_dataset(files: Sequence[str], parse_spec: Dict, prepare: Callable[[Dict
 
     ds = ds.interleave(read, cycle_length=max(1, min(len(files), num_parallel_reads)),
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle_buffer)
+    if cache:
+        # Before the shuffle, so that every epoch draws a new order from the cached records. They are
+        # cached serialized: reading and decompressing is what the cache saves, while parsing whole
+        # batches stays cheap (a parsed cache would have to unbatch and re-batch every epoch).
+        ds = ds.cache()
     if shuffle_buffer:
         ds = ds.shuffle(shuffle_buffer, seed=seed)
     if policy == "skip":
@@ -262,6 +313,4 @@ def make_dataset(files: Sequence[str], parse_spec: Dict, prepare: Callable[[Dict
     if keep is not None:
         ds = ds.map(lambda parsed: select(parsed, keep(parsed)), num_parallel_calls=tf.data.AUTOTUNE).unbatch().ragged_batch(batch_size, drop_remainder)
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-    if cache:
-        ds = ds.cache()
     return ds.prefetch(tf.data.AUTOTUNE)

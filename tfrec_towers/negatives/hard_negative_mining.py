@@ -19,6 +19,8 @@ from tfrec_towers.tasks.retrieval import LogitTransform
 class HardNegativeMining(LogitTransform):
     """Keep each row's positive and its ``k`` largest negative logits (columns shrink to k + 1)."""
 
+    changes_columns = True
+
     def __init__(self, k: int, **kwargs):
         super().__init__(**kwargs)
         if k < 1:

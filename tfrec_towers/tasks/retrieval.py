@@ -67,7 +67,15 @@ class RetrievalContext:
 
 
 class LogitTransform(keras.layers.Layer):
-    """A step of the chain: ``(logits, labels, context) -> (logits, labels)``."""
+    """A step of the chain: ``(logits, labels, context) -> (logits, labels)``.
+
+    ``changes_columns`` is True for a step that adds, drops or reorders columns (same-tower negatives,
+    hard-negative mining): the task's batch metrics read the logits just before the first such step,
+    where column j is still candidate j (after mining only the positive and its k hardest negatives
+    are left, and batch recall@K would read 1.0 for any K > k).
+    """
+
+    changes_columns = False
 
     def call(self, logits, labels, context: RetrievalContext):
         raise NotImplementedError
@@ -169,7 +177,8 @@ class Retrieval(tfrs.tasks.Retrieval):
         self.in_batch_negatives = in_batch_negatives
 
     def direction(self, transforms, context: RetrievalContext):
-        """(logits, labels) of one direction: Q C^T through the chain, labels I (times event labels)."""
+        """(logits, labels) of one direction: Q C^T through the chain, labels I (times event labels);
+        and the (labels, logits) that batch metrics read: those before the first column-changing step."""
         logits = tf.linalg.matmul(context.query_embeddings, context.candidate_embeddings, transpose_b=True)
         b, n = tf.shape(logits)[0], tf.shape(logits)[1]
         labels = tf.eye(b, n)
@@ -178,21 +187,24 @@ class Retrieval(tfrs.tasks.Retrieval):
         if not self.in_batch_negatives:
             others = tf.pad(1.0 - tf.eye(b), [[0, 0], [0, n - b]]) > 0
             logits = tf.where(others, MIN_LOGIT, logits)
+        metric_inputs = None
         for transform in transforms:
+            if transform.changes_columns and metric_inputs is None:
+                metric_inputs = (labels, logits)
             logits, labels = transform(logits, labels, context=context)
-        return logits, labels
+        return logits, labels, metric_inputs or (labels, logits)
 
     def call(self, query_embeddings, candidate_embeddings, sample_weight=None, candidate_sampling_probability=None,
              candidate_ids=None, compute_metrics=True, compute_batch_metrics=True, features=None,
              query_ids=None, labels=None):
         context = RetrievalContext(query_embeddings, candidate_embeddings, candidate_ids,
                                    candidate_sampling_probability, sample_weight, features, query_ids, labels)
-        logits, labels = self.direction(self.transforms, context)
+        logits, labels, (metric_labels, metric_logits) = self.direction(self.transforms, context)
         loss = self._loss(y_true=labels, y_pred=logits, sample_weight=sample_weight)
         if self.query_weight != 1.0:
             loss *= self.query_weight
         if self.reverse_transforms is not None:
-            reverse_logits, reverse_labels = self.direction(self.reverse_transforms, context.reversed())
+            reverse_logits, reverse_labels, _ = self.direction(self.reverse_transforms, context.reversed())
             loss += self.reverse_weight * self._loss(y_true=reverse_labels, y_pred=reverse_logits,
                                                      sample_weight=sample_weight)
         for aux in self.auxiliary_losses:
@@ -203,9 +215,8 @@ class Retrieval(tfrs.tasks.Retrieval):
             updates += [metric.update_state(query_embeddings, candidate_embeddings[:tf.shape(query_embeddings)[0]],
                                             true_candidate_ids=candidate_ids, sample_weight=sample_weight)
                         for metric in self._factorized_metrics]
-        if compute_batch_metrics:  # over the candidate columns only (not SamToNe's same-tower ones)
-            n = tf.shape(candidate_embeddings)[0]
-            updates += [metric.update_state(labels[:, :n], logits[:, :n], sample_weight=sample_weight)
+        if compute_batch_metrics:
+            updates += [metric.update_state(metric_labels, metric_logits, sample_weight=sample_weight)
                         for metric in self._batch_metrics]
         with tf.control_dependencies(updates):
             return tf.identity(loss)

@@ -31,6 +31,8 @@ class SameTowerNegatives(LogitTransform):
         negative are on one scale, as in the paper (one tau for the whole softmax).
     """
 
+    changes_columns = True
+
     def __init__(self, temperature: float, **kwargs):
         super().__init__(**kwargs)
         if temperature <= 0:

@@ -1,0 +1,80 @@
+"""Copy the benchmarks' generated tables into the README, so that no figure there is typed by hand.
+
+The README marks each generated block with the results file it comes from:
+
+    <!-- generated from benchmarks/results/movielens.md: python benchmarks/readme_tables.py -->
+    ... (replaced by that file's content) ...
+    <!-- end of generated block -->
+
+    python benchmarks/readme_tables.py           # rewrite the blocks from the results files
+    python benchmarks/readme_tables.py --check   # exit 1 naming each block that differs from its file
+
+Each results file starts with a provenance line (``provenance()``): dataset, date, commit, machine.
+"""
+import argparse
+import datetime
+import os
+import platform
+import re
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = os.path.join(REPO, "README.md")
+BLOCK = re.compile(r"(<!-- generated from (\S+): python benchmarks/readme_tables.py -->\n)(.*?)(<!-- end of generated block -->)",
+                   re.S)
+
+
+def commit() -> str:
+    """The checkout's short commit, with ``+changes`` when tracked files differ from it."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def provenance(dataset: str, started: datetime.datetime) -> str:
+    """The first line of a results file: what, when, from which code, on what machine."""
+    return (f"{dataset}, {started:%Y-%m-%d}, commit {commit()}, {platform.platform()}, "
+            f"{os.cpu_count()} CPUs")
+
+
+def render(readme: str):
+    """(README with every block replaced by its file, [paths of blocks that changed])."""
+    changed = []
+
+    def replace(match):
+        path = os.path.join(REPO, match.group(2))
+        with open(path, encoding="utf-8") as f:
+            body = f.read().rstrip("\n") + "\n"
+        if body != match.group(3):
+            changed.append(match.group(2))
+        return match.group(1) + body + match.group(4)
+
+    return BLOCK.sub(replace, readme), changed
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true", help="only report blocks that differ from their files")
+    args = p.parse_args(argv)
+    with open(README, encoding="utf-8") as f:
+        readme = f.read()
+    new, changed = render(readme)
+    if not BLOCK.search(readme):
+        print("README.md has no generated block", file=sys.stderr)
+        return 1
+    if args.check:
+        for path in changed:
+            print(f"README.md: the block from {path} differs from the file; run python benchmarks/readme_tables.py",
+                  file=sys.stderr)
+        return 1 if changed else 0
+    with open(README, "w", encoding="utf-8") as f:
+        f.write(new)
+    print(f"README.md: {len(changed)} block(s) rewritten: {', '.join(changed) or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
