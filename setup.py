@@ -13,6 +13,7 @@ CORE = [
     "apache-beam==2.77.0",
     "pandas",
     "pyyaml",
+    "filelock>=3.12",  # the run directory's lock (flock on POSIX)
     "matplotlib",
 ]
 
