@@ -111,7 +111,7 @@ def test_logq_subtracts_expected_counts_above_one():
 
 def test_batch_recall_reads_the_columns_before_mining_and_same_tower_negatives():
     """Issue 14.5: with hard-negative mining batch recall@K read 1.0 (columns shrink to k + 1 <= K)."""
-    from tfrec_towers.negatives.hard_negative_mining import HardNegativeMining
+    from tfrec_towers.tasks.hard_negative_mining import HardNegativeMining
     from tfrec_towers.tasks.samtone import SameTowerNegatives
 
     q, c, _ = random_batch(seed=6, n=64, dim=8)
@@ -125,6 +125,23 @@ def test_batch_recall_reads_the_columns_before_mining_and_same_tower_negatives()
     assert 0 < plain < 0.5  # random embeddings: about 10 / 64
     assert batch_recall([Temperature(0.2), HardNegativeMining(5)]) == pytest.approx(plain)
     assert batch_recall([Temperature(0.2), SameTowerNegatives(0.2), HardNegativeMining(5)]) == pytest.approx(plain)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"temperature": 0.3}, {"temperature": 0.3, "remove_accidental_hits": True},
+                                    {"temperature": 0.3, "remove_accidental_hits": True, "num_hard_negatives": 2}])
+def test_tfrs_arguments_work_as_in_tfrs(kwargs):
+    """Issue 15: every argument of tfrs.tasks.Retrieval gives its result here (as a subclass that replaced
+    ``call``, temperature, num_hard_negatives and score_mask were silently ignored)."""
+    q, c, p = random_batch(seed=7)
+    ids = tf.constant(IDS)
+    mask = tf.constant(np.random.default_rng(7).uniform(size=(6, 6)) > 0.3) | tf.cast(tf.eye(6), tf.bool)
+    for call in ({}, {"score_mask": mask}):
+        ours = float(Retrieval(**kwargs)(q, c, candidate_ids=ids, candidate_sampling_probability=p, **call))
+        theirs = float(tfrs.tasks.Retrieval(**kwargs)(q, c, candidate_ids=ids, candidate_sampling_probability=p,
+                                                      **call))
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+    with pytest.raises(ValueError, match="either transforms or"):
+        Retrieval(transforms=[Temperature(0.2)], temperature=0.2)
 
 
 def test_chain_order_and_errors():

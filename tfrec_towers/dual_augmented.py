@@ -21,7 +21,7 @@ An item's category is the first value of the configured candidate feature (e.g. 
 import tensorflow as tf
 import tf_keras as keras
 
-from tfrec_towers.tasks.retrieval import AuxiliaryLoss, RetrievalContext, Untracked
+from tfrec_towers.tasks.chain import AuxiliaryLoss, RetrievalContext, Untracked
 
 
 class AugmentedVector(keras.layers.Layer):
@@ -50,19 +50,19 @@ def _positive_mean(values: tf.Tensor, context: RetrievalContext) -> tf.Tensor:
 
 
 class MimicLoss(AuxiliaryLoss):
-    """lambda_u ||a_u - sg(p_v)||^2 + lambda_v ||a_v - sg(p_u)||^2 over positive pairs (weight 1;
-    the lambdas are ``weight`` of each term, 0.5 in the paper)."""
+    """weight * (||a_u - sg(p_v)||^2 + ||a_v - sg(p_u)||^2) over positive pairs: the paper's
+    lambda_u = lambda_v = ``weight`` (0.5 there), applied by the task as every auxiliary weight is."""
 
     def __init__(self, user_vector: AugmentedVector, item_vector: AugmentedVector, weight: float = 0.5, **kwargs):
-        super().__init__(weight=1.0, **kwargs)
-        self.refs, self.mimic_weight = Untracked(user=user_vector, item=item_vector), weight
+        super().__init__(weight=weight, **kwargs)
+        self.refs = Untracked(user=user_vector, item=item_vector)
 
     def call(self, context: RetrievalContext):
         a_u, a_v = self.refs.user(context.features), self.refs.item(context.features)
         p_u, p_v = tf.stop_gradient(context.query_embeddings), tf.stop_gradient(context.positive_embeddings)
         user = _positive_mean(tf.reduce_sum(tf.square(a_u - p_v), -1), context)
         item = _positive_mean(tf.reduce_sum(tf.square(a_v - p_u), -1), context)
-        return self.mimic_weight * (user + item)
+        return user + item
 
 
 def category_covariances(embeddings: tf.Tensor, categories: tf.Tensor):

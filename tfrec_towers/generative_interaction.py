@@ -19,7 +19,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfrec_towers.dual_augmented import _positive_mean
-from tfrec_towers.tasks.retrieval import AuxiliaryLoss, RetrievalContext, Untracked
+from tfrec_towers.tasks.chain import AuxiliaryLoss, RetrievalContext, Untracked
 
 
 class PseudoQueryGenerator(keras.layers.Layer):

@@ -12,10 +12,13 @@ import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
 from tfrec_towers.config import Config
+from tfrec_towers.dual_augmented import AugmentedVector, CategoryAlignmentLoss, MimicLoss
 from tfrec_towers.features.stats import FeatureStats
+from tfrec_towers.generative_interaction import PseudoQueryGenerator, ReconstructionLoss
 from tfrec_towers.negatives.cross_replica import gather_across_replicas
-from tfrec_towers.negatives.hard_negative_mining import HardNegativeMining
-from tfrec_towers.tasks import LogQCorrection, RemoveAccidentalHits, Retrieval, Temperature
+from tfrec_towers.tasks import (AdaptiveSymmetricLoss, AdaptiveTemperatureMargin, FocalLoss, HardNegativeMining,
+                                HingeLoss, LogQCorrection, PassageCentricLoss, RemoveAccidentalHits, Retrieval,
+                                SameTowerNegatives, StreamingFrequency, Temperature, WeightedBinaryCrossEntropy)
 from tfrec_towers.towers import build_towers
 
 POINTWISE = ("bce", "focal")
@@ -37,6 +40,11 @@ class ItemFrequency(keras.layers.Layer):
     def call(self, item_ids):
         return self.table.lookup(item_ids)
 
+    def expected_count(self, item_ids, batch_size, training=False):
+        """B q(y): each item's expected count among a batch's B in-batch columns (the estimators'
+        shared contract, see ``StreamingFrequency.expected_count``)."""
+        return tf.cast(batch_size, tf.float32) * self(item_ids)
+
 
 class TwoTowerModel(tfrs.Model):
     """Query tower, candidate tower and a Retrieval task; ``features`` is one batch of model inputs.
@@ -57,18 +65,12 @@ class TwoTowerModel(tfrs.Model):
         self.item_id, self.item_frequency, self.negatives = item_id, item_frequency, negatives
         self.query_key, self.label_key, self.cross_replica = query_key, label_key, cross_replica
 
-    def _expected_in_batch(self, ids, batch_size, training):
-        """B q(y): each item's expected count among the batch's in-batch columns."""
-        if isinstance(self.item_frequency, ItemFrequency):
-            return tf.cast(batch_size, tf.float32) * self.item_frequency(ids)
-        return self.item_frequency(ids, training=training)
-
     def compute_loss(self, features, training=False):
         query = self.query_tower(features, training=training)
         candidates = self.candidate_tower(features, training=training)
         ids = features[self.item_id]
         batch_size = tf.shape(ids)[0]
-        expected = self._expected_in_batch(ids, batch_size, training) if self.item_frequency is not None else None
+        expected = self.item_frequency.expected_count(ids, batch_size, training) if self.item_frequency is not None else None
         if self.cross_replica:
             gathered = gather_across_replicas(candidates, ids, *([expected] if expected is not None else []))
             candidates, ids = gathered[0], gathered[1]
@@ -81,7 +83,7 @@ class TwoTowerModel(tfrs.Model):
                                                                          training=training)], axis=0)
                 ids = tf.concat([ids, extra_ids], axis=0)
                 if expected is not None:
-                    extra = self._expected_in_batch(extra_ids, batch_size, False)
+                    extra = self.item_frequency.expected_count(extra_ids, batch_size)
                     expected = tf.concat([expected, extra], axis=0)
             if expected is not None:
                 expected = self.negatives.expected_counts(ids, expected)
@@ -100,11 +102,7 @@ def make_loss(config: Config):
                      "mean": keras.losses.Reduction.SUM_OVER_BATCH_SIZE}[t.loss_reduction]
         return keras.losses.CategoricalCrossentropy(from_logits=True, reduction=reduction)
     if t.loss == "hinge":
-        from tfrec_towers.tasks.margin_loss import HingeLoss
-
         return HingeLoss(t.margin, t.loss_reduction)
-    from tfrec_towers.tasks.pointwise_loss import FocalLoss, WeightedBinaryCrossEntropy
-
     if t.loss == "bce":
         return WeightedBinaryCrossEntropy(t.positive_weight, t.negative_weight, t.loss_reduction)
     return FocalLoss(t.focal_gamma, t.focal_alpha, t.loss_reduction)
@@ -129,8 +127,6 @@ def build_task(config: Config, auxiliary_losses=()) -> Retrieval:
     if t.remove_accidental_hits:
         transforms.append(RemoveAccidentalHits())
     if t.adaptive is not None:
-        from tfrec_towers.tasks.adaptive_temperature_margin import AdaptiveSymmetricLoss, AdaptiveTemperatureMargin
-
         a = t.adaptive
         if not t.temperature:
             raise ValueError("task.adaptive needs task.temperature (the chain's base temperature)")
@@ -145,8 +141,6 @@ def build_task(config: Config, auxiliary_losses=()) -> Retrieval:
         raise ValueError("task.samtone item/both adds item-item negatives to the item->user softmax: "
                          "set task.bidirectional to sum or mean")
     if t.samtone in ("query", "both"):
-        from tfrec_towers.tasks.samtone import SameTowerNegatives
-
         transforms.append(SameTowerNegatives(t.temperature))
     if t.bidirectional != "none":
         if not n.in_batch:
@@ -155,12 +149,8 @@ def build_task(config: Config, auxiliary_losses=()) -> Retrieval:
         if t.remove_accidental_hits:
             reverse.append(RemoveAccidentalHits(optional=True))
         if t.samtone in ("item", "both"):
-            from tfrec_towers.tasks.samtone import SameTowerNegatives
-
             reverse.append(SameTowerNegatives(t.temperature))
     if t.pair_alpha:
-        from tfrec_towers.tasks.pair import PassageCentricLoss
-
         aux.append(PassageCentricLoss(t.temperature, t.pair_alpha, t.loss_reduction))
     if t.hard_negatives:
         transforms.append(HardNegativeMining(t.hard_negatives))
@@ -178,8 +168,6 @@ def _in_batch_frequency(config: Config, stats: FeatureStats):
     if not t.logq:
         return None
     if t.logq_estimator == "streaming":
-        from tfrec_towers.tasks.streaming_frequency import StreamingFrequency
-
         s = t.streaming
         return StreamingFrequency(s.hash_size, s.num_hashes, s.learning_rate, start=s.start)
     ids, q = stats.item_probabilities()
@@ -192,8 +180,6 @@ def _tower_extensions(config: Config, stats: FeatureStats, query_tower, candidat
     """Adds the extra tower inputs of DAT and generative interaction; returns their auxiliary losses."""
     m, aux = config.model, []
     if m.dual_augmented is not None:
-        from tfrec_towers.dual_augmented import AugmentedVector, CategoryAlignmentLoss, MimicLoss
-
         d = m.dual_augmented
         if not m.output_dim:
             raise ValueError("dual augmented towers need model.output_dim (the augmented vectors' size)")
@@ -209,8 +195,6 @@ def _tower_extensions(config: Config, stats: FeatureStats, query_tower, candidat
                 raise ValueError("model.dual_augmented.alignment_weight needs model.dual_augmented.category")
             aux.append(CategoryAlignmentLoss(d.category, d.alignment_weight))
     if m.generative is not None:
-        from tfrec_towers.generative_interaction import PseudoQueryGenerator, ReconstructionLoss
-
         g = m.generative
         unknown = [name for name in g.targets if name not in query_tower.input_names_]
         if unknown or not g.targets:

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec_towers.data import reader
-from tfrec_towers.tasks.retrieval import Untracked
+from tfrec_towers.tasks.chain import Untracked
 
 
 class ItemCatalog:

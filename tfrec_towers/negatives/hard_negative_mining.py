@@ -1,8 +1,6 @@
 """Hard negatives: the most confusable items, mined in the batch or offline from a previous model.
 
-* In the batch (``HardNegativeMining``, as ``tfrs.tasks.Retrieval(num_hard_negatives=k)``): each row
-  keeps its positive and its k highest-scoring negatives; the softmax then spends its gradient on the
-  negatives the model currently confuses with the positive, not on the easy bulk.
+* In the batch: ``tfrec_towers.tasks.hard_negative_mining.HardNegativeMining``, a logit transform.
 * Offline (``mine_hard_negatives``): a previous run's model scores the whole catalog for each user
   (from the user's latest training event); the top ``top_k`` items that are not among the user's
   training positives form that user's pool, and each training row draws from its user's pool. This
@@ -10,26 +8,8 @@
   so a liked item is never pushed away.
 """
 import numpy as np
-import tensorflow_recommenders as tfrs
 
 from tfrec_towers.negatives.catalog import ItemCatalog, KeyedItems
-from tfrec_towers.tasks.retrieval import LogitTransform
-
-
-class HardNegativeMining(LogitTransform):
-    """Keep each row's positive and its ``k`` largest negative logits (columns shrink to k + 1)."""
-
-    changes_columns = True
-
-    def __init__(self, k: int, **kwargs):
-        super().__init__(**kwargs)
-        if k < 1:
-            raise ValueError(f"hard negatives: k must be >= 1, got {k}")
-        self.k = k
-        self.mining = tfrs.layers.loss.HardNegativeMining(k)
-
-    def call(self, logits, labels, context):
-        return self.mining(logits, labels)
 
 
 def mine_hard_negatives(run_dir: str, train_pattern: str, items_pattern: str, catalog: ItemCatalog,

@@ -1,13 +1,14 @@
 """Retrieval task and the logit transforms / auxiliary losses composed into it (see ``model.build_task``)."""
-from tfrec_towers.tasks.retrieval import (  # noqa: F401
+from tfrec_towers.tasks.chain import (  # noqa: F401
     AuxiliaryLoss,
     LogitTransform,
     LogQCorrection,
     RemoveAccidentalHits,
-    Retrieval,
     RetrievalContext,
     Temperature,
 )
+from tfrec_towers.tasks.retrieval import Retrieval  # noqa: F401
+from tfrec_towers.tasks.hard_negative_mining import HardNegativeMining  # noqa: F401
 from tfrec_towers.tasks.adaptive_temperature_margin import (  # noqa: F401
     AdaptiveSymmetricLoss,
     AdaptiveTemperatureMargin,

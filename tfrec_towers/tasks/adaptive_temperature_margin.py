@@ -37,7 +37,7 @@ import tf_keras as keras
 
 from tfrec_towers.tasks.masks import (anchor_softmax_loss, check_reduction, cosine, is_masked, reduce_rows,
                                       row_cosine, row_weights, same_entity)
-from tfrec_towers.tasks.retrieval import AuxiliaryLoss, LogitTransform, Untracked
+from tfrec_towers.tasks.chain import AuxiliaryLoss, LogitTransform, Untracked
 
 #: alpha stays below 1 so that r = (1 - alpha) + alpha g, hence tau, stays positive when alpha is trained.
 _MAX_ALPHA = 0.99

@@ -9,7 +9,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from tfrec_towers.tasks.retrieval import MIN_LOGIT, RetrievalContext
+from tfrec_towers.tasks.chain import MIN_LOGIT, RetrievalContext
 
 #: Two embeddings are identical when no coordinate differs by more than this.
 IDENTICAL_TOLERANCE = 1e-6

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from tfrec_towers.tasks.masks import (anchor_softmax_loss, check_reduction, cosine, reduce_rows, row_cosine,
                                       row_weights, same_entity)
-from tfrec_towers.tasks.retrieval import AuxiliaryLoss
+from tfrec_towers.tasks.chain import AuxiliaryLoss
 
 
 class PassageCentricLoss(AuxiliaryLoss):

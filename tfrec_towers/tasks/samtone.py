@@ -12,7 +12,7 @@ which regularises the embedding spaces to overlap (the paper's analysis) and imp
 import tensorflow as tf
 
 from tfrec_towers.tasks.masks import cosine, same_entity
-from tfrec_towers.tasks.retrieval import MIN_LOGIT, LogitTransform
+from tfrec_towers.tasks.chain import MIN_LOGIT, LogitTransform
 
 
 class SameTowerNegatives(LogitTransform):

@@ -165,6 +165,12 @@ class StreamingFrequency(keras.layers.Layer):
                 self._advance(slots)
         return p
 
+    def expected_count(self, ids, batch_size=None, training=False):
+        """Each item's expected count among a batch's in-batch columns, the estimators' shared contract
+        (``ItemFrequency.expected_count`` gives B q): here p ~= B q, learnt from the batches themselves,
+        so ``batch_size`` is not needed. ``training`` advances the estimate (see ``call``)."""
+        return self(ids, training=training)
+
     def _advance(self, slots: tf.Tensor) -> None:
         """One step: t += 1, then the update for each distinct slot hit by the global batch."""
         context = tf.distribute.get_replica_context()

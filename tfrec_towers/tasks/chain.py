@@ -1,0 +1,139 @@
+"""The pieces a retrieval loss is composed of, as ``tfrs/layers/loss.py`` holds TFRS's: the batch context,
+the ``LogitTransform`` and ``AuxiliaryLoss`` interfaces, and the basic steps of the chain (temperature,
+logQ correction, accidental-hit removal). Method-specific steps live in their own files beside it.
+"""
+import dataclasses
+from typing import Dict, Optional
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+
+#: The logit of a pair that must not act as a negative (TFRS's value: finite, so 0 * logit stays 0).
+MIN_LOGIT = float(np.finfo(np.float32).min / 100.0)
+
+
+class Untracked:
+    """Plain attribute holder that Keras does not track: a loss layer keeps references to layers that
+    the towers already own (tracked there), without a second path in checkpoints and weight lists."""
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+
+@dataclasses.dataclass
+class RetrievalContext:
+    """What a transform or auxiliary loss may need besides logits and labels.
+
+    Row i of the batch is a query and its positive candidate: ``query_embeddings`` is [B, d];
+    ``candidate_embeddings`` is [N, d] with N >= B, its first B rows the rows' positives and any
+    further rows extra negatives (sampled from the catalog, mined, ...). ``candidate_ids`` [N] and
+    ``query_ids`` [B] identify entities (same ID = same entity, never a negative of each other);
+    ``labels`` [B] is the event label of each row (1 click, 0 exposure without click) when given.
+    """
+
+    query_embeddings: tf.Tensor
+    candidate_embeddings: tf.Tensor
+    candidate_ids: Optional[tf.Tensor] = None
+    candidate_sampling_probability: Optional[tf.Tensor] = None
+    sample_weight: Optional[tf.Tensor] = None
+    features: Optional[Dict[str, tf.Tensor]] = None
+    query_ids: Optional[tf.Tensor] = None
+    labels: Optional[tf.Tensor] = None
+
+    @property
+    def positive_embeddings(self) -> tf.Tensor:
+        """[B, d]: each row's positive candidate."""
+        return self.candidate_embeddings[:tf.shape(self.query_embeddings)[0]]
+
+    def reversed(self) -> "RetrievalContext":
+        """The item -> query direction: each row's positive candidate is the anchor and the batch's
+        queries are the columns (extra negative candidates take no part; no sampling correction)."""
+        b = tf.shape(self.query_embeddings)[0]
+        return RetrievalContext(
+            self.positive_embeddings, self.query_embeddings,
+            candidate_ids=self.query_ids, sample_weight=self.sample_weight, features=self.features,
+            query_ids=None if self.candidate_ids is None else self.candidate_ids[:b], labels=self.labels)
+
+
+class LogitTransform(keras.layers.Layer):
+    """A step of the chain: ``(logits, labels, context) -> (logits, labels)``.
+
+    ``changes_columns`` is True for a step that adds, drops or reorders columns (same-tower negatives,
+    hard-negative mining): the task's batch metrics read the logits just before the first such step,
+    where column j is still candidate j (after mining only the positive and its k hardest negatives
+    are left, and batch recall@K would read 1.0 for any K > k).
+    """
+
+    changes_columns = False
+
+    def call(self, logits, labels, context: RetrievalContext):
+        raise NotImplementedError
+
+
+class AuxiliaryLoss(keras.layers.Layer):
+    """A scalar added to the retrieval loss: ``weight * term(context)``."""
+
+    def __init__(self, weight: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.weight = weight
+
+    def call(self, context: RetrievalContext):
+        raise NotImplementedError
+
+
+class Temperature(LogitTransform):
+    """logits / tau. With L2-normalised towers the logits are cosines in [-1, 1]; a small tau
+    (0.05-0.3) sharpens the softmax enough to separate the positive from hundreds of negatives."""
+
+    def __init__(self, temperature: float, **kwargs):
+        super().__init__(**kwargs)
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.temperature = temperature
+
+    def call(self, logits, labels, context):
+        return logits / self.temperature, labels
+
+
+class LogQCorrection(LogitTransform):
+    """logits_ij - log E_j (Yi et al. 2019): in-batch negatives are drawn with the items' frequency q,
+    so without the correction popular items are over-penalised. No-op when E is not given.
+
+    E_j is column j's expected count in the batch (B q_j in-batch, or the mixture's count with sampled
+    negatives), which exceeds 1 for popular items: it is floored at 1e-12 but never capped.
+    ``tfrs.layers.loss.SamplingProbablityCorrection`` clips at 1 (it expects a probability), which
+    flattened every item with B q > 1 to the same correction and cost the default MovieLens model
+    about 5% HR@10 (issue 18). A row-constant shift (log B) leaves the softmax unchanged.
+    """
+
+    def call(self, logits, labels, context):
+        expected = context.candidate_sampling_probability
+        if expected is None:
+            return logits, labels
+        return logits - tf.math.log(tf.maximum(tf.cast(expected, logits.dtype), 1e-12)), labels
+
+
+class RemoveAccidentalHits(LogitTransform):
+    """Column j is not a negative of row i when its ID equals row i's positive ID (logit -> MIN_LOGIT).
+
+    Row i's positive is column i (an event row whose label is 0 has none, and still masks its own item).
+    With ``optional`` the step is skipped when the context has no IDs (e.g. no user ID in the item->user
+    direction); otherwise missing IDs are an error.
+    """
+
+    def __init__(self, optional: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.optional = optional
+
+    def call(self, logits, labels, context):
+        ids = context.candidate_ids
+        if ids is None:
+            if self.optional:
+                return logits, labels
+            raise ValueError("removing accidental hits needs candidate ids")
+        b, n = tf.shape(logits)[0], tf.shape(ids)[0]
+        same = tf.equal(ids[:b, None], ids[None, :]) & ~tf.cast(tf.eye(b, n), tf.bool)
+        same = tf.pad(same, [[0, 0], [0, tf.shape(logits)[1] - n]])
+        return tf.where(same, MIN_LOGIT, logits), labels
