@@ -47,7 +47,8 @@ from tfrec_towers.export.exporter import export_run, refresh_items  # noqa: E402
 from tfrec_towers.run import RunDir  # noqa: E402
 from tfrec_towers.serving.client import RetrievalClient  # noqa: E402
 from tfrec_towers.serving.server import ModelServer, import_custom_ops  # noqa: E402
-from tfrec_towers.train import parse_spec, positives, train  # noqa: E402
+from tfrec_towers.data.inputs import parse_spec, positives  # noqa: E402
+from tfrec_towers.train import train  # noqa: E402
 
 INDEXES = ("brute", "portable", "scann")
 K = 100

@@ -12,25 +12,11 @@ from tfrec_towers.tasks.retrieval import (MIN_LOGIT, LogQCorrection, RemoveAccid
                                           RetrievalContext, Temperature)
 from tfrec_towers.tasks.samtone import SameTowerNegatives
 
+from loss_reference import cos, random_batch, reduce
+
 ITEM_IDS = ["a", "b", "c", "a", "d", "e", "b", "f"]   # positives 0/3 same item; 6 (extra) is 1's item
 BASE = 0.05
 PARAMS = dict(alpha=0.3, delta0=0.05, tau0=0.1)       # non-default values, so each one is checked
-
-
-def unit(x):
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def batch(seed=0, b=6, n=8, dim=5):
-    rng = np.random.default_rng(seed)
-    q, c = unit(rng.normal(size=(b, dim))), unit(rng.normal(size=(n, dim)))
-    c[5] = c[2]          # identical item features, different item IDs
-    p = rng.uniform(0.01, 0.5, size=n).astype(np.float32)
-    return q, c, p, rng.uniform(0.2, 2.0, size=b).astype(np.float32)
-
-
-def cos(a, b):
-    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def reference_factors(q, c, i, j, alpha, delta0, tau0):
@@ -69,13 +55,8 @@ def reference_symmetric_rows(q, c, ids, alpha, delta0, tau0):
     return np.array(rows)
 
 
-def reduce(rows, w, reduction):
-    w = np.ones_like(rows) if w is None else w
-    return (w * rows).sum() if reduction == "sum" else (w * rows).sum() / w.sum()
-
-
 def test_factors_match_numpy_and_defaults_are_the_papers():
-    q, c, _, _ = batch()
+    q, c, _, _ = random_batch(probabilities=True)
     layer = AdaptiveTemperatureMargin(BASE, **PARAMS)
     tau, delta = layer.factors(RetrievalContext(q, c))
     assert tau.shape == (6, 8) and delta.shape == (6, 8)
@@ -90,7 +71,7 @@ def test_factors_match_numpy_and_defaults_are_the_papers():
 
 
 def test_transform_keeps_masks_extra_columns_and_labels():
-    q, c, p, _ = batch(seed=1)
+    q, c, p, _ = random_batch(seed=1, probabilities=True)
     context = RetrievalContext(q, c, candidate_ids=tf.constant(ITEM_IDS), candidate_sampling_probability=p)
     logits = tf.linalg.matmul(q, c, transpose_b=True)
     labels = tf.eye(6, 8)
@@ -114,7 +95,7 @@ def test_transform_keeps_masks_extra_columns_and_labels():
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 @pytest.mark.parametrize("weighted", [False, True])
 def test_symmetric_loss_matches_numpy(reduction, weighted):
-    q, c, _, w = batch(seed=2)
+    q, c, _, w = random_batch(seed=2, probabilities=True)
     layer = AdaptiveTemperatureMargin(BASE, **PARAMS)
     loss = AdaptiveSymmetricLoss(layer, reduction=reduction)
     for ids in [None, ITEM_IDS]:
@@ -125,7 +106,7 @@ def test_symmetric_loss_matches_numpy(reduction, weighted):
 
 
 def test_retrieval_task_with_transform_and_symmetric_term_matches_numpy():
-    q, c, p, w = batch(seed=3)
+    q, c, p, w = random_batch(seed=3, probabilities=True)
     adaptive = AdaptiveTemperatureMargin(BASE, **PARAMS)
     task = Retrieval(transforms=[Temperature(BASE), LogQCorrection(), RemoveAccidentalHits(), adaptive],
                      auxiliary_losses=[AdaptiveSymmetricLoss(adaptive, weight=0.05)])
@@ -136,7 +117,7 @@ def test_retrieval_task_with_transform_and_symmetric_term_matches_numpy():
 
 
 def test_no_gradient_reaches_the_embeddings_through_g():
-    q, c, _, _ = batch(seed=4)
+    q, c, _, _ = random_batch(seed=4, probabilities=True)
     queries, candidates = tf.Variable(q), tf.Variable(c)
     layer = AdaptiveTemperatureMargin(BASE, trainable=True)
     with tf.GradientTape() as tape:
@@ -149,7 +130,7 @@ def test_no_gradient_reaches_the_embeddings_through_g():
 
 
 def test_symmetric_duplicates_get_no_gradient_as_negatives():
-    q, c, _, _ = batch(seed=5)
+    q, c, _, _ = random_batch(seed=5, probabilities=True)
     loss = AdaptiveSymmetricLoss(AdaptiveTemperatureMargin(BASE, **PARAMS))
     for i, duplicate in [(0, 3), (2, 5)]:
         items = tf.Variable(c)
@@ -164,7 +145,7 @@ def test_symmetric_duplicates_get_no_gradient_as_negatives():
 
 @pytest.mark.parametrize("trainable", [False, True])
 def test_trainable_parameters(trainable):
-    q, c, p, w = batch(seed=6)
+    q, c, p, w = random_batch(seed=6, probabilities=True)
     adaptive = AdaptiveTemperatureMargin(BASE, trainable=trainable)
     task = Retrieval(transforms=[Temperature(BASE), RemoveAccidentalHits(), adaptive],
                      auxiliary_losses=[AdaptiveSymmetricLoss(adaptive)])

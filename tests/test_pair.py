@@ -10,23 +10,10 @@ import tensorflow as tf
 from tfrec_towers.tasks.pair import PassageCentricLoss
 from tfrec_towers.tasks.retrieval import RemoveAccidentalHits, Retrieval, RetrievalContext, Temperature
 
+from loss_reference import cos, random_batch, reduce
+
 ITEM_IDS = ["a", "b", "c", "a", "d", "e", "b", "f"]   # positives 0/3 same item; 6 (extra) is 1's item
 TAU = 0.2
-
-
-def unit(x):
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def batch(seed=0, b=6, n=8, dim=5):
-    rng = np.random.default_rng(seed)
-    q, c = unit(rng.normal(size=(b, dim))), unit(rng.normal(size=(n, dim)))
-    c[5] = c[2]          # identical item features, different item IDs
-    return q, c, rng.uniform(0.2, 2.0, size=b).astype(np.float32)
-
-
-def cos(a, b):
-    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def reference_rows(q, c, ids, tau):
@@ -41,16 +28,11 @@ def reference_rows(q, c, ids, tau):
     return np.array(rows)
 
 
-def reduce(rows, w, reduction):
-    w = np.ones_like(rows) if w is None else w
-    return (w * rows).sum() if reduction == "sum" else (w * rows).sum() / w.sum()
-
-
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("with_ids", [False, True])
 def test_matches_numpy(reduction, weighted, with_ids):
-    q, c, w = batch(seed=1)
+    q, c, w = random_batch(seed=1)
     context = RetrievalContext(q, c, candidate_ids=tf.constant(ITEM_IDS) if with_ids else None,
                                sample_weight=w if weighted else None)
     value = float(PassageCentricLoss(TAU, reduction=reduction)(context))
@@ -59,7 +41,7 @@ def test_matches_numpy(reduction, weighted, with_ids):
 
 
 def test_rows_with_event_label_zero_have_no_positive_pair():
-    q, c, w = batch(seed=2)
+    q, c, w = random_batch(seed=2)
     labels = np.array([1, 0, 1, 1, 0, 1], np.float32)
     context = RetrievalContext(q, c, candidate_ids=tf.constant(ITEM_IDS), sample_weight=w, labels=labels)
     value = float(PassageCentricLoss(TAU, reduction="mean")(context))
@@ -68,7 +50,7 @@ def test_rows_with_event_label_zero_have_no_positive_pair():
 
 def test_same_item_duplicates_get_no_gradient_as_negatives():
     """L_p,i does not depend on a same-ID (0/3) or identical (2/5) item; it does on the other items."""
-    q, c, _ = batch(seed=3)
+    q, c, _ = random_batch(seed=3)
     for i, duplicate in [(0, 3), (2, 5)]:
         items = tf.Variable(c)
         with tf.GradientTape() as tape:
@@ -82,7 +64,7 @@ def test_same_item_duplicates_get_no_gradient_as_negatives():
 
 
 def test_in_retrieval_task_matches_numpy():
-    q, c, w = batch(seed=4)
+    q, c, w = random_batch(seed=4)
     alpha = 0.1
     task = Retrieval(transforms=[Temperature(TAU), RemoveAccidentalHits()], query_weight=1 - alpha,
                      auxiliary_losses=[PassageCentricLoss(TAU, weight=alpha)])

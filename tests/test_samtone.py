@@ -11,26 +11,11 @@ from tfrec_towers.tasks.retrieval import (MIN_LOGIT, RemoveAccidentalHits, Retri
                                           Temperature)
 from tfrec_towers.tasks.samtone import SameTowerNegatives
 
+from loss_reference import cos, random_batch
+
 QUERY_IDS = ["u0", "u1", "u2", "u3", "u0", "u5"]              # rows 0 and 4: same user
 ITEM_IDS = ["a", "b", "c", "a", "d", "e", "b", "f"]           # 0/3 same item; 6 (extra) is 1's item
 TAU = 0.2
-
-
-def unit(x):
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def batch(seed=0, b=6, n=8, dim=5):
-    rng = np.random.default_rng(seed)
-    q, c = unit(rng.normal(size=(b, dim))), unit(rng.normal(size=(n, dim)))
-    q[3] = q[1]          # identical query features, different user IDs
-    c[5] = c[2]          # identical item features, different item IDs
-    w = rng.uniform(0.2, 2.0, size=b).astype(np.float32)
-    return q, c, w
-
-
-def cos(a, b):
-    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def same(x, ids, i, j):
@@ -55,7 +40,7 @@ def reference_direction(anchors, columns, anchor_ids, column_ids, tau, w):
 
 
 def test_appends_masked_same_tower_columns_and_keeps_incoming_logits():
-    q, c, _ = batch()
+    q, c, _ = random_batch(same_queries=True)
     logits = tf.constant(np.random.default_rng(1).normal(size=(6, 8)), tf.float32)
     logits = tf.tensor_scatter_nd_update(logits, [[0, 3], [1, 6]], [MIN_LOGIT, MIN_LOGIT])  # accidental hits
     labels = tf.eye(6, 8)
@@ -76,7 +61,7 @@ def test_appends_masked_same_tower_columns_and_keeps_incoming_logits():
 
 
 def test_without_query_ids_only_identical_embeddings_are_masked():
-    q, c, _ = batch()
+    q, c, _ = random_batch(same_queries=True)
     out, _ = SameTowerNegatives(TAU)(tf.zeros([6, 8]), tf.eye(6, 8), context=RetrievalContext(q, c))
     extra = out[:, 8:].numpy()
     assert extra[1, 3] == MIN_LOGIT and extra[0, 4] != MIN_LOGIT
@@ -84,7 +69,7 @@ def test_without_query_ids_only_identical_embeddings_are_masked():
 
 @pytest.mark.parametrize("weighted", [False, True])
 def test_retrieval_both_towers_matches_numpy(weighted):
-    q, c, w = batch(seed=2)
+    q, c, w = random_batch(seed=2, same_queries=True)
     weights = w if weighted else np.ones(6, np.float32)
     task = Retrieval(transforms=[Temperature(TAU), RemoveAccidentalHits(), SameTowerNegatives(TAU)],
                      reverse_transforms=[Temperature(TAU), RemoveAccidentalHits(optional=True),
@@ -101,7 +86,7 @@ def test_retrieval_both_towers_matches_numpy(weighted):
 
 def test_same_entity_duplicates_get_no_gradient_as_negatives():
     """Row i's loss does not depend on a same-user (0/4) or identical (1/3) query; it does on the others."""
-    q, c, _ = batch(seed=3)
+    q, c, _ = random_batch(seed=3, same_queries=True)
     task = Retrieval(transforms=[Temperature(TAU), RemoveAccidentalHits(), SameTowerNegatives(TAU)])
     for i, duplicate in [(0, 4), (1, 3)]:
         queries = tf.Variable(q)

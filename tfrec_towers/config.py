@@ -4,25 +4,15 @@ Loaded from YAML or JSON; every section and key is checked, so a typo fails nami
 ``tfrec-towers config`` prints the packaged default (``configs/default.yaml``).
 """
 import dataclasses
-import json
 import os
 import typing
 from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-from tfrec_towers.features.spec import FeatureSpec
+from tfrec_towers.features.spec import FeatureSpec, load_mapping
 
 PACKAGED = os.path.join(os.path.dirname(__file__), "configs")
-
-
-def load_mapping(path: str) -> Dict[str, Any]:
-    """A YAML (.yaml/.yml) or JSON file -> dict."""
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    return data
 
 
 @dataclasses.dataclass
@@ -190,14 +180,24 @@ def _check_type(where: str, value: Any, hint) -> Any:
     return value
 
 
-#: Allowed values of the string options, checked when a config is loaded (before any data is read).
-CHOICES = {("data", "corrupt_records"): ("fail", "skip"), ("data", "compression"): ("auto", "GZIP", "ZLIB", ""),
-           ("model", "sharing"): ("none", "projection", "full"), ("task", "loss_reduction"): ("sum", "mean"),
+#: Losses that train on every event with its label as the target (the others on positives only).
+POINTWISE_LOSSES = ("bce", "focal")
+
+#: Allowed values of the string options, checked when a config is loaded (before any data is read);
+#: the modules that implement an option import its list from here, so it is written once.
+SHARING = ("none", "projection", "full")           # towers.build_towers
+REDUCTIONS = ("sum", "mean")                       # the losses' reduction over rows (tasks/masks.py)
+CORRUPT_RECORD_POLICIES = ("fail", "skip")         # data.reader
+COMPRESSIONS = ("auto", "GZIP", "ZLIB", "")        # data.reader.compression_of
+OPTIMIZERS = {"adam": "Adam", "adagrad": "Adagrad", "sgd": "SGD", "rmsprop": "RMSprop"}  # -> keras.optimizers class
+
+CHOICES = {("data", "corrupt_records"): CORRUPT_RECORD_POLICIES, ("data", "compression"): COMPRESSIONS,
+           ("model", "sharing"): SHARING, ("task", "loss_reduction"): REDUCTIONS,
            ("task", "loss"): ("softmax", "hinge", "bce", "focal"), ("task", "bidirectional"): ("none", "sum", "mean"),
            ("task.streaming", "start"): ("first_gap", "paper"),
            ("task", "samtone"): ("none", "query", "item", "both"),
            ("task", "logq_estimator"): ("counts", "streaming"),
-           ("train", "optimizer"): ("adam", "adagrad", "sgd", "rmsprop"),
+           ("train", "optimizer"): tuple(OPTIMIZERS),
            ("train", "strategy"): ("default", "mirrored", "multi_worker")}
 
 _POSITIVE = ("> 0", lambda v: v > 0)

@@ -41,14 +41,6 @@ class AugmentedVector(keras.layers.Layer):
         return self.embedding(self.lookup(ids))
 
 
-def _positive_mean(values: tf.Tensor, context: RetrievalContext) -> tf.Tensor:
-    """Mean of per-row values over positive rows (label 1, or all rows when labels are not given)."""
-    if context.labels is None:
-        return tf.reduce_mean(values)
-    mask = tf.cast(context.labels > 0, values.dtype)
-    return tf.reduce_sum(values * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
-
-
 class MimicLoss(AuxiliaryLoss):
     """weight * (||a_u - sg(p_v)||^2 + ||a_v - sg(p_u)||^2) over positive pairs: the paper's
     lambda_u = lambda_v = ``weight`` (0.5 there), applied by the task as every auxiliary weight is."""
@@ -60,8 +52,8 @@ class MimicLoss(AuxiliaryLoss):
     def call(self, context: RetrievalContext):
         a_u, a_v = self.refs.user(context.features), self.refs.item(context.features)
         p_u, p_v = tf.stop_gradient(context.query_embeddings), tf.stop_gradient(context.positive_embeddings)
-        user = _positive_mean(tf.reduce_sum(tf.square(a_u - p_v), -1), context)
-        item = _positive_mean(tf.reduce_sum(tf.square(a_v - p_u), -1), context)
+        user = context.positive_mean(tf.reduce_sum(tf.square(a_u - p_v), -1))
+        item = context.positive_mean(tf.reduce_sum(tf.square(a_v - p_u), -1))
         return user + item
 
 

@@ -26,7 +26,7 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 
-from tfrec_towers.evaluate import embed_catalog, embed_events
+from tfrec_towers.embeddings import embed_catalog, embed_events
 from tfrec_towers.run import RunDir, load_model
 
 COLOURS = {"queries": "tab:blue", "items": "tab:orange", "query_query": "tab:blue", "item_item": "tab:orange",

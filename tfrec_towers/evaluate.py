@@ -17,79 +17,13 @@ import time
 from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
-import tensorflow as tf
 
-from tfrec_towers.config import Config
-from tfrec_towers.data import reader
+from tfrec_towers.data.inputs import user_histories
+from tfrec_towers.embeddings import embed_catalog, embed_events
 from tfrec_towers.run import RunDir, load_model
-from tfrec_towers.train import numeric_to_check, parse_spec, positives
 
 #: The rank of an eval target that is not in the catalog: never a hit, contributes 0 to NDCG and MRR.
 MISSING = -1
-
-
-def _decode(values) -> np.ndarray:
-    return np.array([v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in np.asarray(values)])
-
-
-def _read(config: Config, files, spec, on_batch, keep=None, progress=print):
-    def kept(parsed):
-        on_batch(parsed if keep is None else reader.select(parsed, keep(parsed)))
-
-    report = reader.scan(files, spec, kept, config.data.compression, config.data.corrupt_records,
-                         batch_size=config.eval.batch_size, check_finite=numeric_to_check(config), progress=progress)
-    if report.skipped:
-        progress(report.summary())
-    return report
-
-
-def embed_catalog(model, config: Config, items_pattern: str, progress=print):
-    """Item IDs (unique, first occurrence kept) and their candidate-tower embeddings."""
-    spec = config.features.parse_spec("candidate")
-    ids, embeddings = [], []
-
-    def on_batch(parsed):
-        inputs = config.features.prepare(parsed)
-        ids.append(_decode(inputs[config.features.item_id].numpy()))
-        embeddings.append(model.candidate_tower(inputs).numpy())
-
-    _read(config, reader.list_files(items_pattern), spec, on_batch, progress=progress)
-    ids, embeddings = np.concatenate(ids), np.concatenate(embeddings)
-    _, first = np.unique(ids, return_index=True)
-    first.sort()
-    return ids[first], embeddings[first]
-
-
-def embed_events(model, config: Config, pattern: str, progress=print):
-    """(user ids, true item ids, query embeddings) of the positive events in ``pattern``."""
-    user_key, item_key = config.data.user_id, config.features.item_id
-    spec = parse_spec(config, user_key)
-    users, items, embeddings = [], [], []
-
-    def on_batch(parsed):
-        inputs = config.features.prepare(parsed)
-        users.append(_decode(parsed[user_key].numpy()))
-        items.append(_decode(inputs[item_key].numpy()))
-        embeddings.append(model.query_tower(inputs).numpy())
-
-    _read(config, reader.list_files(pattern), spec, on_batch, keep=positives(config), progress=progress)
-    return np.concatenate(users), np.concatenate(items), np.concatenate(embeddings)
-
-
-def user_histories(config: Config, pattern: str, progress=print) -> Dict[str, set]:
-    """user -> set of item IDs among the positive events of ``pattern`` (the training logs)."""
-    user_key, item_key = config.data.user_id, config.features.item_id
-    spec = {user_key: tf.io.FixedLenFeature([], tf.string), item_key: config.features.by_name[item_key].parse_feature()}
-    if config.data.label:
-        spec[config.data.label] = tf.io.FixedLenFeature([], tf.int64)
-    history = collections.defaultdict(set)
-
-    def on_batch(parsed):
-        for u, i in zip(_decode(parsed[user_key].numpy()), _decode(parsed[item_key].numpy())):
-            history[u].add(i)
-
-    _read(config, reader.list_files(pattern), spec, on_batch, keep=positives(config), progress=progress)
-    return history
 
 
 def target_ranks(query: np.ndarray, items: np.ndarray, targets: np.ndarray,

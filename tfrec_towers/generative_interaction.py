@@ -18,7 +18,6 @@ from typing import Sequence
 import tensorflow as tf
 import tf_keras as keras
 
-from tfrec_towers.dual_augmented import _positive_mean
 from tfrec_towers.tasks.chain import AuxiliaryLoss, RetrievalContext, Untracked
 
 
@@ -47,4 +46,4 @@ class ReconstructionLoss(AuxiliaryLoss):
         r = self.refs
         target = tf.stop_gradient(r.query_tower.encode(context.features, self.targets))
         generated = r.generator(context.features, r.candidate_tower.encode(context.features))
-        return _positive_mean(tf.reduce_sum(tf.square(generated - target), -1), context)
+        return context.positive_mean(tf.reduce_sum(tf.square(generated - target), -1))

@@ -11,7 +11,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
-from tfrec_towers.config import Config
+from tfrec_towers.config import OPTIMIZERS, Config
 from tfrec_towers.dual_augmented import AugmentedVector, CategoryAlignmentLoss, MimicLoss
 from tfrec_towers.features.stats import FeatureStats
 from tfrec_towers.generative_interaction import PseudoQueryGenerator, ReconstructionLoss
@@ -20,8 +20,6 @@ from tfrec_towers.tasks import (AdaptiveSymmetricLoss, AdaptiveTemperatureMargin
                                 HingeLoss, LogQCorrection, PassageCentricLoss, RemoveAccidentalHits, Retrieval,
                                 SameTowerNegatives, StreamingFrequency, Temperature, WeightedBinaryCrossEntropy)
 from tfrec_towers.towers import build_towers
-
-POINTWISE = ("bce", "focal")
 
 
 class ItemFrequency(keras.layers.Layer):
@@ -227,8 +225,7 @@ def build_model(config: Config, stats: FeatureStats, negatives=None) -> TwoTower
 
 
 def make_optimizer(name: str, learning_rate: float):
-    optimizers = {"adam": keras.optimizers.Adam, "adagrad": keras.optimizers.Adagrad, "sgd": keras.optimizers.SGD,
-                  "rmsprop": keras.optimizers.RMSprop}
-    if name not in optimizers:
-        raise ValueError(f"optimizer must be one of {sorted(optimizers)}, got {name!r}")
-    return optimizers[name](learning_rate=learning_rate)
+    """A Keras optimizer by its config name (``config.OPTIMIZERS``)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {name!r}")
+    return getattr(keras.optimizers, OPTIMIZERS[name])(learning_rate=learning_rate)

@@ -13,10 +13,10 @@ from typing import List, Optional, Sequence, Tuple
 import tensorflow as tf
 import tf_keras as keras
 
+from tfrec_towers.config import SHARING
 from tfrec_towers.features import spec as S
 from tfrec_towers.features.encoders import EncoderFactory
 
-SHARING = ("none", "projection", "full")
 
 
 class Tower(keras.Model):

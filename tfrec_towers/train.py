@@ -3,16 +3,17 @@ import json
 import os
 import sys
 import time
-from typing import Callable, Optional
+from typing import Optional
 
 import tensorflow as tf
 import tf_keras as keras
 
 from tfrec_towers.config import Config
 from tfrec_towers.data import reader
-from tfrec_towers.features.spec import NumericFeature
-from tfrec_towers.features.stats import FeatureStats, StatsAccumulator
-from tfrec_towers.model import POINTWISE, build_model, make_optimizer
+from tfrec_towers.data.inputs import compute_stats, make_input, parse_spec
+from tfrec_towers.evaluate import evaluate_run
+from tfrec_towers.mining import mine_hard_negatives
+from tfrec_towers.model import build_model, make_optimizer
 from tfrec_towers.negatives import build_negatives
 from tfrec_towers.run import RunDir, dummy_batch, file_fingerprints, write_atomic
 
@@ -43,58 +44,6 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
             raise ValueError("strategy multi_worker reads the cluster from TF_CONFIG, which is not set")
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"strategy must be default, mirrored or multi_worker, got {name!r}")
-
-
-def parse_spec(config: Config, *extra: str):
-    """The parse spec of all spec features, plus the label and any ``extra`` int64/string keys."""
-    spec = config.features.parse_spec()
-    if config.data.label:
-        spec[config.data.label] = tf.io.FixedLenFeature([], tf.int64)
-    for name in extra:
-        spec.setdefault(name, tf.io.FixedLenFeature([], tf.string))
-    return spec
-
-
-def batch_keys(config: Config):
-    """Log fields that training batches need besides the spec's features: the keys of per-key negatives."""
-    n, keys = config.negatives, []
-    if n.exposure:
-        keys.append(n.exposure_key)
-    if n.mined:
-        keys.append(config.data.user_id)
-    return [k for k in keys if k not in config.features.by_name]
-
-
-def positives(config: Config) -> Optional[Callable]:
-    label = config.data.label
-    return (lambda parsed: parsed[label] >= 1) if label else None
-
-
-def numeric_to_check(config: Config):
-    return [f.name for f in config.features.features if isinstance(f, NumericFeature) and f.impute is None]
-
-
-def compute_stats(config: Config, files, progress=print):
-    """One pass over the training logs -> (FeatureStats, ScanReport of what was read and skipped)."""
-    acc = StatsAccumulator(config.features, keep=positives(config))
-    report = reader.scan(files, parse_spec(config), acc, config.data.compression, config.data.corrupt_records,
-                         check_finite=numeric_to_check(config), progress=progress)
-    return acc.result(), report
-
-
-def make_input(config: Config, files, training: bool, batch_size: Optional[int] = None,
-               stats: Optional[FeatureStats] = None) -> tf.data.Dataset:
-    """The tf.data pipeline of ``files``. Given the stats of these files, the label filter (a costly
-    per-example re-batching) is left out when their pass found no event to filter; pointwise losses
-    train on every event, the label as target."""
-    d = config.data
-    unfiltered = (stats is not None and stats.num_filtered == 0) or (training and config.task.loss in POINTWISE)
-    keep = None if unfiltered else positives(config)
-    return reader.make_dataset(
-        files, parse_spec(config, *(batch_keys(config) if training else [])), config.features.prepare, batch_size or config.train.batch_size,
-        compression=d.compression, policy=d.corrupt_records,
-        shuffle_buffer=d.shuffle_buffer if training else 0, seed=config.train.seed, keep=keep,
-        cache=d.cache, num_parallel_reads=d.num_parallel_reads)
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -177,7 +126,7 @@ def _train_locked(run: RunDir, config: Config, strategy, files, train_pattern, e
 
     keras.utils.set_random_seed(config.train.seed)
     with strategy.scope():
-        model = build_model(config, stats, build_negatives(config, stats, files, items_pattern, progress))
+        model = build_model(config, stats, build_negatives(config, stats, files, items_pattern, progress, mine_hard_negatives))
         # Create every variable now (a tfrs.Model is built by its towers), so that BackupAndRestore
         # restores into existing variables instead of warning that the model is unbuilt.
         model.query_tower(dummy_batch(config))
@@ -218,6 +167,4 @@ def _first_difference(recorded, now) -> str:
 def _evaluate(run: RunDir, eval_pattern, items_pattern, model, progress) -> dict:
     if not eval_pattern:
         return {}
-    from tfrec_towers.evaluate import evaluate_run
-
     return evaluate_run(run.path, eval_pattern, items_pattern=items_pattern, model=model, progress=progress)

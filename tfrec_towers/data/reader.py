@@ -26,7 +26,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 import numpy as np
 import tensorflow as tf
 
-POLICIES = ("fail", "skip")
+from tfrec_towers.config import COMPRESSIONS, CORRUPT_RECORD_POLICIES
+
+POLICIES = CORRUPT_RECORD_POLICIES
 
 
 def _reason(error: tf.errors.OpError) -> str:
@@ -74,8 +76,8 @@ def compression_of(path: str, compression: str = "auto") -> str:
     """'auto' -> GZIP for *.gz, none otherwise; or the explicit 'GZIP' / '' / 'ZLIB'."""
     if compression == "auto":
         return "GZIP" if path.endswith(".gz") else ""
-    if compression not in ("GZIP", "ZLIB", ""):
-        raise ValueError(f"compression must be auto, GZIP, ZLIB or '' (none), got {compression!r}")
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {COMPRESSIONS} ('': none), got {compression!r}")
     return compression
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 import tfrec_towers
-from tfrec_towers.evaluate import embed_catalog
+from tfrec_towers.embeddings import embed_catalog
 from tfrec_towers.export.indexes import INDEX_TYPES, build_index
 from tfrec_towers.export.retrieval_module import METADATA_FILE, RetrievalModule
 from tfrec_towers.export.versions import latest_version, staged_version

@@ -21,6 +21,7 @@ import json
 from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
+import yaml
 
 SIDES = ("query", "candidate")
 _DTYPES = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}
@@ -334,9 +335,16 @@ class FeatureSpec:
 
     @classmethod
     def load(cls, path: str) -> "FeatureSpec":
-        from tfrec_towers.config import load_mapping
-
         return cls.from_dict(load_mapping(path))
+
+
+def load_mapping(path: str) -> Dict[str, Any]:
+    """A YAML (.yaml/.yml) or JSON file -> dict."""
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return data
 
 
 def check_shareable(query: Sequence[Feature], candidate: Sequence[Feature]) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec_towers.data import reader
+from tfrec_towers.data.inputs import first_occurrences
 from tfrec_towers.tasks.chain import Untracked
 
 
@@ -43,8 +44,7 @@ class ItemCatalog:
             raise ValueError(f"the item files {pattern} hold no item")
         features = spec.prepare({k: tf.concat(v, axis=0) for k, v in parsed.items()})
         ids = np.array([v.decode("utf-8", "replace") for v in features[item_id].numpy().reshape(-1)], dtype=object)
-        _, first = np.unique(ids, return_index=True)
-        first = np.sort(first)
+        first = first_occurrences(ids)
         progress(f"item catalog: {len(first)} items from {pattern}")
         return cls(ids[first], {k: tf.gather(v, first) for k, v in features.items()})
 

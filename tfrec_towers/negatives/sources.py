@@ -1,12 +1,13 @@
 """The negatives of a batch, mixed by count: in-batch, catalog (uniform, popularity), per key
 (exposure-unclicked, mined), each source a few lines here; see the modules named after each method."""
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
 from tfrec_towers.negatives.catalog import ItemCatalog, KeyedItems
+from tfrec_towers.negatives.exposure import collect_unclicked
 from tfrec_towers.negatives.mixed_negative_sampling import mixture_expected_counts
 
 
@@ -63,8 +64,11 @@ class Negatives(keras.layers.Layer):
         return mixture_expected_counts(in_batch_expected, rows, [(n, q) for _, n, q in self.catalog_sources])
 
 
-def build_negatives(config, stats, train_files, items_pattern: Optional[str], progress=print) -> Optional[Negatives]:
-    """The configured sources (None when only in-batch negatives are used)."""
+def build_negatives(config, stats, train_files, items_pattern: Optional[str], progress=print,
+                    mine: Optional[Callable] = None) -> Optional[Negatives]:
+    """The configured sources (None when only in-batch negatives are used). ``mine`` is the offline
+    miner for ``negatives.mined`` (``tfrec_towers.mining.mine_hard_negatives``, a job that loads a
+    previous run: passed in by training, so that negatives never import the jobs above them)."""
     n = config.negatives
     if not (n.uniform or n.popularity or n.exposure or n.mined) and n.in_batch:
         return None
@@ -81,16 +85,14 @@ def build_negatives(config, stats, train_files, items_pattern: Optional[str], pr
         catalog_sources.append(("popularity", n.popularity,
                                 popularity_distribution(catalog, stats.item_counts, n.popularity_power)))
     if n.exposure:
-        from tfrec_towers.negatives.exposure import collect_unclicked
-
         keyed.append((collect_unclicked(config, train_files, catalog, n.exposure_key, n.exposure_field,
                                         n.exposure_below, progress), n.exposure_key, n.exposure))
     if n.mined:
-        from tfrec_towers.negatives.hard_negative_mining import mine_hard_negatives
-
         if not n.mined_from:
             raise ValueError("negatives.mined needs negatives.mined_from: the run directory of a previous model")
+        if mine is None:
+            raise ValueError("negatives.mined needs a miner (train passes tfrec_towers.mining.mine_hard_negatives)")
         pattern = ",".join(train_files)
-        keyed.append((mine_hard_negatives(n.mined_from, pattern, items_pattern, catalog, n.mined_top_k, progress),
+        keyed.append((mine(n.mined_from, pattern, items_pattern, catalog, n.mined_top_k, progress),
                       config.data.user_id, n.mined))
     return Negatives(catalog, n.in_batch, catalog_sources, keyed)

@@ -42,6 +42,13 @@ class RetrievalContext:
     query_ids: Optional[tf.Tensor] = None
     labels: Optional[tf.Tensor] = None
 
+    def positive_mean(self, values: tf.Tensor) -> tf.Tensor:
+        """Mean of per-row ``values`` over positive rows (label 1, or all rows without labels)."""
+        if self.labels is None:
+            return tf.reduce_mean(values)
+        mask = tf.cast(self.labels > 0, values.dtype)
+        return tf.reduce_sum(values * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+
     @property
     def positive_embeddings(self) -> tf.Tensor:
         """[B, d]: each row's positive candidate."""

@@ -9,11 +9,11 @@ from typing import Optional
 
 import tensorflow as tf
 
+from tfrec_towers.config import REDUCTIONS
 from tfrec_towers.tasks.chain import MIN_LOGIT, RetrievalContext
 
 #: Two embeddings are identical when no coordinate differs by more than this.
 IDENTICAL_TOLERANCE = 1e-6
-REDUCTIONS = ("sum", "mean")
 
 
 def is_masked(logits: tf.Tensor) -> tf.Tensor:

@@ -1,7 +1,8 @@
-"""Hard negatives: the most confusable items, mined in the batch or offline from a previous model.
+"""Offline hard-negative mining, a job run before training (``negatives.mined``): the most confusable
+items for each user, from a previous run's model. (In-batch mining is the logit transform
+``tfrec_towers.tasks.hard_negative_mining.HardNegativeMining``.)
 
-* In the batch: ``tfrec_towers.tasks.hard_negative_mining.HardNegativeMining``, a logit transform.
-* Offline (``mine_hard_negatives``): a previous run's model scores the whole catalog for each user
+``mine_hard_negatives``: a previous run's model scores the whole catalog for each user
   (from the user's latest training event); the top ``top_k`` items that are not among the user's
   training positives form that user's pool, and each training row draws from its user's pool. This
   is the usual "mine from the last model's index" step of production retrieval, excluding positives
@@ -9,15 +10,14 @@
 """
 import numpy as np
 
+from tfrec_towers.embeddings import embed_catalog, embed_events
 from tfrec_towers.negatives.catalog import ItemCatalog, KeyedItems
+from tfrec_towers.run import RunDir, load_model
 
 
 def mine_hard_negatives(run_dir: str, train_pattern: str, items_pattern: str, catalog: ItemCatalog,
                         top_k: int = 100, progress=print) -> KeyedItems:
     """user -> catalog rows of the previous run's top ``top_k`` items that are not the user's positives."""
-    from tfrec_towers.evaluate import embed_catalog, embed_events
-    from tfrec_towers.run import RunDir, load_model
-
     run = RunDir(run_dir)
     config, model = run.config(), load_model(run_dir)
     item_ids, item_embeddings = embed_catalog(model, config, items_pattern, progress)

@@ -1,0 +1,108 @@
+"""From a config and TFRecord event logs to what training and evaluation read: the parse spec, the
+one-pass statistics, the tf.data input pipeline, and log scans (each user's training items).
+
+The input side of the data flow, below the model: jobs (``train``, ``evaluate``, export, mining)
+import it, it imports only the schema (``config``, the feature spec) and the readers.
+"""
+import collections
+from typing import Callable, Dict, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tfrec_towers.config import POINTWISE_LOSSES, Config
+from tfrec_towers.data import reader
+from tfrec_towers.features.spec import NumericFeature
+from tfrec_towers.features.stats import FeatureStats, StatsAccumulator
+
+
+def parse_spec(config: Config, *extra: str):
+    """The parse spec of all spec features, plus the label and any ``extra`` int64/string keys."""
+    spec = config.features.parse_spec()
+    if config.data.label:
+        spec[config.data.label] = tf.io.FixedLenFeature([], tf.int64)
+    for name in extra:
+        spec.setdefault(name, tf.io.FixedLenFeature([], tf.string))
+    return spec
+
+
+def batch_keys(config: Config):
+    """Log fields that training batches need besides the spec's features: the keys of per-key negatives."""
+    n, keys = config.negatives, []
+    if n.exposure:
+        keys.append(n.exposure_key)
+    if n.mined:
+        keys.append(config.data.user_id)
+    return [k for k in keys if k not in config.features.by_name]
+
+
+def positives(config: Config) -> Optional[Callable]:
+    label = config.data.label
+    return (lambda parsed: parsed[label] >= 1) if label else None
+
+
+def numeric_to_check(config: Config):
+    return [f.name for f in config.features.features if isinstance(f, NumericFeature) and f.impute is None]
+
+
+def compute_stats(config: Config, files, progress=print):
+    """One pass over the training logs -> (FeatureStats, ScanReport of what was read and skipped)."""
+    acc = StatsAccumulator(config.features, keep=positives(config))
+    report = reader.scan(files, parse_spec(config), acc, config.data.compression, config.data.corrupt_records,
+                         check_finite=numeric_to_check(config), progress=progress)
+    return acc.result(), report
+
+
+def make_input(config: Config, files, training: bool, batch_size: Optional[int] = None,
+               stats: Optional[FeatureStats] = None) -> tf.data.Dataset:
+    """The tf.data pipeline of ``files``. Given the stats of these files, the label filter (a costly
+    per-example re-batching) is left out when their pass found no event to filter; pointwise losses
+    train on every event, the label as target."""
+    d = config.data
+    unfiltered = (stats is not None and stats.num_filtered == 0) or (training and config.task.loss in POINTWISE_LOSSES)
+    keep = None if unfiltered else positives(config)
+    return reader.make_dataset(
+        files, parse_spec(config, *(batch_keys(config) if training else [])), config.features.prepare, batch_size or config.train.batch_size,
+        compression=d.compression, policy=d.corrupt_records,
+        shuffle_buffer=d.shuffle_buffer if training else 0, seed=config.train.seed, keep=keep,
+        cache=d.cache, num_parallel_reads=d.num_parallel_reads)
+
+
+def first_occurrences(ids: np.ndarray) -> np.ndarray:
+    """Sorted indices of each distinct ID's first occurrence: a catalog keeps an item's first record."""
+    _, first = np.unique(ids, return_index=True)
+    return np.sort(first)
+
+
+def decode(values) -> np.ndarray:
+    """bytes/ints of a parsed tensor -> an array of str (IDs as the catalog and histories key them)."""
+    return np.array([v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in np.asarray(values)])
+
+
+def scan_logs(config: Config, files, spec, on_batch, keep=None, progress=print):
+    """``reader.scan`` with the config's compression, corrupt-record policy, eval batch size and NaN
+    check; ``on_batch`` sees the kept rows of each parsed batch; skipped records are reported."""
+    def kept(parsed):
+        on_batch(parsed if keep is None else reader.select(parsed, keep(parsed)))
+
+    report = reader.scan(files, spec, kept, config.data.compression, config.data.corrupt_records,
+                         batch_size=config.eval.batch_size, check_finite=numeric_to_check(config), progress=progress)
+    if report.skipped:
+        progress(report.summary())
+    return report
+
+
+def user_histories(config: Config, pattern: str, progress=print) -> Dict[str, set]:
+    """user -> set of item IDs among the positive events of ``pattern`` (the training logs)."""
+    user_key, item_key = config.data.user_id, config.features.item_id
+    spec = {user_key: tf.io.FixedLenFeature([], tf.string), item_key: config.features.by_name[item_key].parse_feature()}
+    if config.data.label:
+        spec[config.data.label] = tf.io.FixedLenFeature([], tf.int64)
+    history = collections.defaultdict(set)
+
+    def on_batch(parsed):
+        for u, i in zip(decode(parsed[user_key].numpy()), decode(parsed[item_key].numpy())):
+            history[u].add(i)
+
+    scan_logs(config, reader.list_files(pattern), spec, on_batch, keep=positives(config), progress=progress)
+    return history
