@@ -1,0 +1,1 @@
+"""Export: versioned SavedModels (user tower + item index), the index types, signatures and op reports."""
