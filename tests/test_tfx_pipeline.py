@@ -1,6 +1,8 @@
 """The package inside a real TFX pipeline: ImportExampleGen -> StatisticsGen -> SchemaGen -> Trainer
 (pipelines/tfx/trainer_module.py) -> Pusher, run by LocalDagRunner in the Debian trixie root that holds
-TFX (TF 2.21), then the pushed SavedModel loaded and queried here (TF 2.20).
+TFX (TF 2.21), with the package pip-installed there from this checkout (run_in_env.sh: non-editable, TFX's
+packages held as constraints, pip check; not on PYTHONPATH), then the pushed SavedModel loaded and queried
+here (TF 2.20).
 
 The root is built by pipelines/tfx/build_env.sh (cached outside the clone; the first build takes several
 minutes and about 4.5 GB). Where it cannot be built (not root, no debootstrap, no mirror or PyPI) the test
@@ -62,6 +64,11 @@ def test_tfx_pipeline_trains_and_pushes_a_servable_version(tfx_env, tmp_path):
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"the TFX pipeline ran over {PIPELINE_TIMEOUT_S} s: {str(e.stderr or '')[-3000:]}")
     assert done.returncode == 0, _tail(done, 60)
+    # The Trainer ran the package pip-installed into TFX's venv (not the checkout), under TFX's TF 2.21.
+    output = done.stdout + done.stderr
+    assert "tfrec_towers trainer: tfrec_towers" in output, _tail(done, 60)
+    assert (f"tfrec_towers {tfrec_towers.__version__} from /opt/venv/lib/" in output
+            and "site-packages/tfrec_towers, TensorFlow 2.21" in output), _tail(done, 60)
 
     # The Trainer trained on the train split and evaluated on the eval split (the ModelRun artifact).
     metrics_files = glob.glob(str(pipeline_root / "Trainer" / "model_run" / "*" / "run" / "metrics.json"))
@@ -79,7 +86,7 @@ def test_tfx_pipeline_trains_and_pushes_a_servable_version(tfx_env, tmp_path):
     assert metadata["index"]["type"] == "portable" and metadata["index"]["k"] == 10
     assert metadata["catalog"]["num_items"] > 10
     assert metadata["tensorflow"].startswith("2.21")  # trained and exported inside TFX's environment
-    assert metadata["tfrec_towers"] == tfrec_towers.__version__  # from this checkout, on /repo there
+    assert metadata["tfrec_towers"] == tfrec_towers.__version__  # this checkout, pip-installed there
 
     # Loaded here, under TF 2.20, and queried with test events prepared by the package's feature spec.
     importlib.import_module("tensorflow_text")  # registers the ops of the export's text features

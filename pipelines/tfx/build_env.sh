@@ -29,7 +29,9 @@ fail() {  # fail MESSAGE [LOG]: the message, and the end of LOG, on stderr; exit
   if [ -n "${2:-}" ] && [ -f "$2" ]; then tail -n 15 "$2" | sed 's/^/[tfx-env]   /' >&2; fi
   exit 1
 }
-ready() { [ -f "$MARK" ] && [ "$(cat "$MARK")" = "$WANT" ]; }
+# /opt/tfx-set.txt: the venv's packages as built (pip freeze), the constraints run_in_env.sh installs the
+# package with, so that installing it never replaces one of TFX's packages.
+ready() { [ -f "$MARK" ] && [ "$(cat "$MARK")" = "$WANT" ] && [ -f "$ROOT/opt/tfx-set.txt" ]; }
 
 if ready; then echo "[tfx-env] ready: $ROOT"; exit 0; fi
 [ "$(id -u)" = 0 ] || fail "building the TFX root needs root (debootstrap, chroot); run: sudo $0"
@@ -106,7 +108,8 @@ step "venv /opt/venv with $REQS (several minutes, about 3.5 GB; log: $ROOT.pip.l
 in_root "set -e; [ -x /opt/venv/bin/python ] || python3 -m venv /opt/venv
          /opt/venv/bin/pip install --upgrade pip
          /opt/venv/bin/pip install $REQS
-         /opt/venv/bin/pip uninstall -y scann" > "$ROOT.pip.log" 2>&1 \
+         /opt/venv/bin/pip uninstall -y scann
+         /opt/venv/bin/pip freeze --exclude tfrec_towers > /opt/tfx-set.txt" > "$ROOT.pip.log" 2>&1 \
   || fail "pip install in the root" "$ROOT.pip.log"
 
 step "checking imports in the root"

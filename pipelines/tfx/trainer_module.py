@@ -2,8 +2,8 @@
 servable SavedModel (user tower + the item index computed with the same weights).
 
 Use it in any TFX pipeline whose ExampleGen writes tf.Examples in the feature spec's layout (GZIP
-TFRecords, as ExampleGen writes them), with ``tfrec_towers`` importable where the Trainer runs (the
-checkout on ``PYTHONPATH``, as ``run_in_env.sh`` does, or the package installed)::
+TFRecords, as ExampleGen writes them), with ``tfrec_towers`` installed where the Trainer runs (``pip install``
+of the package into the TFX environment, as ``run_in_env.sh`` does; no extras)::
 
     trainer = tfx.components.Trainer(
         module_file="pipelines/tfx/trainer_module.py",
@@ -122,6 +122,8 @@ def run_fn(fn_args) -> None:
     run_dir = os.path.join(local_run_root, "run")
     export_base = tempfile.mkdtemp(prefix="tfrec-towers-export-")
     try:
+        print(f"tfrec_towers trainer: tfrec_towers {tfrec_towers.__version__} from "
+              f"{os.path.dirname(os.path.abspath(tfrec_towers.__file__))}, TensorFlow {tf.__version__}")
         print(f"tfrec_towers trainer: train {train_files}, eval {eval_files}, items {items}, run {run_dir}")
         train(config, train_files, run_dir, eval_files, items, verbose=2)  # prints and saves the metrics
         version_dir = export_run(run_dir, export_base, "model", index=index, k=k, items=items)

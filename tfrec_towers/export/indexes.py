@@ -45,12 +45,30 @@ class BruteForceIndex(tf.Module):
         return best, tf.gather(self.ids, idx)
 
 
+SCANN_EXTRA = "pip install 'tfrec_towers[scann]'"
+
+
+class ScannMissingError(ImportError, ValueError):
+    """The ``scann`` index without the ``scann`` extra (a ValueError too, so the CLI prints one line)."""
+
+
+def require_scann():
+    """``import scann`` (registers its TF ops), or fail naming the extra that brings it."""
+    try:
+        import scann  # noqa: F401
+    except ImportError as e:
+        raise ScannMissingError(f"index 'scann' needs ScaNN, an optional extra that is not installed ({e}): "
+                                f"{SCANN_EXTRA} (it brings TensorFlow 2.20, which scann 1.4.2's ops need), "
+                                "or use index 'portable'") from e
+
+
 class ScannIndex(tf.Module):
     """``tfrs.layers.factorized_top_k.ScaNN`` over the catalog, leaves and re-ranking tuned to its size."""
 
     def __init__(self, ids: np.ndarray, embeddings: np.ndarray, k: int, num_partitions: Optional[int] = None,
                  num_probe: Optional[int] = None, num_rerank: Optional[int] = None, name: str = "scann_index"):
         super().__init__(name=name)
+        require_scann()
         import tensorflow_recommenders as tfrs
 
         n = len(ids)
