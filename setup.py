@@ -36,6 +36,6 @@ setup(
     packages=find_packages(include=["tfrec_towers", "tfrec_towers.*"]),
     package_data={"tfrec_towers": ["configs/*.yaml"]},
     install_requires=CORE,
-    extras_require={"scann": SCANN, "test": ["pytest"]},
+    extras_require={"scann": SCANN, "test": ["pytest", "import-linter"]},  # import-linter: tests/test_architecture.py
     entry_points={"console_scripts": ["tfrec-towers=tfrec_towers.cli:main"]},
 )
