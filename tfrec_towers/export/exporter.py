@@ -22,7 +22,7 @@ import tensorflow as tf
 
 import tfrec_towers
 from tfrec_towers.embeddings import embed_catalog
-from tfrec_towers.export.indexes import INDEX_TYPES, build_index
+from tfrec_towers.export.indexes import build_index, index_class
 from tfrec_towers.export.retrieval_module import METADATA_FILE, RetrievalModule
 from tfrec_towers.export.versions import latest_version, staged_version
 from tfrec_towers.run import RunDir, load_model
@@ -73,8 +73,7 @@ def export_run(run_dir: str, base_dir: str, name: str, index: str = "portable", 
       catalog: (ids, embeddings) of ``items`` computed elsewhere with this run's item tower (the Beam
         refresh job); by default they are computed here.
     """
-    if index not in INDEX_TYPES:
-        raise ValueError(f"index type must be one of {INDEX_TYPES}, got {index!r}")
+    index_class(index)  # an unknown type fails now, not after embedding the catalog
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     run = RunDir(run_dir)

@@ -7,18 +7,18 @@
   ScaNN-enabled TF Serving or a Python server that imports ``scann`` (TFRS issue #182).
 ScaNN gets the same catalog tuning as ``portable`` (leaves ~ sqrt(N), probe count ``tune_probe``).
 """
-from typing import Dict, Optional
+import inspect
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 
+from tfrec_towers.export.index import Index
 from tfrec_towers.export.portable_index import RECALL_TARGET, PortableIndex, partition, tuned_params
 from tfrec_towers.export.top_k import SPLITS, split_top_k
 
-INDEX_TYPES = ("scann", "portable", "brute")
 
-
-class BruteForceIndex(tf.Module):
+class BruteForceIndex(Index):
     """Exact top-K: ``scores = q E^T`` over the whole catalog.
 
     E is stored transposed ([D, N]): ``q @ E_t`` streams the catalog once, as fast as NumPy's
@@ -26,18 +26,15 @@ class BruteForceIndex(tf.Module):
     ``split_top_k`` (several threads).
     """
 
+    kind = "brute"
     MIN_SPLIT_ITEMS = 1 << 16  # below this one TopK is fast enough
 
     def __init__(self, ids: np.ndarray, embeddings: np.ndarray, k: int, name: str = "brute_force_index"):
-        super().__init__(name=name)
-        if len(ids) == 0:
-            raise ValueError("cannot build an index over an empty catalog")
-        self.k = min(k, len(ids))
-        self.params: Dict = {}
+        super().__init__(ids, embeddings, k, name)
         self.split = len(ids) >= max(self.MIN_SPLIT_ITEMS, SPLITS * self.k)
         self.embeddings_t = tf.Variable(np.ascontiguousarray(np.asarray(embeddings, np.float32).T),
                                         trainable=False, name="embeddings_t")
-        self.ids = tf.Variable(np.asarray(ids, dtype=object).astype(bytes), trainable=False, name="ids")
+        self.ids = self.id_variable(ids)
 
     def __call__(self, queries):
         scores = tf.matmul(queries, self.embeddings_t)
@@ -62,19 +59,18 @@ def require_scann():
                                 "or use index 'portable'") from e
 
 
-class ScannIndex(tf.Module):
+class ScannIndex(Index):
     """``tfrs.layers.factorized_top_k.ScaNN`` over the catalog, leaves and re-ranking tuned to its size."""
+
+    kind = "scann"
 
     def __init__(self, ids: np.ndarray, embeddings: np.ndarray, k: int, num_partitions: Optional[int] = None,
                  num_probe: Optional[int] = None, num_rerank: Optional[int] = None, name: str = "scann_index"):
-        super().__init__(name=name)
+        super().__init__(ids, embeddings, k, name)
         require_scann()
-        import tensorflow_recommenders as tfrs
+        import tensorflow_recommenders as tfrs  # after scann: TFRS builds its ScaNN layer only when scann imports
 
         n = len(ids)
-        if n == 0:
-            raise ValueError("cannot build an index over an empty catalog")
-        self.k = min(k, n)
         embeddings = np.asarray(embeddings, np.float32)
         # ScaNN's asymmetric hashing (4 bits per 2 dimensions) ranks more coarsely than int8: at 1M x 64
         # (benchmarks/serving.py) it re-ranks 15k items and still loses ~1.3% of the top-100 that the
@@ -92,14 +88,23 @@ class ScannIndex(tf.Module):
         return self.layer(queries)
 
 
-def build_index(kind: str, ids: np.ndarray, embeddings: np.ndarray, k: int, **params) -> tf.Module:
+#: index type (``--index``) -> its class.
+INDEXES = {cls.kind: cls for cls in (ScannIndex, PortableIndex, BruteForceIndex)}
+INDEX_TYPES = tuple(INDEXES)
+
+
+def index_class(kind: str) -> type:
+    """The class of index type ``kind``; an unknown type is a ValueError listing the known ones."""
+    if kind not in INDEXES:
+        raise ValueError(f"index type must be one of {INDEX_TYPES}, got {kind!r}")
+    return INDEXES[kind]
+
+
+def build_index(kind: str, ids: np.ndarray, embeddings: np.ndarray, k: int, **params) -> Index:
     """An index of type ``kind`` over (ids, embeddings); ``params`` override the tuned defaults."""
-    if kind == "brute":
-        if params:
-            raise ValueError(f"the brute index takes no parameters, got {sorted(params)}")
-        return BruteForceIndex(ids, embeddings, k)
-    if kind == "portable":
-        return PortableIndex(ids, embeddings, k, **params)
-    if kind == "scann":
-        return ScannIndex(ids, embeddings, k, **params)
-    raise ValueError(f"index type must be one of {INDEX_TYPES}, got {kind!r}")
+    cls = index_class(kind)
+    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "ids", "embeddings", "k", "name")]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(f"the {kind} index takes {allowed or 'no parameters'}, got {unknown}")
+    return cls(ids, embeddings, k, **params)

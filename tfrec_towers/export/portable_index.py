@@ -19,6 +19,8 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
+from tfrec_towers.export.index import Index
+
 RECALL_TARGET = 0.96  # of the tuned probe count: the benchmark's 0.95 plus the estimate's sampling error
 
 
@@ -101,18 +103,16 @@ def partition(embeddings: np.ndarray, k: int, num_partitions: Optional[int] = No
     return params, centroids, assign
 
 
-class PortableIndex(tf.Module):
+class PortableIndex(Index):
     """IVF + int8 + exact re-rank top-K over a fixed catalog; ``index(queries)`` -> (scores, ids)."""
+
+    kind = "portable"
 
     def __init__(self, ids: np.ndarray, embeddings: np.ndarray, k: int, num_partitions: Optional[int] = None,
                  num_probe: Optional[int] = None, num_rerank: Optional[int] = None, seed: int = 0,
                  name: str = "portable_index"):
-        super().__init__(name=name)
+        super().__init__(ids, embeddings, k, name)
         embeddings = np.asarray(embeddings, np.float32)
-        n = len(ids)
-        if n == 0:
-            raise ValueError("cannot build an index over an empty catalog")
-        self.k = min(k, n)
         self.params, centroids, assign = partition(embeddings, self.k, num_partitions, num_probe, num_rerank, seed)
         order = np.argsort(assign, kind="stable")
         counts = np.bincount(assign, minlength=len(centroids))
@@ -126,7 +126,7 @@ class PortableIndex(tf.Module):
         self.codes = tf.Variable(np.clip(np.round(sorted_emb / scale), -127, 127).astype(np.int8),
                                  trainable=False, name="codes")
         self.embeddings = tf.Variable(sorted_emb, trainable=False, name="embeddings")
-        self.ids = tf.Variable(np.asarray(ids, dtype=object)[order].astype(bytes), trainable=False, name="ids")
+        self.ids = self.id_variable(np.asarray(ids, dtype=object)[order])
 
     def _shortlist(self, query_and_probe):
         """One query: approximate scores of its probed partitions' items -> the ``num_rerank`` best
