@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from google.protobuf import text_format, wrappers_pb2
-from serving_helpers import serve_in_subprocess
+from cli_helpers import serve_in_subprocess
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2

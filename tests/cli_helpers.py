@@ -1,4 +1,4 @@
-"""Test helpers shared by the serving tests: ``tfrec-towers serve`` in a real subprocess on 127.0.0.1."""
+"""Test helpers for the command line: `tfrec-towers` subprocesses, and `tfrec-towers serve` on 127.0.0.1."""
 import contextlib
 import os
 import re
