@@ -20,6 +20,10 @@ import time
 from typing import Iterator, List, Optional, Tuple
 
 _TMP = ".tmp-"
+#: TF Serving's warm-up file in a version: PredictionLog records it replays on load, before the version
+#: takes traffic (at most ``MAX_WARMUP_RECORDS``, TF Serving's limit); ``tfrec-towers serve`` does the same.
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+MAX_WARMUP_RECORDS = 1000
 
 
 def list_versions(model_dir: str) -> List[int]:
