@@ -186,12 +186,17 @@ def test_export_writes_tf_serving_warmup_requests_the_server_answers(exported, s
             assert {proto.tensor_shape.dim[0].size for proto in response.outputs.values()} == rows, request
     assert {r.inputs["examples"].tensor_shape.dim[0].size for r in requests
             if r.model_spec.signature_name == "serving_default_examples"} == {1, WARMUP_ROWS}
+    lines = []  # a client batch limit below the warm-up's rows does not fail the load
+    with ModelServer(exported["base"], grpc_port=0, max_batch_size=1, log=lines.append):
+        assert any(f"version {version} " in line and f"warmed up with {len(logs)} requests" in line
+                   for line in lines), lines
 
 
 def test_a_new_version_takes_traffic_warm(exported, tmp_path):
     """Issue 10: under continuous client load on ``tfrec-towers serve``, the slowest request in the second
-    around a swap to a new version stays within 3x the p99 measured before (cold, the first requests on a
-    new version took seconds). The new version is published by renaming a complete copy into place."""
+    around a swap to a new version stays within 3x the p99 of the requests before the swap (from 1 s
+    into the load, through the new version's load and warm-up; cold, the new version's first requests
+    took 0.6-2 s against a p99 of ~20-100 ms). The new version appears by renaming a complete copy into place."""
     base = tmp_path / "models"
     old = int(os.path.basename(exported["version_dir"]))
     shutil.copytree(exported["version_dir"], base / "towers" / str(old))
@@ -216,7 +221,6 @@ def test_a_new_version_takes_traffic_warm(exported, tmp_path):
             thread.start()
         try:
             time.sleep(4.0)
-            before = np.array([latency for _, latency, _ in list(timings)[len(timings) // 4:]])
             staging = base / "towers" / ".tmp-new"
             shutil.copytree(exported["version_dir"], staging)
             os.rename(staging, base / "towers" / str(old + 1))
@@ -227,14 +231,12 @@ def test_a_new_version_takes_traffic_warm(exported, tmp_path):
             for thread in threads:
                 thread.join(timeout=60)
     assert not failures, failures[:5]
-    p99, steady_slowest = float(np.percentile(before, 99)), float(before.max())
     swap = min(started for started, _, version in timings if version == old + 1)  # the new version's first
+    first = min(started for started, _, _ in timings)
+    before = np.array([latency for started, latency, _ in timings if first + 1.0 <= started < swap])
     around = [(latency, version) for started, latency, version in timings if abs(started - swap) <= 0.5]
-    slowest = max(latency for latency, _ in around)
-    print(f"before the swap: p99 {1000 * p99:.1f} ms, slowest {1000 * steady_slowest:.1f} ms of {len(before)} "
-          f"requests; slowest of the {len(around)} in the second around it {1000 * slowest:.1f} ms")
+    p99, slowest = float(np.percentile(before, 99)), max(latency for latency, _ in around)
+    print(f"p99 before the swap {1000 * p99:.1f} ms over {len(before)} requests; slowest of the {len(around)} "
+          f"in the second around it {1000 * slowest:.1f} ms")
     assert {version for _, version in around} == {old, old + 1}
-    # The issue's bound is 3x the p99 before. On a shared machine the scheduler alone stalls requests by
-    # more than that now and then, so a second that is no slower than the slowest request of the steady
-    # seconds before it passes too; a cold version's first requests (1.6-2 s here, against ~30 ms) fail both.
-    assert slowest <= max(3 * p99, steady_slowest), (slowest, p99, steady_slowest, sorted(around)[-5:])
+    assert slowest <= 3 * p99, (slowest, p99, sorted(around)[-5:])

@@ -381,7 +381,9 @@ class ModelServer:
         path = os.path.join(version.path, WARMUP_FILE)
         if not os.path.exists(path):
             return ""
-        started, count = time.monotonic(), 0
+        # The file comes with the model, not from a client: the batch limit (a policy for clients,
+        # perhaps below the export's 8-row records) does not apply; the byte budget still does.
+        limits, started, count = self._limits._replace(max_batch_size=sys.maxsize), time.monotonic(), 0
         for count, record in enumerate(tf.data.TFRecordDataset(path).take(MAX_WARMUP_RECORDS + 1), 1):
             where = f"warm-up record {count} of {path}"
             if count > MAX_WARMUP_RECORDS:
@@ -391,8 +393,8 @@ class ModelServer:
                 raise ValueError(f"{where} is a {log.WhichOneof('log_type')}; this server replays only predict_log")
             request = log.predict_log.request
             try:
-                self._call(version, request.model_spec, _proto_decoder(request.inputs, self._limits),
-                           request.output_filter)
+                self._call(version, request.model_spec, _proto_decoder(request.inputs, limits), request.output_filter,
+                           limits)
             except RequestError as e:
                 raise ValueError(f"{where}: {e.message}") from None
         return f", warmed up with {count} requests in {time.monotonic() - started:.1f} s"
@@ -463,9 +465,9 @@ class ModelServer:
         with self._lease(spec) as version:
             return self._call(version, spec, decode, output_filter)
 
-    def _call(self, version: _Version, spec: model_pb2.ModelSpec, decode: Callable,
-              output_filter=()) -> Tuple[int, str, Dict]:
-        """``_run`` on a given version (also one not serving yet: warm-up)."""
+    def _call(self, version: _Version, spec: model_pb2.ModelSpec, decode: Callable, output_filter=(),
+              limits: Optional["_Limits"] = None) -> Tuple[int, str, Dict]:
+        """``_run`` on a given version (also one not serving yet: warm-up), under ``limits`` (the server's)."""
         name = spec.signature_name or DEFAULT_SIGNATURE
         fn = version.signature(name)
         where = f"model {spec.name!r} version {version.number} signature {name!r}"
@@ -474,7 +476,7 @@ class ModelServer:
         if unknown:
             raise _invalid(f"{where}: output_filter names unknown output {unknown[0]!r}; "
                            f"outputs: {', '.join(output_names)}")
-        feeds = _validate(decode(specs, where), specs, where, self._limits)
+        feeds = _validate(decode(specs, where), specs, where, limits or self._limits)
         try:
             outputs = fn(**feeds)
         except tf.errors.OpError as e:
