@@ -14,6 +14,8 @@ import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 import numpy as np
 import pytest
 import tensorflow as tf
+from cli_helpers import cli
+from cli_helpers import subprocess_env as env
 from conftest import small_trained_run
 
 from tfrec_towers.evaluate import embed_catalog
@@ -48,15 +50,6 @@ for key, (signature, inputs) in calls.items():
 with open(io_path, "wb") as f:
     pickle.dump({"signatures": sorted(loaded.signatures), "out": out}, f)
 """
-
-
-def env():
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-
-
-def cli(*args):
-    script = os.path.join(os.path.dirname(sys.executable), "tfrec-towers")
-    return [script] + [str(a) for a in args]
 
 
 def quiet(message):
@@ -209,6 +202,34 @@ def test_an_export_killed_midway_leaves_no_visible_version(trained, tmp_path):
     # the next export completes and clears the dead process's staging directory
     version_dir = export_run(trained["run_dir"], str(tmp_path), "m", index="brute", k=K, log=quiet)
     assert os.listdir(model_dir) == [os.path.basename(version_dir)]
+
+
+def test_concurrent_exports_publish_distinct_versions(trained, tmp_path):
+    """Issue 11: two export processes to one BASE/NAME at once both succeed, with distinct versions,
+    and leave nothing behind. A version numbered ahead of the clock (a host whose clock runs ahead, or
+    exports within one second) makes both choose ``latest + 1``: without the lock one of them failed
+    after doing all its work."""
+    model_dir = tmp_path / "m"
+    ahead = int(time.time()) + 3600
+    os.makedirs(model_dir / str(ahead))
+    procs = [subprocess.Popen(cli("export", trained["run_dir"], tmp_path, "m", "--index", "brute", "--k", K),
+                              env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    try:
+        outputs = [proc.communicate(timeout=540)[0] for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert [proc.returncode for proc in procs] == [0, 0], [out[-3000:] for out in outputs]
+    published = [ahead + 1, ahead + 2]
+    assert list_versions(str(model_dir)) == [ahead] + published
+    assert sorted(os.listdir(model_dir)) == sorted(map(str, [ahead] + published))  # no staging left behind
+    for version in published:
+        assert (model_dir / str(version) / "saved_model.pb").is_file()
+        assert read_metadata(str(model_dir / str(version)))["version"] == version
+    assert sum(f"m/{v} (brute index" in out for v in published for out in outputs) == 2, outputs
 
 
 def _write_catalog(path, records):

@@ -9,6 +9,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent import futures
 
 import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 
@@ -17,6 +18,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from google.protobuf import text_format, wrappers_pb2
+from cli_helpers import serve_in_subprocess
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
@@ -379,3 +382,115 @@ def test_models_config_is_a_valid_model_server_config():
     (model,) = config.model_config_list.config
     assert (model.name, model.base_path, model.model_platform) == ("tfrec_towers", "/models/tfrec_towers", "tensorflow")
     assert model.model_version_policy.latest.num_versions == 1
+
+
+class History(tf.Module):
+    """A signature with a second open dimension (a right-padded history), which the batch limit alone
+    does not bound: only the byte budget does."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string)])
+    def lengths(self, history):
+        return {"lengths": tf.reduce_sum(tf.cast(tf.strings.length(history) > 0, tf.int32), axis=1)}
+
+
+def declared(dtype, shape, **values):
+    """A TensorProto that declares ``shape`` but carries only ``values`` (TensorFlow repeats the last one)."""
+    proto = tensor_pb2.TensorProto(dtype=dtype.as_datatype_enum, **values)
+    proto.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in shape)
+    return proto
+
+
+def predict_request(name, signature="", **inputs):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.signature_name = name, signature
+    for key, proto in inputs.items():
+        request.inputs[key].CopyFrom(proto)
+    return request
+
+
+def raw_post(port, path, body=b"", content_length=None):
+    """(status, JSON reply) of a POST written by hand, so the Content-Length header can lie."""
+    length = len(body) if content_length is None else content_length
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(head + body)
+        reply = b""
+        while True:
+            chunk = s.recv(1 << 16)
+            if not chunk:
+                break
+            reply += chunk
+    status_line, _, rest = reply.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+def test_tiny_requests_declaring_huge_tensors_leave_server_memory_flat(publish, tmp_path):
+    """Issue 9: a ~200-byte Predict declaring [200000000] elements made the server allocate ~1.5 GB.
+    The real server (``tfrec-towers serve`` in a subprocess) checks declared dtype, shape, batch limit
+    and byte budget before building anything, naming the input; REST caps the body (413), refuses deep
+    JSON and a non-numeric Content-Length (400, no traceback). Its peak RSS grows by < 100 MB."""
+    publish(tmp_path, 1)
+    staging = tmp_path / "hist" / ".tmp-1"
+    tf.saved_model.save(History(), str(staging), signatures={"serving_default": History().lengths})
+    os.rename(staging, tmp_path / "hist" / "1")
+    body_limit = 256 << 10
+    u, x = dict(string_val=[b"u"]), dict(string_val=[b"x"])
+    bombs = [  # (model, signature, inputs, code, what the message must name)
+        ("toy", "", dict(user_id=declared(tf.string, [1], **u),  # the issue's request: 193 bytes
+                         age=declared(tf.int64, [200_000_000], int64_val=[1])), ["'age'", "float32", "int64"]),
+        ("toy", "", dict(user_id=declared(tf.string, [20_000_000], **u),
+                         age=declared(tf.float32, [20_000_000], float_val=[1.0])),
+         ["batch of 20000000", "max_batch_size 10000"]),
+        ("toy", "score", dict(user_id=declared(tf.string, [1], **u), item_id=declared(tf.string, [1, 5_000_000], **x)),
+         ["'item_id'", "must have shape [None]", "[1, 5000000]"]),
+        ("hist", "", dict(history=declared(tf.string, [1, 10_000_000], **x)),
+         ["'history'", "max_request_bytes", "[1, 10000000]"]),
+        ("hist", "", dict(history=declared(tf.string, [-1, 3], **x)), ["'history'", "negative dimension"]),
+    ]
+    with serve_in_subprocess(tmp_path, "--rest-port", 0, "--max-rest-body-bytes", body_limit) as server, \
+            grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        rest = f"/v1/models/{NAME}:predict"
+
+        def answer_normally():
+            splat = predict_request(NAME, user_id=declared(tf.string, [3], **u),  # compact, honest: 3 rows
+                                    age=declared(tf.float32, [3], float_val=[1.0]))
+            assert stub.Predict(splat, timeout=30).outputs["scores"].tensor_shape.dim[0].size == 3
+            history = tf.make_tensor_proto(np.array([[b"a", b""], [b"b", b"c"]], dtype=object))
+            assert tf.make_ndarray(stub.Predict(predict_request("hist", history=history), timeout=30)
+                                   .outputs["lengths"]).tolist() == [1, 2]
+            status, reply = raw_post(server.rest_port, rest, json.dumps({"inputs": {"user_id": USERS,
+                                                                                  "age": AGES}}).encode())
+            assert status == 200 and len(reply["outputs"]["item_ids"]) == 2, reply
+
+        answer_normally()
+        reset = server.reset_peak_memory()
+        before = server.memory_kb("VmRSS" if reset else "VmHWM")
+
+        def send(bomb):
+            model, signature, inputs, words = bomb
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.Predict(predict_request(model, signature, **inputs), timeout=60)
+            return caught.value, words
+
+        with futures.ThreadPoolExecutor(2) as pool:  # two at a time, as in the issue
+            for error, words in pool.map(send, [b for bomb in bombs for b in (bomb, bomb)]):
+                assert error.code() == Code.INVALID_ARGUMENT, error
+                assert all(w in error.details() for w in words), (words, error.details())
+
+        deep = b'{"inputs": {"user_id": ' + b"[" * 100_000 + b"]" * 100_000 + b', "age": [1.0]}}'
+        status, reply = raw_post(server.rest_port, rest, deep)
+        assert status == 400 and "nested too deeply" in reply["error"], (status, reply)
+        status, reply = raw_post(server.rest_port, rest, b"{}", content_length="abc")
+        assert status == 400 and "Content-Length" in reply["error"], (status, reply)
+        status, reply = raw_post(server.rest_port, rest, b"[" + b"1," * (body_limit // 2) + b"1]")
+        assert status == 413 and f"max_rest_body_bytes {body_limit}" in reply["error"], (status, reply)
+        status, reply = raw_post(server.rest_port, rest, b"{}", content_length=10 ** 12)  # declared, never sent
+        assert status == 413 and "max_rest_body_bytes" in reply["error"], (status, reply)
+
+        grown_mb = (server.memory_kb("VmHWM") - before) / 1024
+        print(f"server peak RSS grew by {grown_mb:.1f} MB ({'since a reset' if reset else 'over its previous peak'})")
+        answer_normally()
+    assert grown_mb < 100, f"peak RSS grew by {grown_mb:.0f} MB"
+    assert server.returncode == 0 and "Traceback" not in server.output(), server.output()[-5000:]

@@ -107,7 +107,9 @@ def cmd_serve(args):
 
     server = ModelServer(args.base_dir, host=args.host, grpc_port=args.port, rest_port=args.rest_port,
                          poll_interval_s=args.poll_seconds, max_batch_size=args.max_batch_size,
-                         num_versions=args.num_versions, log=lambda message: print(message, flush=True))
+                         num_versions=args.num_versions, log=lambda message: print(message, flush=True),
+                         **{k: getattr(args, k) for k in ("max_request_bytes", "max_rest_body_bytes")
+                            if getattr(args, k) is not None})  # else the server's defaults
     server.serve_forever()  # logs the bound addresses; Ctrl-C stops it
 
 
@@ -233,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--poll-seconds", type=float, default=1.0, help="how often BASE_DIR is polled for versions")
     sp.add_argument("--max-batch-size", type=int, default=10000, help="larger requests get INVALID_ARGUMENT")
     sp.add_argument("--num-versions", type=int, default=1, help="newest versions kept loaded per model")
+    sp.add_argument("--max-request-bytes", type=int,
+                    help="budget for a request's inputs once decoded, checked on the shapes they declare before "
+                         "any is built; more gets INVALID_ARGUMENT (default 64 MiB, the gRPC message cap)")
+    sp.add_argument("--max-rest-body-bytes", type=int, help="larger REST bodies get 413 (default 16 MiB)")
     sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("config", help="print a packaged config (default, tutorial)")

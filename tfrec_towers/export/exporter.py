@@ -8,6 +8,11 @@ is unchanged, the index rebuilt, and no version ever mixes two models.
 Metadata (``assets/tfrec_towers.json``, also served by the ``metadata`` signature): model name and
 version, the run directory and a fingerprint of its weights, the feature spec, the index type and
 parameters, k, and the item catalog (files, size, fingerprint of ids and embeddings).
+
+Warm-up (``assets.extra/tf_serving_warmup_requests``): PredictionLog records of real requests, built
+from the run's eval (else train) examples and the catalog, which TF Serving and ``tfrec-towers serve``
+replay on load so that a new version's first requests do not pay TensorFlow's lazy initialization
+(seconds, against milliseconds warm).
 """
 import datetime
 import glob
@@ -15,20 +20,29 @@ import hashlib
 import json
 import os
 import tempfile
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 import tfrec_towers
+from tfrec_towers.data import reader
 from tfrec_towers.embeddings import embed_catalog
 from tfrec_towers.export.indexes import build_index, index_class
 from tfrec_towers.export.retrieval_module import METADATA_FILE, RetrievalModule
-from tfrec_towers.export.versions import latest_version, staged_version
+from tfrec_towers.export.versions import WARMUP_FILE, latest_version, staged_version
+from tfrec_towers.features.spec import FeatureSpec
 from tfrec_towers.run import RunDir, load_model
 
 #: Namespaced custom ops allowed in an export: ScaNN's (``Scann>...``) and tensorflow-text's.
 NAMESPACES = ["Scann", "TFText"]
+#: Rows of the larger warm-up request of each signature (the other has one row, the common case):
+#: enough to run every op on a real batch, few enough to keep the file small and the load fast.
+WARMUP_ROWS = 8
+#: Signatures warmed up, by the side whose examples feed them. Not ``score`` or ``metadata``: with TF
+#: Serving's --enable_batching they fail (serving/README.md), and a failing warm-up fails the load.
+WARMUP_SIGNATURES = {"query": ("serving_default", "user_embedding"), "candidate": ("item_embedding",)}
 
 
 def weights_fingerprint(run_dir: str) -> str:
@@ -59,6 +73,76 @@ def read_metadata(version_dir: str) -> Dict:
         return json.load(f)
 
 
+def _sample_records(pattern: Optional[str], spec: Dict, compression: str, count: int) -> List[bytes]:
+    """Up to ``count`` records of ``pattern`` that parse with ``spec``; none if it cannot be read."""
+    records = []
+    try:
+        files = reader.list_files(pattern) if pattern else []
+    except FileNotFoundError:
+        return records
+    for path in files:
+        dataset = tf.data.TFRecordDataset(path, compression_type=reader.compression_of(path, compression))
+        try:
+            for raw in dataset.take(4 * count):
+                try:
+                    tf.io.parse_example([raw], spec)
+                except tf.errors.InvalidArgumentError:  # a corrupt or foreign record: not a sample
+                    continue
+                records.append(raw.numpy())
+                if len(records) == count:
+                    return records
+        except tf.errors.OpError:  # an unreadable file: try the next one
+            continue
+    return records
+
+
+def _blank_example(features: FeatureSpec, side: str) -> bytes:
+    """A tf.Example with "" / 0 for every feature of ``side``: the warm-up input when no example can be read."""
+    example = tf.train.Example()
+    for feature in features.side(side):
+        values = example.features.feature[feature.name]
+        if feature.dtype == "string":
+            values.bytes_list.value.append(b"")
+        elif feature.dtype == "int64":
+            values.int64_list.value.append(0)
+        else:
+            values.float_list.value.append(0.0)
+    return example.SerializeToString()
+
+
+def _predict_log(model_name: str, signature: str, inputs: Dict[str, np.ndarray]) -> prediction_log_pb2.PredictionLog:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.signature_name = model_name, signature
+    for key, value in inputs.items():
+        request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+    return prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+
+
+def warmup_requests(features: FeatureSpec, model_name: str, samples: Dict[str, Sequence[bytes]]
+                    ) -> List[prediction_log_pb2.PredictionLog]:
+    """TF Serving warm-up records: for each side's serialized examples (``samples``: query, candidate), a
+    one-row and a full request to each of its signatures and their ``_examples`` variants."""
+    logs = []
+    for side, signatures in WARMUP_SIGNATURES.items():
+        records = list(samples.get(side) or []) or [_blank_example(features, side)]
+        for rows in ([records[0]], records) if len(records) > 1 else ([records[0]],):
+            inputs = features.prepare(tf.io.parse_example(rows, features.parse_spec(side)))
+            inputs = {key: value.numpy() for key, value in inputs.items()}
+            for signature in signatures:
+                logs.append(_predict_log(model_name, signature, inputs))
+                logs.append(_predict_log(model_name, f"{signature}_examples", {"examples": np.array(rows, object)}))
+    return logs  # 12 records, far below TF Serving's MAX_WARMUP_RECORDS
+
+
+def write_warmup(version_dir: str, logs: Sequence[prediction_log_pb2.PredictionLog]) -> str:
+    path = os.path.join(version_dir, WARMUP_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(path) as writer:
+        for log in logs:
+            writer.write(log.SerializeToString())
+    return path
+
+
 def export_run(run_dir: str, base_dir: str, name: str, index: str = "portable", k: int = 100,
                items: Optional[str] = None, index_params: Optional[Dict] = None, log=print,
                refreshed_from: Optional[int] = None, catalog: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> str:
@@ -77,7 +161,8 @@ def export_run(run_dir: str, base_dir: str, name: str, index: str = "portable", 
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     run = RunDir(run_dir)
-    items = items or run.info().get("items")
+    info = run.info()
+    items = items or info.get("items")
     if not items:
         raise ValueError(f"{run.path} records no item catalog: pass items (a TFRecord glob of the catalog)")
     fingerprint = weights_fingerprint(run.path)
@@ -99,6 +184,13 @@ def export_run(run_dir: str, base_dir: str, name: str, index: str = "portable", 
     }
     if refreshed_from is not None:
         metadata["refreshed_from"] = refreshed_from
+
+    def sample(pattern, side):
+        return _sample_records(pattern, config.features.parse_spec(side), config.data.compression, WARMUP_ROWS)
+
+    warmup = warmup_requests(config.features, name, {
+        "query": sample(info.get("eval"), "query") or sample(info.get("train"), "query"),
+        "candidate": sample(items, "candidate")})
     with staged_version(base_dir, name, log) as (tmp, version), tempfile.TemporaryDirectory() as meta_dir:
         metadata.update(version=version, created=datetime.datetime.now(datetime.timezone.utc).isoformat())
         meta_path = os.path.join(meta_dir, METADATA_FILE)
@@ -109,6 +201,8 @@ def export_run(run_dir: str, base_dir: str, name: str, index: str = "portable", 
         log(f"saving the SavedModel (signatures: {', '.join(signatures)})")
         tf.saved_model.save(module, tmp, signatures=signatures,
                             options=tf.saved_model.SaveOptions(namespace_whitelist=NAMESPACES))
+        log(f"writing {len(warmup)} warm-up requests to {WARMUP_FILE}")
+        write_warmup(tmp, warmup)
     out = os.path.join(os.path.abspath(base_dir), name, str(version))
     log(f"wrote {out} ({index} index, {len(ids)} items, k={built.k})")
     return out

@@ -3,18 +3,24 @@
 It serves TF Serving's layout: every directory ``BASE/NAME`` is a model, its integer-named children
 holding a ``saved_model.pb`` are versions (``.tmp-*`` staging directories and anything else are
 ignored). A background thread polls the layout; the policy is TF Serving's ``latest {num_versions: N}``.
+A new version replays its warm-up file (``assets.extra/tf_serving_warmup_requests``, as TF Serving
+does) before it takes traffic.
 Clients written against TF Serving's public API (``tfrec_towers.serving.client``) work unchanged
 against either. Unlike stock TF Serving it imports ScaNN's custom ops, so ``scann`` exports load.
 """
 import base64
 import contextlib
+import gc
 import http.server
 import json
+import math
 import os
 import re
+import sys
 import threading
+import time
 from concurrent import futures
-from typing import Callable, Dict, Iterator, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import grpc
 import numpy as np
@@ -22,12 +28,34 @@ import tensorflow as tf
 from google.protobuf import wrappers_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_pb2,
-                                     model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
+                                     model_service_pb2_grpc, predict_pb2, prediction_log_pb2,
+                                     prediction_service_pb2_grpc)
+
+from tfrec_towers.export.versions import MAX_WARMUP_RECORDS, WARMUP_FILE
 
 DEFAULT_SIGNATURE = "serving_default"
 METADATA_ASSET = os.path.join("assets", "tfrec_towers.json")
 METADATA_FIELDS = ("signature_def", "tfrec_towers")
+#: gRPC's receive cap: the largest request message the server reads at all.
 MAX_MESSAGE_BYTES = 64 << 20
+#: Default budget for one request's inputs once decoded, checked on the declared shapes before any
+#: tensor is built. A TensorProto may declare far more elements than it carries (the last value is
+#: repeated), so a 200-byte message could otherwise make the server allocate gigabytes. Numbers decode
+#: to about their wire size, so the message cap is a budget every honest request fits.
+MAX_REQUEST_BYTES = 64 << 20
+#: Default cap on a REST body (413 above it). ``json.loads`` holds up to ~20x the body in Python objects
+#: before anything can be checked, so the body size is the only bound on that memory: 16 MiB admits a
+#: 10,000-row batch (the default max batch) of ~1.6 KB JSON rows and keeps one parse under ~350 MB.
+MAX_REST_BODY_BYTES = 16 << 20
+#: JSON deeper than this gets 400: it bounds the recursion of decoding, and no signature takes tensors of
+#: anywhere near that rank (rows, a ``{"b64"}`` object and a named input add three levels).
+MAX_JSON_DEPTH = 64
+#: What one string element costs once decoded, besides its bytes: a numpy object pointer (8) and a
+#: TensorFlow tstring (24), rounded up for the list ``tf.make_ndarray`` builds on the way.
+STRING_ELEMENT_BYTES = 40
+#: A body over the cap is read and thrown away up to this much after the 413 is sent, so that the
+#: client's unread data does not reset the connection before it reads the answer.
+_DRAIN_BYTES = 1 << 20
 _StatusCode = grpc.StatusCode
 _CODE_OF_TF_ERROR = {code.value[0]: code for code in grpc.StatusCode}  # TF's error codes are gRPC's
 _HTTP_STATUS = {_StatusCode.INVALID_ARGUMENT: 400, _StatusCode.NOT_FOUND: 404}
@@ -37,11 +65,13 @@ _AVAILABLE, _END = get_model_status_pb2.ModelVersionStatus.AVAILABLE, get_model_
 
 
 class RequestError(Exception):
-    """A request the server rejects: the gRPC status code and a message for the client."""
+    """A request the server rejects: the gRPC status code, a message for the client and, where the
+    code's usual HTTP status does not fit (413), the HTTP status of the REST answer."""
 
-    def __init__(self, code: grpc.StatusCode, message: str):
+    def __init__(self, code: grpc.StatusCode, message: str, http_status: Optional[int] = None):
         super().__init__(message)
         self.code, self.message = code, message
+        self.http_status = http_status or _HTTP_STATUS.get(code, 500)
 
 
 def _invalid(message: str) -> RequestError:
@@ -83,6 +113,28 @@ def _scan_versions(model_dir: str) -> Dict[int, Tuple[int, ...]]:
     return found
 
 
+@contextlib.contextmanager
+def _one_collection() -> Iterator[None]:
+    """Load a version with automatic garbage collection off, then collect the whole heap once and
+    freeze what survives (``gc.freeze``).
+
+    A full collection walks every tracked object, ~400K per loaded export (0.75 s on 2 CPUs), holding
+    the interpreter: the load's allocations used to trigger such collections during the load and again
+    soon after the swap, stalling every request for up to a second. Frozen, the loaded models are no
+    longer walked by collections while serving. The cyclic garbage a retired (frozen) version leaves
+    is reclaimed here, at the next load: at most the versions retired since the last load wait for it.
+    Only the poll thread loads (``start`` loads before starting it), so these never overlap.
+    """
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+        gc.enable()
+
+
 def _read_text(path: str) -> Optional[str]:
     try:
         with open(path, encoding="utf-8") as f:
@@ -98,8 +150,8 @@ def _one_line(error: BaseException, limit: int = 500) -> str:
 
 class _Version:
     """One loaded version. Reference-counted (under the server's lock): a version that leaves the
-    policy is only forgotten by the server; its TF objects are dropped when its last request ends, so
-    a swap never fails or blocks a request that already holds it."""
+    policy is only forgotten by the server; the poll thread drops its TF objects once its last request
+    has ended, so a swap never fails or blocks a request that already holds it."""
 
     def __init__(self, model: str, number: int, path: str):
         self.model, self.number, self.path = model, number, path
@@ -112,7 +164,7 @@ class _Version:
             meta_graph = saved_model_pb2.SavedModel.FromString(f.read()).meta_graphs[0]
         self.signature_defs = get_model_metadata_pb2.SignatureDefMap(signature_def=meta_graph.signature_def)
         self.info = _read_text(os.path.join(path, METADATA_ASSET))
-        self.refs, self.retired = 0, False
+        self.refs = 0
 
     def signature(self, name: str):
         if name not in self.signatures:
@@ -137,18 +189,29 @@ class ModelServer:
 
     Ports given as 0 pick free ones; after ``start()`` the attributes ``grpc_port`` / ``rest_port`` hold
     the bound ports. ``start()`` loads synchronously, so it returns with the latest versions available.
+
+    Limits, each checked before the memory it guards is allocated: ``max_batch_size`` rows per request
+    and ``max_request_bytes`` of decoded inputs (both on the shapes and dtypes a request declares),
+    ``max_rest_body_bytes`` per REST body (413), JSON nested at most ``MAX_JSON_DEPTH`` deep.
     """
 
     def __init__(self, base_dir: str, host: str = "127.0.0.1", grpc_port: int = 8500, rest_port: Optional[int] = None,
-                 poll_interval_s: float = 1.0, max_batch_size: int = 10000, num_versions: int = 1, log=print):
+                 poll_interval_s: float = 1.0, max_batch_size: int = 10000, num_versions: int = 1, log=print,
+                 max_request_bytes: int = MAX_REQUEST_BYTES, max_rest_body_bytes: int = MAX_REST_BODY_BYTES):
         if num_versions < 1:
             raise ValueError(f"num_versions must be >= 1, got {num_versions}")
+        for what, value in (("max_batch_size", max_batch_size), ("max_request_bytes", max_request_bytes),
+                            ("max_rest_body_bytes", max_rest_body_bytes)):
+            if value < 1:
+                raise ValueError(f"{what} must be >= 1, got {value}")
         self.base_dir = os.path.abspath(base_dir)
         self.host, self.grpc_port, self.rest_port = host, grpc_port, rest_port
         self.poll_interval_s, self.max_batch_size, self.num_versions = poll_interval_s, max_batch_size, num_versions
+        self.max_request_bytes, self.max_rest_body_bytes = max_request_bytes, max_rest_body_bytes
         self._log = log
         self._lock = threading.Lock()
         self._models: Dict[str, _Model] = {}
+        self._retired: List[_Version] = []  # out of the policy, freed once idle (``_reap``)
         self._stopping, self._stopped, self._stop_lock = threading.Event(), threading.Event(), threading.Lock()
         self._grpc = self._rest = self._poller = None
         self._last_poll_error = None
@@ -195,6 +258,8 @@ class ModelServer:
                 self._rest.server_close()
             for name in list(self._models):
                 self._drop_model(name)
+            self._reap()
+            gc.unfreeze()  # an embedded server leaves the collector as it found it (see _one_collection)
             self._stopped.set()
 
     def wait(self, timeout: Optional[float] = None) -> bool:
@@ -235,7 +300,7 @@ class ModelServer:
         return server
 
     def _start_rest(self) -> http.server.ThreadingHTTPServer:
-        server = http.server.ThreadingHTTPServer((self.host, self.rest_port), _RestHandler)
+        server = _RestServer((self.host, self.rest_port), _RestHandler)
         server.daemon_threads = True
         server.model_server = self
         self.rest_port = server.server_address[1]
@@ -262,6 +327,7 @@ class ModelServer:
             self._sync_model(name)
         for name in set(self._models) - set(names):
             self._drop_model(name)
+        self._reap()
 
     def _sync_model(self, name: str) -> None:
         """Load the versions the policy newly wants (newest first), then retire those it no longer wants.
@@ -291,26 +357,64 @@ class ModelServer:
             self._log(f"{error}; serving version(s): {served}; retried when that directory changes")
 
     def _load(self, model: _Model, number: int) -> Optional[str]:
-        """Load one version and make it servable; on failure return the message (and serve nothing new)."""
+        """Load one version, replay its warm-up requests and make it servable; on failure return the
+        message (and serve nothing new)."""
         path = os.path.join(self.base_dir, model.name, str(number))
         try:
-            version = _Version(model.name, number, path)
+            with _one_collection():
+                version = _Version(model.name, number, path)
+            warmed = self._warm_up(version)
         except Exception as e:
             return f"failed to load model {model.name!r} version {number} from {path}: {_one_line(e)}"
         with self._lock:
             model.versions[number] = version
             model.ended.discard(number)
         self._log(f"loaded model {model.name!r} version {number} from {path} "
-                  f"(signatures: {', '.join(sorted(version.signatures))})")
+                  f"(signatures: {', '.join(sorted(version.signatures))}){warmed}")
         return None
+
+    def _warm_up(self, version: _Version) -> str:
+        """Replay the version's TF Serving warm-up file (``WARMUP_FILE``), if it has one, before it takes
+        traffic: TensorFlow initializes a signature's function lazily, on its first call, which took
+        seconds where a warm call takes milliseconds. As in TF Serving, a record that fails (or more than
+        ``MAX_WARMUP_RECORDS``) fails the load. Returns the note for the log line."""
+        path = os.path.join(version.path, WARMUP_FILE)
+        if not os.path.exists(path):
+            return ""
+        # The file comes with the model, not from a client: the batch limit (a policy for clients,
+        # perhaps below the export's 8-row records) does not apply; the byte budget still does.
+        limits, started, count = self._limits._replace(max_batch_size=sys.maxsize), time.monotonic(), 0
+        for count, record in enumerate(tf.data.TFRecordDataset(path).take(MAX_WARMUP_RECORDS + 1), 1):
+            where = f"warm-up record {count} of {path}"
+            if count > MAX_WARMUP_RECORDS:
+                raise ValueError(f"{path} holds more than {MAX_WARMUP_RECORDS} records (TF Serving's limit)")
+            log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            if log.WhichOneof("log_type") != "predict_log":
+                raise ValueError(f"{where} is a {log.WhichOneof('log_type')}; this server replays only predict_log")
+            request = log.predict_log.request
+            try:
+                self._call(version, request.model_spec, _proto_decoder(request.inputs, limits), request.output_filter,
+                           limits)
+            except RequestError as e:
+                raise ValueError(f"{where}: {e.message}") from None
+        return f", warmed up with {count} requests in {time.monotonic() - started:.1f} s"
 
     def _retire(self, model: _Model, number: int) -> None:
         with self._lock:
-            version = model.versions.pop(number)
+            self._retired.append(model.versions.pop(number))
             model.ended.add(number)
-            version.retired = True
-            idle = version.refs == 0
-        if idle:
+        self._reap()
+
+    def _reap(self) -> None:
+        """Free the retired versions whose last request has ended (at retirement, else at a later poll).
+
+        Never in a request's thread: tearing a model down holds the interpreter for tens of ms, which
+        the request that happened to end last would otherwise add to its own latency.
+        """
+        with self._lock:
+            idle = [version for version in self._retired if version.refs == 0]
+            self._retired = [version for version in self._retired if version.refs]
+        for version in idle:
             self._free(version)
 
     def _drop_model(self, name: str) -> None:
@@ -335,9 +439,6 @@ class ModelServer:
         finally:
             with self._lock:
                 version.refs -= 1
-                idle = version.retired and version.refs == 0
-            if idle:
-                self._free(version)
 
     def _pick(self, spec: model_pb2.ModelSpec) -> _Version:
         model = self._models.get(spec.name)
@@ -362,27 +463,34 @@ class ModelServer:
         Returns (version that answered, signature name, numpy outputs). Every rejection is a RequestError.
         """
         with self._lease(spec) as version:
-            name = spec.signature_name or DEFAULT_SIGNATURE
-            fn = version.signature(name)
-            where = f"model {spec.name!r} version {version.number} signature {name!r}"
-            specs, output_names = version.input_specs[name], version.output_names[name]
-            unknown = sorted(set(output_filter) - set(output_names))
-            if unknown:
-                raise _invalid(f"{where}: output_filter names unknown output {unknown[0]!r}; "
-                               f"outputs: {', '.join(output_names)}")
-            feeds = _validate(decode(specs, where), specs, where, self.max_batch_size)
-            try:
-                outputs = fn(**feeds)
-            except tf.errors.OpError as e:
-                raise RequestError(_CODE_OF_TF_ERROR.get(e.error_code, _StatusCode.INTERNAL), f"{where}: {e.message}")
-            keep = set(output_filter) or set(outputs)
-            return version.number, name, {k: v.numpy() for k, v in outputs.items() if k in keep}
+            return self._call(version, spec, decode, output_filter)
+
+    def _call(self, version: _Version, spec: model_pb2.ModelSpec, decode: Callable, output_filter=(),
+              limits: Optional["_Limits"] = None) -> Tuple[int, str, Dict]:
+        """``_run`` on a given version (also one not serving yet: warm-up), under ``limits`` (the server's)."""
+        name = spec.signature_name or DEFAULT_SIGNATURE
+        fn = version.signature(name)
+        where = f"model {spec.name!r} version {version.number} signature {name!r}"
+        specs, output_names = version.input_specs[name], version.output_names[name]
+        unknown = sorted(set(output_filter) - set(output_names))
+        if unknown:
+            raise _invalid(f"{where}: output_filter names unknown output {unknown[0]!r}; "
+                           f"outputs: {', '.join(output_names)}")
+        feeds = _validate(decode(specs, where), specs, where, limits or self._limits)
+        try:
+            outputs = fn(**feeds)
+        except tf.errors.OpError as e:
+            raise RequestError(_CODE_OF_TF_ERROR.get(e.error_code, _StatusCode.INTERNAL), f"{where}: {e.message}")
+        keep = set(output_filter) or set(outputs)
+        return version.number, name, {k: v.numpy() for k, v in outputs.items() if k in keep}
+
+    @property
+    def _limits(self) -> "_Limits":
+        return _Limits(self.max_batch_size, self.max_request_bytes)
 
     def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
-        def decode(specs, where):
-            return {name: _ndarray(proto, name, where) for name, proto in request.inputs.items()}
-
-        number, name, outputs = self._run(request.model_spec, decode, request.output_filter)
+        number, name, outputs = self._run(request.model_spec, _proto_decoder(request.inputs, self._limits),
+                                          request.output_filter)
         response = predict_pb2.PredictResponse()
         response.model_spec.name, response.model_spec.signature_name = request.model_spec.name, name
         response.model_spec.version.value = number
@@ -436,6 +544,11 @@ class ModelServer:
 # ---- validation ------------------------------------------------------------------------------------------
 
 
+class _Limits(NamedTuple):
+    max_batch_size: int
+    max_request_bytes: int
+
+
 def _ndarray(proto, name: str, where: str) -> np.ndarray:
     try:
         return tf.make_ndarray(proto)
@@ -455,33 +568,102 @@ def _describe(specs: Dict[str, tf.TensorSpec]) -> str:
     return ", ".join(f"{n} ({s.dtype.name} {_shape_text(s.shape)})" for n, s in sorted(specs.items())) or "none"
 
 
-def _validate(inputs: Dict[str, np.ndarray], specs: Dict[str, tf.TensorSpec], where: str,
-              max_batch_size: int) -> Dict[str, tf.Tensor]:
-    """Check a request's inputs against the signature, naming the input and expected vs got.
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / (1 << 20):,.1f} MiB"
 
-    Inputs whose signature leaves the first dimension open (the batch) must agree on it; an input with
-    a fixed first dimension (``score``'s one user, shape [1]) is checked by its shape alone.
-    """
-    missing, unknown = sorted(set(specs) - set(inputs)), sorted(set(inputs) - set(specs))
+
+def _decoded_bytes(dtype: tf.DType, num_elements: int, payload: int = 0) -> int:
+    """Memory an input takes once decoded: numbers their item size each, strings ``STRING_ELEMENT_BYTES``
+    each plus ``payload`` (their bytes, which a TensorProto's repeated last value does not multiply)."""
+    return num_elements * (STRING_ELEMENT_BYTES if dtype == tf.string else dtype.size) + payload
+
+
+def _check_names(names, specs: Dict[str, tf.TensorSpec], where: str) -> None:
+    missing, unknown = sorted(set(specs) - set(names)), sorted(set(names) - set(specs))
     if missing:
         raise _invalid(f"{where}: missing input {', '.join(map(repr, missing))}; it takes: {_describe(specs)}")
     if unknown:
         raise _invalid(f"{where}: unknown input {', '.join(map(repr, unknown))}; it takes: {_describe(specs)}")
-    for name, spec in sorted(specs.items()):
-        array = inputs[name]
-        if _dtype_of(array) != spec.dtype:
-            raise _invalid(f"{where}: input {name!r} must be {spec.dtype.name}, got {_dtype_of(array).name}")
-        if not spec.shape.is_compatible_with(array.shape):
-            raise _invalid(f"{where}: input {name!r} must have shape {_shape_text(spec.shape)}, "
-                           f"got {list(array.shape)}")
-    batches = {name: array.shape[0] for name, array in sorted(inputs.items())
-               if array.ndim and specs[name].shape.rank and specs[name].shape[0] is None}
+
+
+def _check_input(name: str, dtype: tf.DType, shape: List[int], spec: tf.TensorSpec, where: str) -> None:
+    if dtype != spec.dtype:
+        raise _invalid(f"{where}: input {name!r} must be {spec.dtype.name}, got {dtype.name}")
+    if not spec.shape.is_compatible_with(shape):
+        raise _invalid(f"{where}: input {name!r} must have shape {_shape_text(spec.shape)}, got {list(shape)}")
+
+
+def _check_request(shapes: Dict[str, List[int]], sizes: Dict[str, int], specs: Dict[str, tf.TensorSpec],
+                   where: str, limits: _Limits) -> None:
+    """The checks over all inputs: one batch size, at most ``max_batch_size`` rows, at most
+    ``max_request_bytes`` decoded (``sizes``: each input's decoded bytes).
+
+    Inputs whose signature leaves the first dimension open (the batch) must agree on it; an input with
+    a fixed first dimension (``score``'s one user, shape [1]) is checked by its shape alone.
+    """
+    batches = {name: shape[0] for name, shape in sorted(shapes.items())
+               if shape and specs[name].shape.rank and specs[name].shape[0] is None}
     if len(set(batches.values())) > 1:
         raise _invalid(f"{where}: inputs have different batch sizes: "
                        + ", ".join(f"{name}={size}" for name, size in batches.items()))
-    biggest = max(batches.values(), default=0)
-    if biggest > max_batch_size:
-        raise _invalid(f"{where}: batch of {biggest} rows exceeds the server's max_batch_size {max_batch_size}")
+    if batches and max(batches.values()) > limits.max_batch_size:
+        name = max(batches, key=batches.get)
+        raise _invalid(f"{where}: input {name!r}: batch of {batches[name]} rows exceeds the server's "
+                       f"max_batch_size {limits.max_batch_size}")
+    total = sum(sizes.values())
+    if total > limits.max_request_bytes:
+        name = max(sizes, key=sizes.get)
+        raise _invalid(f"{where}: the inputs would take {_mib(total)} once decoded ({name!r} alone "
+                       f"{_mib(sizes[name])}: shape {list(shapes[name])}), over the server's max_request_bytes "
+                       f"{limits.max_request_bytes} ({_mib(limits.max_request_bytes)})")
+
+
+def _declared(proto, name: str, where: str) -> Tuple[tf.DType, List[int], int]:
+    """(dtype, shape, decoded bytes) a TensorProto declares, read without building the tensor."""
+    try:
+        dtype = tf.dtypes.as_dtype(proto.dtype)
+    except TypeError:
+        raise _invalid(f"{where}: input {name!r} has an unknown dtype ({proto.dtype})") from None
+    if proto.tensor_shape.unknown_rank:
+        raise _invalid(f"{where}: input {name!r} must declare its shape")
+    shape = [dim.size for dim in proto.tensor_shape.dim]
+    if any(size < 0 for size in shape):
+        raise _invalid(f"{where}: input {name!r} has a negative dimension: {shape}")
+    payload = sum(map(len, proto.string_val)) if dtype == tf.string else 0
+    return dtype, shape, _decoded_bytes(dtype, math.prod(shape), payload)
+
+
+def _proto_decoder(protos, limits: _Limits) -> Callable:
+    """``decode`` for ``_call`` from a request's TensorProtos: names, dtypes, shapes, the batch limit
+    and the byte budget are checked on what each proto declares before any array is built."""
+
+    def decode(specs: Dict[str, tf.TensorSpec], where: str) -> Dict[str, np.ndarray]:
+        _check_names(protos, specs, where)
+        shapes, sizes = {}, {}
+        for name, proto in sorted(protos.items()):
+            dtype, shapes[name], sizes[name] = _declared(proto, name, where)
+            _check_input(name, dtype, shapes[name], specs[name], where)
+        _check_request(shapes, sizes, specs, where, limits)
+        return {name: _ndarray(proto, name, where) for name, proto in protos.items()}
+
+    return decode
+
+
+def _array_bytes(array: np.ndarray) -> int:
+    if array.dtype.kind not in "OSU":
+        return array.nbytes
+    return _decoded_bytes(tf.string, array.size, sum(len(x) for x in array.flat if isinstance(x, (bytes, str))))
+
+
+def _validate(inputs: Dict[str, np.ndarray], specs: Dict[str, tf.TensorSpec], where: str,
+              limits: _Limits) -> Dict[str, tf.Tensor]:
+    """Check a request's inputs against the signature and the limits, naming the input and expected vs
+    got; the tensors to feed."""
+    _check_names(inputs, specs, where)
+    for name, spec in sorted(specs.items()):
+        _check_input(name, _dtype_of(inputs[name]), list(inputs[name].shape), spec, where)
+    _check_request({name: list(array.shape) for name, array in inputs.items()},
+                   {name: _array_bytes(array) for name, array in inputs.items()}, specs, where, limits)
     return {name: tf.convert_to_tensor(inputs[name], spec.dtype) for name, spec in specs.items()}
 
 
@@ -628,14 +810,49 @@ def _rest_target(path: str) -> Tuple[model_pb2.ModelSpec, Optional[str]]:
     return spec, match["verb"]
 
 
+def _json_depth(value, limit: int) -> int:
+    """How deep ``value`` nests (without recursing), counting only up to ``limit + 1``."""
+    deepest, stack = 0, [(value, 1)]
+    while stack and deepest <= limit:
+        value, depth = stack.pop()
+        if isinstance(value, (list, dict)):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return deepest
+
+
+def _parse_json(body: bytes):
+    """The request body as JSON, no deeper than ``MAX_JSON_DEPTH``."""
+    too_deep = _invalid(f"request body is nested too deeply (at most {MAX_JSON_DEPTH} levels)")
+    try:
+        request = json.loads(body)
+    except RecursionError:  # the C parser stops at the interpreter's recursion limit
+        raise too_deep from None
+    except ValueError as e:
+        raise _invalid(f"request body is not JSON: {e}") from None
+    if _json_depth(request, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise too_deep
+    return request
+
+
+def _content_length(value: Optional[str], limit: int) -> int:
+    """A POST's Content-Length: 400 unless a non-negative integer, 413 over ``limit``."""
+    text = (value or "0").strip()
+    if not (text.isascii() and text.isdigit()):
+        raise _invalid(f"Content-Length must be a non-negative integer, got {value[:40]!r}")
+    length = int(text) if len(text) <= 18 else 10 ** 18  # int() refuses over 4,300 digits
+    if length > limit:
+        shown = text if len(text) <= 18 else f"over 10^18 ({len(text)} digits)"
+        raise RequestError(_StatusCode.INVALID_ARGUMENT, f"request body of {shown} bytes is over the server's "
+                           f"max_rest_body_bytes {limit} ({_mib(limit)})", http_status=413)
+    return length
+
+
 def _rest_predict(server: ModelServer, path: str, body: bytes) -> Dict:
     spec, verb = _rest_target(path)
     if verb != "predict":
         raise _not_found(f"POST {path}: only :predict is served")
-    try:
-        request = json.loads(body)
-    except ValueError as e:
-        raise _invalid(f"request body is not JSON: {e}") from None
+    request = _parse_json(body)
     if not isinstance(request, dict) or ("instances" in request) == ("inputs" in request):
         raise _invalid("request body must be a JSON object with exactly one of 'instances' (row format) "
                        "or 'inputs' (columnar format)")
@@ -660,29 +877,63 @@ def _rest_status(server: ModelServer, path: str) -> Dict:
          "status": {"error_code": "OK", "error_message": ""}} for n, s in states.items()]}
 
 
+class _RestServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        """One log line (e.g. a client that hung up mid-answer) instead of socketserver's traceback."""
+        self.model_server._log(f"REST request from {client_address[0]} failed: {_one_line(sys.exc_info()[1])}")
+
+
 class _RestHandler(http.server.BaseHTTPRequestHandler):
     """TF Serving's REST endpoints, answered by the same request path (and validation) as gRPC."""
+
+    #: Seconds a client may stall while sending: a slow client cannot hold a thread forever.
+    timeout = 60
 
     def do_GET(self):
         self._reply(lambda: _rest_status(self.server.model_server, self.path))
 
     def do_POST(self):
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self._reply(lambda: _rest_predict(self.server.model_server, self.path, body))
+        server = self.server.model_server
+        try:  # the body is read only once its declared size is known to be within the limit
+            length = _content_length(self.headers.get("Content-Length"), server.max_rest_body_bytes)
+        except RequestError as e:
+            self._send(e.http_status, {"error": e.message})
+            if e.http_status == 413:
+                self._discard()
+            return
+        body = self.rfile.read(length)
+        self._reply(lambda: _rest_predict(server, self.path, body))
+
+    def _discard(self) -> None:
+        """Read and drop up to ``_DRAIN_BYTES`` of a refused body (bounded in time and memory)."""
+        self.close_connection = True
+        self.connection.settimeout(1.0)
+        left = _DRAIN_BYTES
+        with contextlib.suppress(OSError):
+            while left > 0:
+                chunk = self.rfile.read1(min(left, 64 << 10))
+                if not chunk:
+                    break
+                left -= len(chunk)
 
     def _reply(self, handler: Callable) -> None:
         try:
             status, payload = 200, handler()
         except RequestError as e:
-            status, payload = _HTTP_STATUS.get(e.code, 500), {"error": e.message}
+            status, payload = e.http_status, {"error": e.message}
         except Exception as e:
             status, payload = 500, {"error": _one_line(e, 2000)}
+        self._send(status, payload)
+
+    def _send(self, status: int, payload: Dict) -> None:
         data = json.dumps(payload).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+        self.wfile.flush()
 
     def log_message(self, format, *args):  # one log line per load/unload, none per request
         pass
+
