@@ -4,6 +4,8 @@ import json
 import os
 import sys
 
+from tfrec_towers.export import layout  # no TensorFlow: the CLI stays cheap to import
+
 
 def _config(args):
     from tfrec_towers.config import Config, packaged
@@ -92,11 +94,10 @@ def cmd_refresh_items(args):
 
 def cmd_ops(args):
     from tfrec_towers.export.ops import ops_report
-    from tfrec_towers.export.versions import latest_version
 
-    path = args.export_dir
-    if not os.path.exists(os.path.join(path, "saved_model.pb")) and latest_version(path) is not None:
-        path = os.path.join(path, str(latest_version(path)))  # BASE/NAME: its latest version
+    path, latest = args.export_dir, layout.latest_version(args.export_dir)
+    if not os.path.exists(os.path.join(path, layout.SAVED_MODEL_FILE)) and latest is not None:
+        path = os.path.join(path, str(latest))  # BASE/NAME: its latest version
     report = ops_report(path)
     print(json.dumps(report, indent=2))
     return 0 if report["stock_tf_serving"] or not args.check_stock else 1
@@ -196,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_demo)
 
     def index_args(sp, default):
-        sp.add_argument("--index", choices=["portable", "scann", "brute"], default=default,
+        sp.add_argument("--index", choices=layout.INDEX_TYPES, default=default,
                         help="portable: stock TF ops (loads in stock TF Serving); scann: ScaNN custom ops; "
                              "brute: exact" + (f" (default: {default})" if default else
                                                " (default: the latest version's)"))

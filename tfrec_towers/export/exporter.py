@@ -30,8 +30,9 @@ import tfrec_towers
 from tfrec_towers.data import reader
 from tfrec_towers.embeddings import embed_catalog
 from tfrec_towers.export.indexes import build_index, index_class
-from tfrec_towers.export.retrieval_module import METADATA_FILE, RetrievalModule
-from tfrec_towers.export.versions import WARMUP_FILE, latest_version, staged_version
+from tfrec_towers.export.layout import METADATA_ASSET, METADATA_FILE, WARMUP_FILE, latest_version
+from tfrec_towers.export.retrieval_module import RetrievalModule
+from tfrec_towers.export.versions import staged_version
 from tfrec_towers.features.spec import FeatureSpec
 from tfrec_towers.run import RunDir, load_model
 
@@ -66,9 +67,9 @@ def catalog_fingerprint(ids: np.ndarray, embeddings: np.ndarray) -> str:
 
 
 def read_metadata(version_dir: str) -> Dict:
-    path = os.path.join(version_dir, "assets", METADATA_FILE)
+    path = os.path.join(version_dir, METADATA_ASSET)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{version_dir} is not an export of tfrec_towers (no assets/{METADATA_FILE})")
+        raise FileNotFoundError(f"{version_dir} is not an export of tfrec_towers (no {METADATA_ASSET})")
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 

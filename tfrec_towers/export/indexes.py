@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec_towers.export.index import Index
+from tfrec_towers.export.layout import INDEX_TYPES
 from tfrec_towers.export.portable_index import RECALL_TARGET, PortableIndex, partition, tuned_params
 from tfrec_towers.export.top_k import SPLITS, split_top_k
 
@@ -90,7 +91,8 @@ class ScannIndex(Index):
 
 #: index type (``--index``) -> its class.
 INDEXES = {cls.kind: cls for cls in (ScannIndex, PortableIndex, BruteForceIndex)}
-INDEX_TYPES = tuple(INDEXES)
+if tuple(INDEXES) != INDEX_TYPES:  # layout names them without TensorFlow (the CLI's --index): one list
+    raise RuntimeError(f"export.layout.INDEX_TYPES {INDEX_TYPES} != the index classes' kinds {tuple(INDEXES)}")
 
 
 def index_class(kind: str) -> type:

@@ -20,8 +20,6 @@ import tensorflow as tf
 
 from tfrec_towers.features.spec import FeatureSpec
 
-METADATA_FILE = "tfrec_towers.json"
-
 
 def _one_row(spec: tf.TensorSpec) -> tf.TensorSpec:
     return tf.TensorSpec([1] + spec.shape.as_list()[1:], spec.dtype, name=spec.name)

@@ -17,26 +17,11 @@ import os
 import shutil
 import socket
 import time
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Tuple
 
-_TMP = ".tmp-"
-#: TF Serving's warm-up file in a version: PredictionLog records it replays on load, before the version
-#: takes traffic (at most ``MAX_WARMUP_RECORDS``, TF Serving's limit); ``tfrec-towers serve`` does the same.
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-MAX_WARMUP_RECORDS = 1000
-
-
-def list_versions(model_dir: str) -> List[int]:
-    """Complete versions under BASE/NAME, ascending (integer-named directories only)."""
-    if not os.path.isdir(model_dir):
-        return []
-    return sorted(int(n) for n in os.listdir(model_dir)
-                  if n.isdigit() and os.path.isdir(os.path.join(model_dir, n)))
-
-
-def latest_version(model_dir: str) -> Optional[int]:
-    versions = list_versions(model_dir)
-    return versions[-1] if versions else None
+# The layout itself (version names, the staging prefix, listing) is ``layout.py``, shared with serving;
+# list_versions and latest_version stay importable from here.
+from tfrec_towers.export.layout import STAGING_PREFIX, latest_version, list_versions  # noqa: F401
 
 
 def _pid_alive(pid: int) -> bool:
@@ -53,7 +38,7 @@ def remove_stale_staging(model_dir: str, log=print) -> List[str]:
     """Delete staging directories left by killed exports of this host (their pid is gone)."""
     removed, host = [], socket.gethostname()
     for name in os.listdir(model_dir) if os.path.isdir(model_dir) else []:
-        parts = name[len(_TMP):].rsplit("-", 2) if name.startswith(_TMP) else []
+        parts = name[len(STAGING_PREFIX):].rsplit("-", 2) if name.startswith(STAGING_PREFIX) else []
         if len(parts) == 3 and parts[1] == host and parts[2].isdigit() and not _pid_alive(int(parts[2])):
             shutil.rmtree(os.path.join(model_dir, name), ignore_errors=True)
             removed.append(name)
@@ -92,7 +77,7 @@ def staged_version(base_dir: str, name: str, log=print) -> Iterator[Tuple[str, i
     with publish_lock(base_dir, name, log):
         remove_stale_staging(model_dir, log)
         version = max(int(time.time()), (latest_version(model_dir) or 0) + 1)
-        tmp = os.path.join(model_dir, f"{_TMP}{version}-{socket.gethostname()}-{os.getpid()}")
+        tmp = os.path.join(model_dir, f"{STAGING_PREFIX}{version}-{socket.gethostname()}-{os.getpid()}")
         os.makedirs(tmp)
         try:
             yield tmp, version

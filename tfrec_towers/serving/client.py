@@ -14,7 +14,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
 
-MAX_MESSAGE_BYTES = 64 << 20
+from tfrec_towers.export.layout import MAX_MESSAGE_BYTES
 
 
 class ServingError(grpc.RpcError):

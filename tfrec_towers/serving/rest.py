@@ -1,0 +1,294 @@
+"""TF Serving's REST API (its JSON codec) over the request handler: ``POST /v1/models/NAME[/versions/N]:predict``
+(row format ``instances`` or columnar ``inputs``) and ``GET /v1/models/NAME[/versions/N]`` (status).
+
+JSON becomes numpy here and numpy JSON; everything else (signature, dtypes, shapes, limits) is the
+handler's, so REST answers exactly as gRPC does. This module bounds what only REST has: the body
+(``max_rest_body_bytes``, 413), JSON nesting (``MAX_JSON_DEPTH``) and the Content-Length header.
+"""
+import base64
+import contextlib
+import http.server
+import json
+import re
+import sys
+import threading
+from typing import Callable, Dict, Iterator, Optional, Tuple
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import get_model_status_pb2, model_pb2
+
+from tfrec_towers.serving.handlers import RequestError, RequestHandler, invalid, mib, not_found, one_line
+
+#: Default cap on a REST body (413 above it). ``json.loads`` holds up to ~20x the body in Python objects
+#: before anything can be checked, so the body size is the only bound on that memory: 16 MiB admits a
+#: 10,000-row batch (the default max batch) of ~1.6 KB JSON rows and keeps one parse under ~350 MB.
+MAX_REST_BODY_BYTES = 16 << 20
+#: JSON deeper than this gets 400: it bounds the recursion of decoding, and no signature takes tensors of
+#: anywhere near that rank (rows, a ``{"b64"}`` object and a named input add three levels).
+MAX_JSON_DEPTH = 64
+#: A body over the cap is read and thrown away up to this much after the 413 is sent, so that the
+#: client's unread data does not reset the connection before it reads the answer.
+_DRAIN_BYTES = 1 << 20
+_REST_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+                        r"(?::(?P<verb>\w+))?$")
+
+
+# ---- JSON -> numpy ---------------------------------------------------------------------------------------
+
+
+def _from_json(value):
+    """JSON strings -> UTF-8 bytes, ``{"b64": ...}`` -> bytes, lists recursively; numbers unchanged."""
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, dict) and set(value) == {"b64"}:
+        return base64.b64decode(value["b64"], validate=True)
+    return value
+
+
+def _leaves(value) -> Iterator:
+    if isinstance(value, list):
+        for v in value:
+            yield from _leaves(v)
+    else:
+        yield value
+
+
+def _json_array(value, spec: Optional[tf.TensorSpec], name: str, where: str) -> np.ndarray:
+    """One input's JSON value as numpy; numbers take the signature's dtype when that loses no kind
+    (JSON cannot say float32), anything else is left for the handler's validation to report."""
+    try:
+        data = _from_json(value)
+    except (TypeError, ValueError) as e:  # a "b64" value that is not base64
+        raise invalid(f"{where}: input {name!r} holds invalid base64: {e}") from None
+    leaves = list(_leaves(data))
+    if all(isinstance(x, bytes) for x in leaves) and (leaves or spec is None or spec.dtype == tf.string):
+        array = np.array(data, dtype=object)
+        ragged = any(isinstance(x, list) for x in array.flat)
+    elif all(isinstance(x, (bool, int, float)) for x in leaves):
+        try:
+            array, ragged = np.asarray(data, dtype=None if leaves else spec.dtype.as_numpy_dtype), False
+        except ValueError:
+            ragged = True
+    else:
+        raise invalid(f"{where}: input {name!r} must hold only strings or only numbers")
+    if ragged:
+        raise invalid(f"{where}: input {name!r} is ragged: every row must have the same length")
+    if spec is not None and spec.dtype != tf.string and array.dtype.kind in "biuf":
+        if np.can_cast(array.dtype, spec.dtype.as_numpy_dtype, "same_kind"):
+            array = array.astype(spec.dtype.as_numpy_dtype)
+    return array
+
+
+def _single_input(specs: Dict, where: str, what: str) -> str:
+    if len(specs) != 1:
+        raise invalid(f"{where}: {what} must be an object naming the inputs ({', '.join(sorted(specs))})")
+    return next(iter(specs))
+
+
+def _decode_rows(instances, specs: Dict, where: str) -> Dict[str, np.ndarray]:
+    """Row format: a list of ``{input: value}`` objects, or of bare values for a one-input signature."""
+    if not isinstance(instances, list) or not instances:
+        raise invalid(f"{where}: 'instances' must be a non-empty list")
+    if all(isinstance(row, dict) and set(row) != {"b64"} for row in instances):
+        names = set(instances[0])
+        for i, row in enumerate(instances):
+            if set(row) != names:
+                raise invalid(f"{where}: instance {i} has inputs {sorted(row)}, instance 0 has {sorted(names)}")
+        columns = {name: [row[name] for row in instances] for name in names}
+    else:
+        columns = {_single_input(specs, where, "each instance"): instances}
+    return {name: _json_array(value, specs.get(name), name, where) for name, value in columns.items()}
+
+
+def _decode_columns(inputs, specs: Dict, where: str) -> Dict[str, np.ndarray]:
+    """Columnar format: ``{input: batched value}``, or the bare value for a one-input signature."""
+    if not (isinstance(inputs, dict) and set(inputs) != {"b64"}):
+        inputs = {_single_input(specs, where, "'inputs'"): inputs}
+    return {name: _json_array(value, specs.get(name), name, where) for name, value in inputs.items()}
+
+
+# ---- numpy -> JSON ---------------------------------------------------------------------------------------
+
+
+def _to_json(value):
+    """Numpy -> JSON values; bytes become text when they are UTF-8, else ``{"b64": ...}``."""
+    value = np.asarray(value).tolist()
+    if isinstance(value, list):
+        return [_to_json(v) for v in value]
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"b64": base64.b64encode(value).decode("ascii")}
+    return value
+
+
+def _rows_json(outputs: Dict[str, np.ndarray], where: str):
+    if len(outputs) == 1:
+        return _to_json(next(iter(outputs.values())))
+    sizes = {value.shape[0] if value.ndim else None for value in outputs.values()}
+    if len(sizes) != 1 or None in sizes:
+        raise invalid(f"{where}: outputs do not share a batch size, so they cannot be returned as rows; "
+                      f"send 'inputs' (columnar format) instead of 'instances'")
+    return [{k: _to_json(v[i]) for k, v in outputs.items()} for i in range(sizes.pop())]
+
+
+# ---- routes and limits -----------------------------------------------------------------------------------
+
+
+def _rest_target(path: str) -> Tuple[model_pb2.ModelSpec, Optional[str]]:
+    match = _REST_PATH.match(path.split("?", 1)[0])
+    if not match:
+        raise not_found(f"unknown path {path}; use /v1/models/NAME[/versions/N][:predict]")
+    spec = model_pb2.ModelSpec(name=match["name"], version_label=match["label"] or "")
+    if match["version"]:
+        spec.version.value = int(match["version"])
+    return spec, match["verb"]
+
+
+def _json_depth(value, limit: int) -> int:
+    """How deep ``value`` nests (without recursing), counting only up to ``limit + 1``."""
+    deepest, stack = 0, [(value, 1)]
+    while stack and deepest <= limit:
+        value, depth = stack.pop()
+        if isinstance(value, (list, dict)):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return deepest
+
+
+def _parse_json(body: bytes):
+    """The request body as JSON, no deeper than ``MAX_JSON_DEPTH``."""
+    too_deep = invalid(f"request body is nested too deeply (at most {MAX_JSON_DEPTH} levels)")
+    try:
+        request = json.loads(body)
+    except RecursionError:  # the C parser stops at the interpreter's recursion limit
+        raise too_deep from None
+    except ValueError as e:
+        raise invalid(f"request body is not JSON: {e}") from None
+    if _json_depth(request, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise too_deep
+    return request
+
+
+def _content_length(value: Optional[str], limit: int) -> int:
+    """A POST's Content-Length: 400 unless a non-negative integer, 413 over ``limit``."""
+    text = (value or "0").strip()
+    if not (text.isascii() and text.isdigit()):
+        raise invalid(f"Content-Length must be a non-negative integer, got {value[:40]!r}")
+    length = int(text) if len(text) <= 18 else 10 ** 18  # int() refuses over 4,300 digits
+    if length > limit:
+        shown = text if len(text) <= 18 else f"over 10^18 ({len(text)} digits)"
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"request body of {shown} bytes is over the server's "
+                           f"max_rest_body_bytes {limit} ({mib(limit)})", http_status=413)
+    return length
+
+
+def _rest_predict(handler: RequestHandler, path: str, body: bytes) -> Dict:
+    spec, verb = _rest_target(path)
+    if verb != "predict":
+        raise not_found(f"POST {path}: only :predict is served")
+    request = _parse_json(body)
+    if not isinstance(request, dict) or ("instances" in request) == ("inputs" in request):
+        raise invalid("request body must be a JSON object with exactly one of 'instances' (row format) "
+                      "or 'inputs' (columnar format)")
+    spec.signature_name = request.get("signature_name") or ""
+    rows = "instances" in request
+    payload = request["instances" if rows else "inputs"]
+    decode = _decode_rows if rows else _decode_columns
+    number, name, outputs = handler.run(spec, lambda specs, where: decode(payload, specs, where))
+    if rows:
+        return {"predictions": _rows_json(outputs, f"model {spec.name!r} version {number} signature {name!r}")}
+    return {"outputs": _to_json(next(iter(outputs.values()))) if len(outputs) == 1
+            else {k: _to_json(v) for k, v in outputs.items()}}
+
+
+def _rest_status(handler: RequestHandler, path: str) -> Dict:
+    spec, verb = _rest_target(path)
+    if verb is not None:
+        raise not_found(f"GET {path}: use POST for :{verb}")
+    states = handler.model_status(spec)
+    return {"model_version_status": [
+        {"version": str(n), "state": get_model_status_pb2.ModelVersionStatus.State.Name(s),
+         "status": {"error_code": "OK", "error_message": ""}} for n, s in states.items()]}
+
+
+# ---- the HTTP server -------------------------------------------------------------------------------------
+
+
+class _RestServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address, handler: RequestHandler, max_body_bytes: int, log: Callable):
+        super().__init__(address, _RestHandler)
+        self.handler, self.max_body_bytes, self.log = handler, max_body_bytes, log
+
+    def handle_error(self, request, client_address):
+        """One log line (e.g. a client that hung up mid-answer) instead of socketserver's traceback."""
+        self.log(f"REST request from {client_address[0]} failed: {one_line(sys.exc_info()[1])}")
+
+
+class _RestHandler(http.server.BaseHTTPRequestHandler):
+    """TF Serving's REST endpoints, answered by the same request path (and validation) as gRPC."""
+
+    #: Seconds a client may stall while sending: a slow client cannot hold a thread forever.
+    timeout = 60
+
+    def do_GET(self):
+        self._reply(lambda: _rest_status(self.server.handler, self.path))
+
+    def do_POST(self):
+        try:  # the body is read only once its declared size is known to be within the limit
+            length = _content_length(self.headers.get("Content-Length"), self.server.max_body_bytes)
+        except RequestError as e:
+            self._send(e.http_status, {"error": e.message})
+            if e.http_status == 413:
+                self._discard()
+            return
+        body = self.rfile.read(length)
+        self._reply(lambda: _rest_predict(self.server.handler, self.path, body))
+
+    def _discard(self) -> None:
+        """Read and drop up to ``_DRAIN_BYTES`` of a refused body (bounded in time and memory)."""
+        self.close_connection = True
+        self.connection.settimeout(1.0)
+        left = _DRAIN_BYTES
+        with contextlib.suppress(OSError):
+            while left > 0:
+                chunk = self.rfile.read1(min(left, 64 << 10))
+                if not chunk:
+                    break
+                left -= len(chunk)
+
+    def _reply(self, handler: Callable) -> None:
+        try:
+            status, payload = 200, handler()
+        except RequestError as e:
+            status, payload = e.http_status, {"error": e.message}
+        except Exception as e:
+            status, payload = 500, {"error": one_line(e, 2000)}
+        self._send(status, payload)
+
+    def _send(self, status: int, payload: Dict) -> None:
+        data = json.dumps(payload).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
+
+    def log_message(self, format, *args):  # one log line per load/unload, none per request
+        pass
+
+
+def start_rest(handler: RequestHandler, host: str, port: int, max_body_bytes: int,
+               log: Callable = print) -> Tuple[http.server.ThreadingHTTPServer, int]:
+    """The REST API on ``host:port`` (0: a free port), served by a daemon thread: (the server, the bound port)."""
+    server = _RestServer((host, port), handler, max_body_bytes, log)
+    threading.Thread(target=server.serve_forever, name="model-server-rest", daemon=True).start()
+    return server, server.server_address[1]
