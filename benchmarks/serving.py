@@ -43,7 +43,7 @@ import tensorflow as tf  # noqa: E402
 from tfrec_towers.config import Config, packaged  # noqa: E402
 from tfrec_towers.data import reader  # noqa: E402
 from tfrec_towers.data.movielens import convert_movielens  # noqa: E402
-from tfrec_towers.export.exporter import export_run, refresh_items  # noqa: E402
+from tfrec_towers.export.exporter import export_run, read_metadata, refresh_items  # noqa: E402
 from tfrec_towers.run import RunDir  # noqa: E402
 from tfrec_towers.serving.client import RetrievalClient  # noqa: E402
 from tfrec_towers.serving.server import ModelServer, import_custom_ops  # noqa: E402
@@ -358,7 +358,7 @@ def main(argv=None):
     scaling = {spread: index_scaling(sizes, float(spread)) for spread in args.scaling_spreads.split(",") if sizes}
     result = {"date": datetime.date.today().isoformat(), "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
               "run_dir": run_dir, "queries": len(targets),
-              "catalog": json.load(open(os.path.join(versions["brute"], "assets", "tfrec_towers.json")))["catalog"]["num_items"],
+              "catalog": read_metadata(versions["brute"])["catalog"]["num_items"],
               "indexes": indexes, "grpc": grpc, "load_test": load, "scaling": scaling}
     os.makedirs(os.path.dirname(args.output_json), exist_ok=True)
     with open(args.output_json, "w", encoding="utf-8") as f:

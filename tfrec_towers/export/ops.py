@@ -14,6 +14,8 @@ from typing import Dict, List, Set
 
 from tensorflow.core.protobuf import saved_model_pb2
 
+from tfrec_towers.export.layout import SAVED_MODEL_FILE
+
 _CLASSIFY = r"""
 import json, sys
 from tensorflow.python.framework import op_def_registry as reg
@@ -39,9 +41,9 @@ STOCK_SERVING = ("tensorflow", "tensorflow-text")
 
 def saved_model_ops(export_dir: str) -> Set[str]:
     """Every op type in the SavedModel's graphs and function library."""
-    path = os.path.join(export_dir, "saved_model.pb")
+    path = os.path.join(export_dir, SAVED_MODEL_FILE)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{export_dir} is not a SavedModel directory (no saved_model.pb)")
+        raise FileNotFoundError(f"{export_dir} is not a SavedModel directory (no {SAVED_MODEL_FILE})")
     saved = saved_model_pb2.SavedModel()
     with open(path, "rb") as f:
         saved.ParseFromString(f.read())
