@@ -186,7 +186,7 @@ POINTWISE_LOSSES = ("bce", "focal")
 #: Allowed values of the string options, checked when a config is loaded (before any data is read);
 #: the modules that implement an option import its list from here, so it is written once.
 SHARING = ("none", "projection", "full")           # towers.build_towers
-REDUCTIONS = ("sum", "mean")                       # the losses' reduction over rows (tasks/masks.py)
+REDUCTIONS = ("sum", "mean")                       # the losses' reduction over rows (tasks/reduction.py)
 CORRUPT_RECORD_POLICIES = ("fail", "skip")         # data.reader
 COMPRESSIONS = ("auto", "GZIP", "ZLIB", "")        # data.reader.compression_of
 OPTIMIZERS = {"adam": "Adam", "adagrad": "Adagrad", "sgd": "SGD", "rmsprop": "RMSprop"}  # -> keras.optimizers class

@@ -35,9 +35,10 @@ import math
 import tensorflow as tf
 import tf_keras as keras
 
-from tfrec_towers.tasks.masks import (anchor_softmax_loss, check_reduction, cosine, is_masked, reduce_rows,
-                                      row_cosine, row_weights, same_entity)
 from tfrec_towers.tasks.chain import AuxiliaryLoss, LogitTransform, Untracked
+from tfrec_towers.tasks.masks import is_masked, same_entity
+from tfrec_towers.tasks.reduction import anchor_softmax_loss, check_reduction, reduce_rows, row_weights
+from tfrec_towers.tasks.similarity import cosine, row_cosine
 
 #: alpha stays below 1 so that r = (1 - alpha) + alpha g, hence tau, stays positive when alpha is trained.
 _MAX_ALPHA = 0.99

@@ -6,7 +6,8 @@ Retrieval in Facebook Search", KDD 2020):
 """
 import tensorflow as tf
 
-from tfrec_towers.tasks.masks import check_reduction, is_masked, reduce_rows
+from tfrec_towers.tasks.masks import is_masked
+from tfrec_towers.tasks.reduction import check_reduction, reduce_rows
 
 
 class HingeLoss:

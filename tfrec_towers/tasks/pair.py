@@ -11,9 +11,10 @@ and trains L = (1 - alpha) L_q + alpha L_p, alpha = 0.1.
 """
 import tensorflow as tf
 
-from tfrec_towers.tasks.masks import (anchor_softmax_loss, check_reduction, cosine, reduce_rows, row_cosine,
-                                      row_weights, same_entity)
 from tfrec_towers.tasks.chain import AuxiliaryLoss
+from tfrec_towers.tasks.masks import same_entity
+from tfrec_towers.tasks.reduction import anchor_softmax_loss, check_reduction, reduce_rows, row_weights
+from tfrec_towers.tasks.similarity import cosine, row_cosine
 
 
 class PassageCentricLoss(AuxiliaryLoss):

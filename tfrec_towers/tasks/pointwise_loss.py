@@ -7,7 +7,8 @@ earlier step (<= MIN_LOGIT / 2: accidental hits, same-entity pairs) are not exam
 """
 import tensorflow as tf
 
-from tfrec_towers.tasks.masks import check_reduction, is_masked, reduce_rows
+from tfrec_towers.tasks.masks import is_masked
+from tfrec_towers.tasks.reduction import check_reduction, reduce_rows
 
 
 class _Pointwise:

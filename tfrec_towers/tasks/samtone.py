@@ -11,7 +11,8 @@ which regularises the embedding spaces to overlap (the paper's analysis) and imp
 """
 import tensorflow as tf
 
-from tfrec_towers.tasks.masks import cosine, same_entity
+from tfrec_towers.tasks.masks import same_entity
+from tfrec_towers.tasks.similarity import cosine
 from tfrec_towers.tasks.chain import MIN_LOGIT, LogitTransform
 
 
