@@ -28,6 +28,6 @@ setup(
     packages=find_packages(include=["tfrec_towers", "tfrec_towers.*"]),
     package_data={"tfrec_towers": ["configs/*.yaml"]},
     install_requires=CORE,
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest"], "benchmark": ["implicit==0.7.3"]},  # benchmark: benchmarks/gowalla.py's ALS peer
     entry_points={"console_scripts": ["tfrec-towers=tfrec_towers.cli:main"]},
 )
