@@ -76,6 +76,7 @@ CHUNK = 1024  # users scored at a time: 1024 x 40,981 float32 = 168 MB
 #: user_id 0.165 / 0.158 at 2 / 3 (likely: the user-ID embedding memorises the training items, which
 #: the ranking removes anyway, while the history generalises; it overfits after 2 epochs).
 BEST_DROP_QUERY = ["user_id"]
+BEST_EMBEDDING_DIM = None  # when set: every feature's embedding_dim in the best configuration
 BEST: list = ["train.epochs=2"]
 
 #: ALS coordinate search on valid: start at 64 factors with implicit's default regularisation and alpha,
@@ -291,6 +292,9 @@ def package_config(model: str, seed: int, overrides) -> Config:
     d = Config.load(packaged("gowalla")).to_dict()
     if model == "best":
         d["features"]["query"] = [f for f in d["features"]["query"] if f["name"] not in BEST_DROP_QUERY]
+        for f in d["features"]["query"] + d["features"]["candidate"]:
+            if BEST_EMBEDDING_DIM and "embedding_dim" in f:
+                f["embedding_dim"] = BEST_EMBEDDING_DIM
     config = Config.from_dict(d).with_overrides((BEST if model == "best" else []) + list(overrides or []))
     config.train.seed = seed
     return config
@@ -322,6 +326,7 @@ def run_package(model: str, data: Split, seed: int, args) -> dict:
                                  ks=[K], chunk=CHUNK, progress=lambda m: None)
     return {**metrics, "config": config.to_dict(), "overrides": (BEST if model == "best" else []) + list(args.set),
             "dropped_query_features": BEST_DROP_QUERY if model == "best" else [],
+            "embedding_dim": config.features.by_name[config.features.item_id].embedding_dim,
             "train_seconds": seconds, "train_wall_seconds_with_stats_pass": total.wall, "fit_cpu_seconds": cpu,
             "examples": int(examples), "examples_per_s": examples / seconds, "examples_per_cpu_s": examples / cpu,
             "eval_seconds": ev.wall, "topk_seconds": metrics["seconds"], "train_peak_rss_mb": train_peak,
@@ -346,7 +351,7 @@ def pooled(models: dict) -> dict:
     (``BEST`` empty, same ``--set``): then the best configuration found is the packaged default."""
     d, b = models.get("default"), models.get("best")
     same = lambda key: d["seeds"][0].get(key) == b["seeds"][0].get(key)  # noqa: E731
-    if not (d and b) or not (same("overrides") and same("dropped_query_features")):
+    if not (d and b) or not (same("overrides") and same("dropped_query_features") and same("embedding_dim")):
         return models
     seeds = {s["seed"]: s for s in d["seeds"] + b["seeds"]}
     out = dict(models)
@@ -441,7 +446,8 @@ def write_outputs(args, mine: dict, run_info: dict, machine: dict) -> str:
     stored = doc["results"].setdefault(args.split, {})
     for model, summary in mine.items():  # seeds of the same configuration run elsewhere are kept
         ours = {s["seed"]: s for s in summary["seeds"]}
-        key = lambda s: (s.get("overrides"), s.get("dropped_query_features"), s.get("als", {}).get("params"))  # noqa: E731
+        key = lambda s: (s.get("overrides"), s.get("dropped_query_features"), s.get("embedding_dim"),  # noqa: E731
+                         s.get("als", {}).get("params"))
         first = next(iter(ours.values()))
         kept = {s["seed"]: s for s in stored.get(model, {}).get("seeds", []) if key(s) == key(first)}
         stored[model] = summarize([{**kept, **ours}[k] for k in sorted({**kept, **ours})])
