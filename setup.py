@@ -36,6 +36,7 @@ setup(
     packages=find_packages(include=["tfrec_towers", "tfrec_towers.*"]),
     package_data={"tfrec_towers": ["configs/*.yaml"]},
     install_requires=CORE,
-    extras_require={"scann": SCANN, "test": ["pytest", "import-linter"]},  # import-linter: tests/test_architecture.py
+    # import-linter: tests/test_architecture.py; benchmark: the peers of benchmarks/ (gowalla.py's ALS)
+    extras_require={"scann": SCANN, "test": ["pytest", "import-linter"], "benchmark": ["implicit==0.7.3"]},
     entry_points={"console_scripts": ["tfrec-towers=tfrec_towers.cli:main"]},
 )

@@ -1,0 +1,549 @@
+"""Gowalla (LightGCN split) retrieval benchmark: popularity, implicit ALS, the TFRS basic model and this package.
+
+Protocol of the published numbers (LightGCN, He et al. 2020): train on train.txt + valid.txt, rank all
+40,981 items for each of the 29,858 test users with the user's training items removed, Recall@20 and
+NDCG@20 (ideal DCG over min(|test items|, 20)) averaged over test users. ``--split valid`` trains on
+train.txt and evaluates on valid.txt (tuning); ``--split test`` is for the final figures. Models:
+
+* ``popularity``: score = the item's count among the training interactions;
+* ``als``: ``implicit`` 0.7.3's CPU ``AlternatingLeastSquares`` (2 threads, 15 iterations) on the
+  binary user x item CSR matrix; factors, regularisation and alpha are tuned on train -> valid by a
+  coordinate search from implicit's defaults (``ALS_SEARCH``), then refitted for the test split;
+* ``tfrs_basic``: the TFRS basic-retrieval model's structure (user-ID and item-ID embeddings, dot
+  product, ``tfrs.tasks.Retrieval()``: in-batch softmax, Adagrad 0.1 as in the tutorial) at the
+  embedding size, batch size and epochs of ``gowalla.yaml``, trained from the pairs in memory;
+* ``default``: this package with ``tfrec_towers/configs/gowalla.yaml``, trained from the TFRecords
+  written by ``tfrec-towers user-item-lists``;
+* ``best``: the best configuration found on valid: ``gowalla.yaml`` without the query features in
+  ``BEST_DROP_QUERY``, plus the ``BEST`` overrides.
+
+``--set`` overrides go to ``default`` and ``best`` (e.g. the objective/negative-source ablation:
+``--models best --set task.samtone=query``). Every model is scored by
+``tfrec_towers.evaluate.user_catalog_metrics`` (exact scores in chunks of users, training items at
+-inf). Speed: training examples per second of ``fit`` wall time, compared as a ratio to
+``tfrs_basic``'s in the same run and seed (the machine is shared). Peak memory: the process's peak
+RSS (VmHWM, reset through /proc/self/clear_refs before each phase) during training and evaluation.
+
+    python benchmarks/gowalla.py --split test --models popularity,als,tfrs_basic,default --seeds 0
+    python benchmarks/gowalla.py --split test --models tfrs_basic,best --seeds 0,1,2
+    python benchmarks/gowalla.py --split valid --models default --set task.temperature=0.05 --output-json /tmp/v.json
+
+Results of several invocations are merged into the same JSON (per split and model; ``--fresh`` starts
+over). Gowalla is read by path from ``$TFREC_TOWERS_GOWALLA`` (default ``<repo>/../shared/datasets/gowalla``).
+"""
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+import tfrec_towers  # noqa: E402,F401  (Keras 2 before TensorFlow loads)
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_recommenders as tfrs  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+from tfrec_towers.config import Config, packaged  # noqa: E402
+from tfrec_towers.data.user_item_lists import convert_user_item_lists, merge_lists, read_user_item_lists  # noqa: E402
+from tfrec_towers.evaluate import evaluate_users, user_catalog_metrics  # noqa: E402
+from tfrec_towers.run import RunDir, load_model  # noqa: E402
+from tfrec_towers.train import train  # noqa: E402
+
+from benchmarks.movielens import Timer, _list, _mean_std, log  # noqa: E402
+
+ENV_VAR = "TFREC_TOWERS_GOWALLA"
+MODELS = ("popularity", "als", "tfrs_basic", "default", "best")
+PACKAGE_MODELS = ("default", "best")
+BASELINE = "tfrs_basic"
+K = 20
+HISTORY_LEN = 50
+CHUNK = 1024  # users scored at a time: 1024 x 40,981 float32 = 168 MB
+
+#: The best configuration found on train -> valid: gowalla.yaml without these query features, plus
+#: these overrides. Valid Recall@20 at epochs 2 / 3 / 4: gowalla.yaml 0.160 / 0.164 / 0.163;
+#: temperature 0.05 0.158 / - / 0.118 (overfits); temperature 0.2 0.126 at 2 (too soft); without
+#: user_id 0.165 / 0.158 at 2 / 3 (likely: the user-ID embedding memorises the training items, which
+#: the ranking removes anyway, while the history generalises; it overfits after 2 epochs).
+BEST_DROP_QUERY = ["user_id"]
+BEST_EMBEDDING_DIM = None  # when set: every feature's embedding_dim in the best configuration
+BEST: list = ["train.epochs=2"]
+
+#: ALS coordinate search on valid: start at 64 factors with implicit's default regularisation and alpha,
+#: then each stage tries the listed values of one hyperparameter with the others at their best so far
+#: (alpha first: it matters most on this binary matrix; 1 -> 50 gained 0.056 Recall@20 on valid).
+ALS_START = {"factors": 64, "regularization": 0.01, "alpha": 1.0}
+ALS_SEARCH = [("alpha", [1.0, 10.0, 50.0, 100.0, 200.0]), ("regularization", [0.01, 0.1, 1.0]), ("factors", [64, 128, 256])]
+ALS_ITERATIONS = 15
+
+#: Published (same split and protocol) and measured-elsewhere figures: (Recall@20, NDCG@20).
+ANCHORS = [("LightGCN (published)", 0.1830, 0.1554), ("SimpleX (published)", 0.1872, 0.1557),
+           ("NGCF (published)", 0.1570, 0.1327), ("MF-BPR (published)", 0.1291, 0.1109),
+           ("implicit ALS 128 factors, untuned (this machine kind)", 0.1609, 0.1361),
+           ("implicit BPR, untuned (this machine kind)", 0.0775, 0.0558),
+           ("popularity (this machine kind)", 0.0416, 0.0317)]
+TARGET_RECALL = 0.1830
+
+TFRS_LR = 0.1  # the basic-retrieval tutorial's Adagrad learning rate
+
+
+def default_data_dir() -> str:
+    return os.environ.get(ENV_VAR, os.path.join(REPO, "..", "shared", "datasets", "gowalla"))
+
+
+# --- memory ---------------------------------------------------------------------------------------
+
+def reset_peak() -> bool:
+    """Reset this process's peak RSS (Linux: writing 5 to /proc/self/clear_refs resets VmHWM)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """VmHWM (peak RSS since the last reset), else getrusage's lifetime maxrss, in MiB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+SPLITS = {"valid": (["train.txt"], "valid.txt", ["test.txt"]), "test": (["train.txt", "valid.txt"], "test.txt", [])}
+
+
+class Split:
+    """One protocol: the converted TFRecords (for the package) and the lists in memory (for the rest)."""
+
+    def __init__(self, name: str, data_dir: str, workdir: str):
+        train_files, test_file, catalog_files = SPLITS[name]
+        path = lambda f: os.path.join(data_dir, f)  # noqa: E731
+        out = os.path.join(workdir, "data", name)
+        meta_path = os.path.join(out, "metadata.json")
+        meta = None
+        if os.path.exists(meta_path):  # reuse a conversion with the same inputs
+            with open(meta_path, encoding="utf-8") as f:
+                meta = json.load(f)
+            if (meta.get("train_files") != [os.path.abspath(path(p)) for p in train_files]
+                    or meta.get("history_len") != HISTORY_LEN):
+                meta = None
+        if meta is None:
+            with Timer() as t:
+                meta = convert_user_item_lists([path(p) for p in train_files], path(test_file), out,
+                                               catalog_files=[path(p) for p in catalog_files], history_len=HISTORY_LEN,
+                                               name=f"gowalla ({name} split)", overwrite=True,
+                                               progress=lambda m: log("  " + m))
+            meta["convert_seconds"] = round(t.wall, 1)
+        self.name, self.meta, self.files = name, meta, meta["files"]
+        self.train, _ = merge_lists([read_user_item_lists(path(p)) for p in train_files])
+        test = read_user_item_lists(path(test_file))
+        self.test = {u: [i for i in items if i not in set(self.train.get(u, ()))] for u, items in test.items()}
+        self.test = {u: items for u, items in self.test.items() if items}
+        catalog = set()
+        for lists in [self.train, test] + [read_user_item_lists(path(p)) for p in catalog_files]:
+            for items in lists.values():
+                catalog.update(items)
+        self.catalog = np.array(sorted(catalog), dtype=np.int64)
+        self.item_ids = np.array([str(i) for i in self.catalog.tolist()])
+        self.item_index = {int(i): n for n, i in enumerate(self.catalog.tolist())}
+        self.users = np.array(sorted(self.train), dtype=np.int64)  # row of each training user
+        self.user_index = {int(u): n for n, u in enumerate(self.users.tolist())}
+        self.history = {str(u): {str(i) for i in items} for u, items in self.train.items()}
+        self.num_train = sum(len(v) for v in self.train.values())
+        ev_users = [u for u, items in self.test.items() for _ in items]
+        self.event_users = np.array([str(u) for u in ev_users])
+        self.event_items = np.array([str(i) for items in self.test.values() for i in items])
+        self.event_rows = np.array([self.user_index.get(u, -1) for u in ev_users], dtype=np.int64)
+
+    def csr(self):
+        """Binary user x item matrix of the training interactions (rows: ``users``, columns: catalog)."""
+        from scipy.sparse import csr_matrix
+
+        rows = np.array([self.user_index[u] for u, items in self.train.items() for _ in items], dtype=np.int32)
+        cols = np.array([self.item_index[i] for items in self.train.values() for i in items], dtype=np.int32)
+        return csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)),
+                          shape=(len(self.users), len(self.catalog)))
+
+    def score(self, user_vectors: np.ndarray, item_vectors: np.ndarray) -> dict:
+        """Per-user Recall@K/NDCG@K of dot-product scores (user rows as ``users``, items as the catalog)."""
+        if (self.event_rows < 0).any():
+            raise ValueError("a test user has no training interactions: no user vector")
+        return user_catalog_metrics(user_vectors[self.event_rows], self.item_ids, item_vectors, self.event_users,
+                                    self.event_items, self.history, ks=[K], chunk=CHUNK)
+
+
+# --- models ---------------------------------------------------------------------------------------
+
+def run_popularity(data: Split, seed: int, args) -> dict:
+    with Timer() as t:
+        counts = np.asarray(data.csr().sum(axis=0), dtype=np.float32).reshape(-1, 1)
+    reset_peak()
+    metrics = data.score(np.ones((len(data.users), 1), dtype=np.float32), counts)
+    return {**metrics, "train_seconds": t.wall, "eval_seconds": metrics["seconds"], "eval_peak_rss_mb": peak_rss_mb()}
+
+
+def fit_als(matrix, factors: int, regularization: float, alpha: float, seed: int):
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=alpha,
+                                    iterations=ALS_ITERATIONS, num_threads=2, random_state=seed,
+                                    calculate_training_loss=False)
+    with threadpool_limits(1, "blas"), Timer() as t:  # implicit's advice: its own threads, not BLAS's
+        model.fit(matrix, show_progress=False)
+    return model, t
+
+
+def tune_als(valid: Split, seed: int) -> dict:
+    """Coordinate search (``ALS_SEARCH``) on train -> valid; returns the best params and every trial."""
+    matrix, best, trials = valid.csr(), dict(ALS_START), {}
+
+    def trial(params):
+        key = json.dumps(params, sort_keys=True)
+        if key not in trials:
+            model, t = fit_als(matrix, seed=seed, **params)
+            m = valid.score(model.user_factors, model.item_factors)
+            trials[key] = {**params, f"recall@{K}": m[f"recall@{K}"], f"ndcg@{K}": m[f"ndcg@{K}"],
+                           "fit_seconds": round(t.wall, 1)}
+            log(f"    ALS valid {params}: Recall@{K} {m[f'recall@{K}']:.4f} NDCG@{K} {m[f'ndcg@{K}']:.4f} "
+                f"(fit {t.wall:.1f}s)")
+        return trials[key][f"recall@{K}"]
+
+    for name, values in ALS_SEARCH:
+        scores = {v: trial({**best, name: v}) for v in values}
+        best[name] = max(scores, key=scores.get)
+    chosen = trials[json.dumps(best, sort_keys=True)]
+    return {"params": best, "valid": {k: chosen[k] for k in (f"recall@{K}", f"ndcg@{K}")},
+            "trials": list(trials.values())}
+
+
+def run_als(data: Split, seed: int, args, valid: Split) -> dict:
+    tuned = tune_als(valid, seed) if args.als_params is None else {"params": args.als_params, "trials": []}
+    log(f"    ALS params: {tuned['params']}")
+    reset_peak()
+    model, t = fit_als(data.csr(), seed=seed, **tuned["params"])
+    train_peak = peak_rss_mb()
+    reset_peak()
+    metrics = data.score(model.user_factors, model.item_factors)
+    return {**metrics, "als": tuned, "train_seconds": t.wall, "fit_cpu_seconds": t.cpu,
+            "eval_seconds": metrics["seconds"], "train_peak_rss_mb": train_peak, "eval_peak_rss_mb": peak_rss_mb()}
+
+
+class BasicModel(tfrs.Model):
+    """The TFRS basic-retrieval structure: user-ID and item-ID embeddings, in-batch softmax."""
+
+    def __init__(self, users, items, dim):
+        super().__init__()
+        self.user_model = keras.Sequential([keras.layers.StringLookup(vocabulary=users, mask_token=None),
+                                            keras.layers.Embedding(len(users) + 1, dim)])
+        self.item_model = keras.Sequential([keras.layers.StringLookup(vocabulary=items, mask_token=None),
+                                            keras.layers.Embedding(len(items) + 1, dim)])
+        self.task = tfrs.tasks.Retrieval()
+
+    def compute_loss(self, features, training=False):
+        return self.task(self.user_model(features["user_id"]), self.item_model(features["item_id"]),
+                         compute_metrics=False)
+
+
+def run_tfrs_basic(data: Split, seed: int, args) -> dict:
+    config = package_config("default", seed, args.set)
+    dim = config.features.by_name[config.features.item_id].embedding_dim
+    batch, epochs = config.train.batch_size, config.train.epochs
+    user_ids = np.array([str(u) for u in data.users.tolist()])
+    users = np.array([str(u) for u, items in data.train.items() for _ in items])
+    items = np.array([str(i) for its in data.train.values() for i in its])
+    reset_peak()
+    model = BasicModel(user_ids, data.item_ids, dim)
+    model.compile(optimizer=keras.optimizers.Adagrad(learning_rate=TFRS_LR))
+    ds = tf.data.Dataset.from_tensor_slices({"user_id": users, "item_id": items})
+    ds = ds.shuffle(len(users), seed=seed).batch(batch).cache()
+    with Timer() as t:
+        model.fit(ds, epochs=epochs, verbose=2)
+    train_peak = peak_rss_mb()
+    examples = len(users) * epochs
+    reset_peak()
+    metrics = data.score(model.user_model(tf.constant(user_ids)).numpy(), model.item_model(tf.constant(data.item_ids)).numpy())
+    return {**metrics, "dim": dim, "batch_size": batch, "epochs": epochs, "train_seconds": t.wall,
+            "fit_cpu_seconds": t.cpu, "examples": examples, "examples_per_s": examples / t.wall,
+            "examples_per_cpu_s": examples / t.cpu, "eval_seconds": metrics["seconds"],
+            "train_peak_rss_mb": train_peak, "eval_peak_rss_mb": peak_rss_mb()}
+
+
+def package_config(model: str, seed: int, overrides) -> Config:
+    """gowalla.yaml (``default``), or the best configuration (``BEST_DROP_QUERY``, ``BEST``), + ``overrides``."""
+    d = Config.load(packaged("gowalla")).to_dict()
+    if model == "best":
+        d["features"]["query"] = [f for f in d["features"]["query"] if f["name"] not in BEST_DROP_QUERY]
+        for f in d["features"]["query"] + d["features"]["candidate"]:
+            if BEST_EMBEDDING_DIM and "embedding_dim" in f:
+                f["embedding_dim"] = BEST_EMBEDDING_DIM
+    config = Config.from_dict(d).with_overrides((BEST if model == "best" else []) + list(overrides or []))
+    config.train.seed = seed
+    return config
+
+
+def run_package(model: str, data: Split, seed: int, args) -> dict:
+    config = package_config(model, seed, args.set)
+    run_dir = os.path.join(args.workdir, "runs", data.name, f"{model}-seed{seed}")
+    if os.path.exists(run_dir):  # never resume a run from an earlier invocation
+        shutil.rmtree(run_dir)
+    reset_peak()
+    with Timer() as total:
+        train(config, data.files["train"], run_dir, None, data.files["items"], verbose=2,
+              progress=lambda m: log("      " + m.replace("\n", "\n      ")))
+    train_peak = peak_rss_mb()
+    run = RunDir(run_dir)
+    with open(run / "epochs.jsonl", encoding="utf-8") as f:
+        epochs = [json.loads(line) for line in f if line.strip()]
+    seconds, cpu = epochs[-1]["seconds"], epochs[-1]["cpu_seconds"]
+    per_epoch = run.stats().num_examples
+    if config.train.steps_per_epoch:
+        per_epoch = min(per_epoch, config.train.steps_per_epoch * config.train.batch_size)
+    examples = per_epoch * len(epochs)
+    keras.backend.clear_session()
+    gc.collect()
+    reset_peak()
+    with Timer() as ev:
+        metrics = evaluate_users(load_model(run_dir), config, data.files["test"], data.files["items"], data.history,
+                                 ks=[K], chunk=CHUNK, progress=lambda m: None)
+    return {**metrics, "config": config.to_dict(), "overrides": (BEST if model == "best" else []) + list(args.set),
+            "dropped_query_features": BEST_DROP_QUERY if model == "best" else [],
+            "embedding_dim": config.features.by_name[config.features.item_id].embedding_dim,
+            "train_seconds": seconds, "train_wall_seconds_with_stats_pass": total.wall, "fit_cpu_seconds": cpu,
+            "examples": int(examples), "examples_per_s": examples / seconds, "examples_per_cpu_s": examples / cpu,
+            "eval_seconds": ev.wall, "topk_seconds": metrics["seconds"], "train_peak_rss_mb": train_peak,
+            "eval_peak_rss_mb": peak_rss_mb()}
+
+
+# --- summaries ------------------------------------------------------------------------------------
+
+SUMMARY_KEYS = (f"recall@{K}", f"ndcg@{K}", "train_seconds", "examples_per_s", "speed_vs_tfrs_basic",
+                "cpu_speed_vs_tfrs_basic", "eval_seconds", "train_peak_rss_mb", "eval_peak_rss_mb")
+
+
+def summarize(per_seed: list) -> dict:
+    mean, std = {}, {}
+    for k in SUMMARY_KEYS:
+        mean[k], std[k] = _mean_std([s.get(k) for s in per_seed])
+    return {"seeds": per_seed, "mean": mean, "std": std}
+
+
+def pooled(models: dict) -> dict:
+    """``models`` with ``best`` pooled with ``default``'s seeds when both ran the same configuration
+    (``BEST`` empty, same ``--set``): then the best configuration found is the packaged default."""
+    d, b = models.get("default"), models.get("best")
+    same = lambda key: d["seeds"][0].get(key) == b["seeds"][0].get(key)  # noqa: E731
+    if not (d and b) or not (same("overrides") and same("dropped_query_features") and same("embedding_dim")):
+        return models
+    seeds = {s["seed"]: s for s in d["seeds"] + b["seeds"]}
+    out = dict(models)
+    out["best"] = {**summarize([seeds[k] for k in sorted(seeds)]), "pooled_with_default": True}
+    return out
+
+
+def _fmt(mean, std, digits=4, suffix=""):
+    if mean is None:
+        return "–"
+    return (f"{mean:.{digits}f} ± {std:.{digits}f}" if std else f"{mean:.{digits}f}") + suffix
+
+
+def markdown(results: dict, split: str) -> str:
+    models = pooled(results.get(split, {}))
+    lines = [f"| model | Recall@{K} | NDCG@{K} | seeds | train s | examples/s | speed vs tfrs_basic (CPU) | "
+             "eval s | peak RSS train / eval (MiB) |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in models.items():
+        m, s = r["mean"], r["std"]
+        speed = "–" if m["speed_vs_tfrs_basic"] is None else (
+            _fmt(m["speed_vs_tfrs_basic"], s["speed_vs_tfrs_basic"], 2, "x")
+            + f" ({_fmt(m['cpu_speed_vs_tfrs_basic'], s['cpu_speed_vs_tfrs_basic'], 2, 'x')})")
+        rss = f"{_fmt(m['train_peak_rss_mb'], None, 0)} / {_fmt(m['eval_peak_rss_mb'], None, 0)}"
+        label = name + (" (= default: its seeds pooled)" if r.get("pooled_with_default") else "")
+        if name == "als":
+            label += " (tuned: " + ", ".join(f"{k} {v}" for k, v in r["seeds"][0]["als"]["params"].items()) + ")"
+        lines.append(f"| {label} | {_fmt(m[f'recall@{K}'], s[f'recall@{K}'])} | {_fmt(m[f'ndcg@{K}'], s[f'ndcg@{K}'])} | "
+                     f"{[x['seed'] for x in r['seeds']]} | {_fmt(m['train_seconds'], s['train_seconds'], 0)} | "
+                     f"{_fmt(m['examples_per_s'], s['examples_per_s'], 0)} | {speed} | "
+                     f"{_fmt(m['eval_seconds'], s['eval_seconds'], 1)} | {rss} |")
+    for name, recall, ndcg in ANCHORS:
+        lines.append(f"| *{name}* | *{recall:.4f}* | *{ndcg:.4f}* | | | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def checks(results: dict, split: str) -> list:
+    out = []
+    models = pooled(results.get(split, {}))
+    als = models.get("als", {}).get("mean", {}).get(f"recall@{K}")
+    for name in PACKAGE_MODELS:
+        value = models.get(name, {}).get("mean", {}).get(f"recall@{K}")
+        if value is None:
+            out.append(("SKIP", f"{name}: not run"))
+            continue
+        out.append(("PASS" if value >= TARGET_RECALL else "FAIL",
+                    f"{split}: {name} Recall@{K} {value:.4f} (want >= {TARGET_RECALL}, LightGCN's)"))
+        if als is not None:
+            out.append(("PASS" if value > als else "FAIL", f"{split}: {name} Recall@{K} {value:.4f} vs tuned ALS {als:.4f}"))
+        minutes = models[name]["mean"]["train_seconds"] / 60
+        out.append(("PASS" if minutes <= 20 else "FAIL", f"{split}: {name} trains in {minutes:.1f} min (want <= 20)"))
+    return out
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--split", choices=["valid", "test"], default="test",
+                   help="valid: train.txt -> valid.txt (tuning); test: train+valid -> test (the published protocol)")
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from: {', '.join(MODELS)}")
+    p.add_argument("--seeds", default="0", help="comma-separated integers (popularity runs once)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override for the package models (default and best), e.g. task.samtone=query (repeatable)")
+    p.add_argument("--als-params", type=json.loads, default=None,
+                   help='skip the ALS search: JSON like {"factors": 128, "regularization": 0.01, "alpha": 5.0}')
+    p.add_argument("--data-dir", default=None, help=f"Gowalla folder (default: ${ENV_VAR} or <repo>/../shared/datasets/gowalla)")
+    p.add_argument("--workdir", help="converted data and runs (default: a temporary directory, removed)")
+    p.add_argument("--output-json", default=os.path.join(REPO, "benchmarks", "results", "gowalla.json"))
+    p.add_argument("--output-md", default=os.path.join(REPO, "benchmarks", "results", "gowalla.md"))
+    p.add_argument("--fresh", action="store_true", help="do not merge into an existing --output-json")
+    args = p.parse_args(argv)
+    args.models, args.seeds = _list(args.models), _list(args.seeds, int)
+    bad = [m for m in args.models if m not in MODELS]
+    if bad:
+        p.error(f"unknown model(s) {bad}; known: {MODELS}")
+    for model in PACKAGE_MODELS:  # fail now, not after an hour of training
+        try:
+            package_config(model, 0, args.set)
+        except (ValueError, TypeError) as e:
+            p.error(f"--set: {e}")
+    return args
+
+
+def write_outputs(args, mine: dict, run_info: dict, machine: dict) -> str:
+    """Merge this invocation's models (``mine``) into ``--output-json`` as it is now (so that runs in
+    parallel processes, e.g. other seeds, keep each other's results), then write it and the table."""
+    doc = {"results": {}, "runs": []}
+    if os.path.exists(args.output_json) and not (args.fresh and not getattr(args, "written", False)):
+        with open(args.output_json, encoding="utf-8") as f:
+            doc = json.load(f)
+    args.written = True  # --fresh: only the first write starts over
+    stored = doc["results"].setdefault(args.split, {})
+    for model, summary in mine.items():  # seeds of the same configuration run elsewhere are kept
+        ours = {s["seed"]: s for s in summary["seeds"]}
+        key = lambda s: (s.get("overrides"), s.get("dropped_query_features"), s.get("embedding_dim"),  # noqa: E731
+                         s.get("als", {}).get("params"))
+        first = next(iter(ours.values()))
+        kept = {s["seed"]: s for s in stored.get(model, {}).get("seeds", []) if key(s) == key(first)}
+        stored[model] = summarize([{**kept, **ours}[k] for k in sorted({**kept, **ours})])
+    runs = doc.setdefault("runs", [])
+    if run_info["date"] not in [r["date"] for r in runs]:
+        runs.append(run_info)
+    doc["machine"] = machine
+    doc.setdefault("pooled_best", {})[args.split] = pooled(doc["results"][args.split]).get("best")
+    for path in (args.output_json, args.output_md):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(args.output_json, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=2)
+    text = [f"Gowalla (LightGCN split), {doc['machine']['platform']}, {doc['machine']['cpu_count']} CPUs, "
+            f"TensorFlow {doc['machine']['tensorflow']}, implicit {doc['machine'].get('implicit')}; "
+            "per-user Recall@20 / NDCG@20 over all 40,981 items, training items removed (italics: anchors, not run here)", ""]
+    for split in ("test", "valid"):
+        if doc["results"].get(split):
+            text += [f"### split `{split}`" + (" (train+valid -> test: the published protocol)" if split == "test"
+                                                else " (train -> valid: tuning)"), "", markdown(doc["results"], split)]
+    with open(args.output_md, "w", encoding="utf-8") as f:
+        f.write("\n".join(text))
+    return "\n".join(text)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    started = datetime.datetime.now().astimezone()
+    t0 = time.perf_counter()
+    temp = args.workdir is None
+    args.workdir = os.path.abspath(args.workdir or tempfile.mkdtemp(prefix="tfrec-gowalla-"))
+    data_dir = os.path.abspath(args.data_dir or default_data_dir())
+    try:
+        import implicit
+        implicit_version = implicit.__version__
+    except ImportError:
+        implicit_version = None
+    machine = {"platform": platform.platform(), "processor": platform.processor() or None,
+                      "cpu_count": os.cpu_count(), "python": platform.python_version(), "tensorflow": tf.__version__,
+                      "tensorflow_recommenders": tfrs.__version__, "implicit": implicit_version}
+    run_info = {"date": started.isoformat(timespec="seconds"), "split": args.split, "models": args.models,
+                "seeds": args.seeds, "set": args.set, "best": BEST}
+    log(f"Gowalla benchmark: split {args.split}, models {args.models}, seeds {args.seeds}; data {data_dir}; "
+        f"workdir {args.workdir}")
+    mine = {}
+    try:
+        data = Split(args.split, data_dir, args.workdir)
+        valid = data if args.split == "valid" else None
+        if "als" in args.models and args.als_params is None and valid is None:
+            log("=== converting train -> valid for the ALS search ===")
+            valid = Split("valid", data_dir, args.workdir)
+        log(f"{len(data.users)} training users, {data.num_train} training interactions, {len(data.test)} eval users, "
+            f"{len(data.event_items)} eval interactions, catalog of {len(data.catalog)} items")
+        per_model = {m: [] for m in args.models}
+        for n, seed in enumerate(args.seeds):
+            for model in args.models:
+                if model == "popularity" and n:
+                    continue
+                log(f"--- split {args.split} / seed {seed} / model {model} ---")
+                keras.backend.clear_session()
+                gc.collect()
+                keras.utils.set_random_seed(seed)
+                wall, load = time.perf_counter(), os.getloadavg()[0]
+                if model == "popularity":
+                    r = run_popularity(data, seed, args)
+                elif model == "als":
+                    r = run_als(data, seed, args, valid)
+                elif model == BASELINE:
+                    r = run_tfrs_basic(data, seed, args)
+                else:
+                    r = run_package(model, data, seed, args)
+                r = {"seed": seed, **r, "wall_seconds": time.perf_counter() - wall,
+                     "load_average": [round(load, 2), round(os.getloadavg()[0], 2)]}
+                base = [b for b in per_model.get(BASELINE, []) if b["seed"] == seed]
+                for key, per_s in (("speed_vs_tfrs_basic", "examples_per_s"), ("cpu_speed_vs_tfrs_basic", "examples_per_cpu_s")):
+                    r[key] = r[per_s] / base[0][per_s] if base and r.get(per_s) and model != BASELINE else None
+                per_model[model].append(r)
+                eps = r.get("examples_per_s")
+                log(f"    {args.split}/{model}/seed {seed}: Recall@{K} {r[f'recall@{K}']:.4f}  NDCG@{K} "
+                    f"{r[f'ndcg@{K}']:.4f}; train {r['train_seconds']:.1f}s" + (f", {eps:.0f} examples/s" if eps else "")
+                    + (f" ({r['speed_vs_tfrs_basic']:.2f}x tfrs_basic)" if r.get("speed_vs_tfrs_basic") else "")
+                    + f"; eval {r['eval_seconds']:.1f}s; {r['wall_seconds']:.1f}s in all")
+                mine.update({m: summarize(v) for m, v in per_model.items() if v})
+                write_outputs(args, mine, run_info, machine)
+    finally:
+        if temp:
+            shutil.rmtree(args.workdir, ignore_errors=True)
+    log("\n" + write_outputs(args, mine, run_info, machine))
+    with open(args.output_json, encoding="utf-8") as f:
+        results = json.load(f)["results"]
+    log("Checks:")
+    for status, text in checks(results, args.split):
+        log(f"  [{status}] {text}")
+    log(f"peak RSS of the process (getrusage): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB; "
+        f"wrote {args.output_json} and {args.output_md}; {time.perf_counter() - t0:.0f}s in all")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
