@@ -11,6 +11,7 @@ requests (Predict, GetModelMetadata, GetModelStatus, validation and limits), ``g
 ``rest.py`` put them on gRPC and on REST/JSON.
 """
 import os
+import signal
 import threading
 from typing import Dict, Optional
 
@@ -100,15 +101,29 @@ class ModelServer:
         return self._stopped.wait(timeout)
 
     def serve_forever(self) -> None:
-        """Start if needed and serve until ``stop()`` is called or Ctrl-C (the CLI's ``serve``)."""
+        """Start if needed and serve until ``stop()`` is called, SIGINT (Ctrl-C) or SIGTERM (the CLI's
+        ``serve``; SIGTERM is how process managers stop a server).
+
+        In the main thread both signals get handlers of their own, so a disposition inherited from the
+        parent (SIG_IGN) cannot make the server unstoppable, and the wait wakes every half second to let
+        Python run them.
+        """
         if self._grpc is None:
             self.start()
+        requested = threading.Event()
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGINT, signal.SIGTERM):
+                previous[number] = signal.signal(number, lambda *_: requested.set())
         try:
-            self.wait()
+            while not requested.is_set() and not self.wait(0.5):
+                pass
         except KeyboardInterrupt:
             pass
         finally:
             self.stop()
+            for number, handler in previous.items():
+                signal.signal(number, handler)
 
     def __enter__(self) -> "ModelServer":
         return self.start()
