@@ -75,11 +75,11 @@ CHUNK = 1024  # users scored at a time: 1024 x 40,981 float32 = 168 MB
 #: temperature 0.05 0.158 / - / 0.118 (overfits); temperature 0.2 0.126 at 2 (too soft); without
 #: user_id 0.165 / 0.158 at 2 / 3 (likely: the user-ID embedding memorises the training items, which
 #: the ranking removes anyway, while the history generalises; it overfits after 2 epochs); the same
-#: with every embedding and the output 128-d: 0.162 / 0.178 at epochs 1 / 2 (ALS also gains from
-#: size: 0.159 / 0.183 / 0.196 at 64 / 128 / 256 factors).
+#: with every embedding and the output 128-d: 0.162 / 0.178 at epochs 1 / 2, 256-d: 0.183 at 2 (ALS
+#: also gains from size: 0.159 / 0.183 / 0.196 at 64 / 128 / 256 factors).
 BEST_DROP_QUERY = ["user_id"]
-BEST_EMBEDDING_DIM = 128  # every feature's embedding_dim in the best configuration (None: gowalla.yaml's)
-BEST: list = ["train.epochs=2", "model.output_dim=128"]
+BEST_EMBEDDING_DIM = 256  # every feature's embedding_dim in the best configuration (None: gowalla.yaml's)
+BEST: list = ["train.epochs=2", "model.output_dim=256"]
 
 #: ALS coordinate search on valid: start at 64 factors with implicit's default regularisation and alpha,
 #: then each stage tries the listed values of one hyperparameter with the others at their best so far
