@@ -312,14 +312,8 @@ def run_package(model: str, data: Split, seed: int, args) -> dict:
         train(config, data.files["train"], run_dir, None, data.files["items"], verbose=2,
               progress=lambda m: log("      " + m.replace("\n", "\n      ")))
     train_peak = peak_rss_mb()
-    run = RunDir(run_dir)
-    with open(run / "epochs.jsonl", encoding="utf-8") as f:
-        epochs = [json.loads(line) for line in f if line.strip()]
-    seconds, cpu = epochs[-1]["seconds"], epochs[-1]["cpu_seconds"]
-    per_epoch = run.stats().num_examples
-    if config.train.steps_per_epoch:
-        per_epoch = min(per_epoch, config.train.steps_per_epoch * config.train.batch_size)
-    examples = per_epoch * len(epochs)
+    timing = RunDir(run_dir).fit_timing()
+    examples, seconds, cpu = timing["examples"], timing["seconds"], timing["cpu_seconds"]
     keras.backend.clear_session()
     gc.collect()
     reset_peak()

@@ -206,14 +206,8 @@ def run_package(config: Config, data: Dataset, run_dir: str) -> dict:
     files = data.files
     metrics = train(config, files["train"], run_dir, files["test"], files["items"], verbose=2,
                     progress=lambda m: log("      " + m.replace("\n", "\n      ")))
-    run = RunDir(run_dir)
-    with open(run / "epochs.jsonl", encoding="utf-8") as f:
-        epochs = [json.loads(line) for line in f if line.strip()]
-    seconds, cpu = epochs[-1]["seconds"], epochs[-1]["cpu_seconds"]
-    per_epoch = run.stats().num_examples
-    if config.train.steps_per_epoch:
-        per_epoch = min(per_epoch, config.train.steps_per_epoch * config.train.batch_size)
-    examples = per_epoch * len(epochs)
+    timing = RunDir(run_dir).fit_timing()
+    examples, seconds, cpu = timing["examples"], timing["seconds"], timing["cpu_seconds"]
     keep = ("events", "users", "catalog_size", "targets_not_in_catalog", "all_items", "exclude_history")
     return {**{k: metrics[k] for k in keep if k in metrics}, "train_seconds": seconds, "examples": int(examples),
             "examples_per_s": examples / seconds if seconds > 0 else None, "fit_cpu_seconds": cpu,

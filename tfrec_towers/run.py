@@ -87,6 +87,18 @@ class RunDir:
     def stats(self) -> FeatureStats:
         return FeatureStats.load(self / "feature_stats.json")
 
+    def fit_timing(self) -> Dict[str, float]:
+        """Training examples and ``fit``'s wall and process-CPU seconds, from ``epochs.jsonl`` (one line per
+        finished epoch) and the stats' example count (capped by ``train.steps_per_epoch`` x batch)."""
+        with open(self / "epochs.jsonl", encoding="utf-8") as f:
+            epochs = [json.loads(line) for line in f if line.strip()]
+        train = self.config().train
+        per_epoch = self.stats().num_examples
+        if train.steps_per_epoch:
+            per_epoch = min(per_epoch, train.steps_per_epoch * train.batch_size)
+        return {"examples": per_epoch * len(epochs), "seconds": epochs[-1]["seconds"],
+                "cpu_seconds": epochs[-1]["cpu_seconds"]}
+
 
 class RunInUseError(BlockingIOError):
     """Another process holds the run directory's lock (what a non-blocking flock raises, named)."""
