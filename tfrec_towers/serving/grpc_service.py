@@ -7,7 +7,8 @@ import grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
 from tfrec_towers.export.layout import MAX_MESSAGE_BYTES
-from tfrec_towers.serving.handlers import RequestError, RequestHandler, one_line
+from tfrec_towers.serving.handlers import RequestHandler
+from tfrec_towers.serving.request import RequestError, one_line
 
 
 def _answer(context: grpc.ServicerContext, handler: Callable, request):

@@ -1,77 +1,24 @@
-"""Request handling, shared by gRPC, REST and warm-up: Predict, GetModelMetadata and GetModelStatus.
+"""The servable side of TF Serving's PredictionService and ModelService: Predict, GetModelMetadata and
+GetModelStatus over the versions the version manager serves, each request run by ``request.py``."""
+from typing import Callable, Dict, Tuple
 
-Inputs arrive decoded by the caller's ``decode`` (TensorProtos here, JSON in ``rest.py``) and are checked
-against the signature and the server's ``Limits`` before any tensor is built or fed. Every rejection is
-a ``RequestError``: a gRPC status code, a message naming the input and expected vs got, and the HTTP
-status of the REST answer.
-"""
-import math
-from typing import TYPE_CHECKING, Callable, Dict, List, NamedTuple, Optional, Tuple
-
-import grpc
-import numpy as np
 import tensorflow as tf
 from google.protobuf import wrappers_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2, predict_pb2
 
 from tfrec_towers.export.layout import METADATA_ASSET
+from tfrec_towers.serving.request import Limits, invalid, not_found, proto_decoder, run_signature
+from tfrec_towers.serving.versions import VersionManager
 
-if TYPE_CHECKING:  # versions.py imports this module (warm-up replays requests through it)
-    from tfrec_towers.serving.versions import Version, VersionManager
-
-DEFAULT_SIGNATURE = "serving_default"
 METADATA_FIELDS = ("signature_def", "tfrec_towers")
-#: Default budget for one request's inputs once decoded, checked on the declared shapes before any
-#: tensor is built. A TensorProto may declare far more elements than it carries (the last value is
-#: repeated), so a 200-byte message could otherwise make the server allocate gigabytes. Numbers decode
-#: to about their wire size, so the message cap is a budget every honest request fits.
-MAX_REQUEST_BYTES = 64 << 20
-#: What one string element costs once decoded, besides its bytes: a numpy object pointer (8) and a
-#: TensorFlow tstring (24), rounded up for the list ``tf.make_ndarray`` builds on the way.
-STRING_ELEMENT_BYTES = 40
-_StatusCode = grpc.StatusCode
-_CODE_OF_TF_ERROR = {code.value[0]: code for code in grpc.StatusCode}  # TF's error codes are gRPC's
-_HTTP_STATUS = {_StatusCode.INVALID_ARGUMENT: 400, _StatusCode.NOT_FOUND: 404}
 _AVAILABLE, _END = get_model_status_pb2.ModelVersionStatus.AVAILABLE, get_model_status_pb2.ModelVersionStatus.END
-
-
-class RequestError(Exception):
-    """A request the server rejects: the gRPC status code, a message for the client and, where the
-    code's usual HTTP status does not fit (413), the HTTP status of the REST answer."""
-
-    def __init__(self, code: grpc.StatusCode, message: str, http_status: Optional[int] = None):
-        super().__init__(message)
-        self.code, self.message = code, message
-        self.http_status = http_status or _HTTP_STATUS.get(code, 500)
-
-
-def invalid(message: str) -> RequestError:
-    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
-
-
-def not_found(message: str) -> RequestError:
-    return RequestError(grpc.StatusCode.NOT_FOUND, message)
-
-
-def one_line(error: BaseException, limit: int = 500) -> str:
-    text = " ".join(f"{type(error).__name__}: {error}".split())
-    return text if len(text) <= limit else text[:limit] + " ..."
-
-
-def mib(nbytes: int) -> str:
-    return f"{nbytes / (1 << 20):,.1f} MiB"
-
-
-class Limits(NamedTuple):
-    max_batch_size: int
-    max_request_bytes: int
 
 
 class RequestHandler:
     """The servable side of TF Serving's PredictionService and ModelService, over the versions that
     ``versions`` serves; the gRPC servicers and the REST codec call its public methods."""
 
-    def __init__(self, versions: "VersionManager", limits: Limits):
+    def __init__(self, versions: VersionManager, limits: Limits):
         self.versions, self.limits = versions, limits
 
     def run(self, spec: model_pb2.ModelSpec, decode: Callable, output_filter=()) -> Tuple[int, str, Dict]:
@@ -132,140 +79,3 @@ class RequestHandler:
         for number, state in self.model_status(request.model_spec).items():
             response.model_version_status.add(version=number, state=state).status.error_message = ""
         return response
-
-
-def run_signature(version: "Version", spec: model_pb2.ModelSpec, decode: Callable, output_filter,
-                  limits: Limits) -> Tuple[int, str, Dict]:
-    """``RequestHandler.run`` on a given version (also one not serving yet: warm-up), under ``limits``."""
-    name = spec.signature_name or DEFAULT_SIGNATURE
-    fn = version.signature(name)
-    where = f"model {spec.name!r} version {version.number} signature {name!r}"
-    specs, output_names = version.input_specs[name], version.output_names[name]
-    unknown = sorted(set(output_filter) - set(output_names))
-    if unknown:
-        raise invalid(f"{where}: output_filter names unknown output {unknown[0]!r}; "
-                      f"outputs: {', '.join(output_names)}")
-    feeds = _validate(decode(specs, where), specs, where, limits)
-    try:
-        outputs = fn(**feeds)
-    except tf.errors.OpError as e:
-        raise RequestError(_CODE_OF_TF_ERROR.get(e.error_code, _StatusCode.INTERNAL), f"{where}: {e.message}")
-    keep = set(output_filter) or set(outputs)
-    return version.number, name, {k: v.numpy() for k, v in outputs.items() if k in keep}
-
-
-# ---- validation ------------------------------------------------------------------------------------------
-
-
-def _ndarray(proto, name: str, where: str) -> np.ndarray:
-    try:
-        return tf.make_ndarray(proto)
-    except Exception as e:
-        raise invalid(f"{where}: input {name!r} is not a valid TensorProto: {one_line(e)}") from None
-
-
-def _dtype_of(array: np.ndarray) -> tf.DType:
-    return tf.string if array.dtype.kind in "OSU" else tf.as_dtype(array.dtype)
-
-
-def _shape_text(shape: tf.TensorShape) -> str:
-    return str(shape.as_list()) if shape.rank is not None else "any shape"
-
-
-def _describe(specs: Dict[str, tf.TensorSpec]) -> str:
-    return ", ".join(f"{n} ({s.dtype.name} {_shape_text(s.shape)})" for n, s in sorted(specs.items())) or "none"
-
-
-def _decoded_bytes(dtype: tf.DType, num_elements: int, payload: int = 0) -> int:
-    """Memory an input takes once decoded: numbers their item size each, strings ``STRING_ELEMENT_BYTES``
-    each plus ``payload`` (their bytes, which a TensorProto's repeated last value does not multiply)."""
-    return num_elements * (STRING_ELEMENT_BYTES if dtype == tf.string else dtype.size) + payload
-
-
-def _check_names(names, specs: Dict[str, tf.TensorSpec], where: str) -> None:
-    missing, unknown = sorted(set(specs) - set(names)), sorted(set(names) - set(specs))
-    if missing:
-        raise invalid(f"{where}: missing input {', '.join(map(repr, missing))}; it takes: {_describe(specs)}")
-    if unknown:
-        raise invalid(f"{where}: unknown input {', '.join(map(repr, unknown))}; it takes: {_describe(specs)}")
-
-
-def _check_input(name: str, dtype: tf.DType, shape: List[int], spec: tf.TensorSpec, where: str) -> None:
-    if dtype != spec.dtype:
-        raise invalid(f"{where}: input {name!r} must be {spec.dtype.name}, got {dtype.name}")
-    if not spec.shape.is_compatible_with(shape):
-        raise invalid(f"{where}: input {name!r} must have shape {_shape_text(spec.shape)}, got {list(shape)}")
-
-
-def _check_request(shapes: Dict[str, List[int]], sizes: Dict[str, int], specs: Dict[str, tf.TensorSpec],
-                   where: str, limits: Limits) -> None:
-    """The checks over all inputs: one batch size, at most ``max_batch_size`` rows, at most
-    ``max_request_bytes`` decoded (``sizes``: each input's decoded bytes).
-
-    Inputs whose signature leaves the first dimension open (the batch) must agree on it; an input with
-    a fixed first dimension (``score``'s one user, shape [1]) is checked by its shape alone.
-    """
-    batches = {name: shape[0] for name, shape in sorted(shapes.items())
-               if shape and specs[name].shape.rank and specs[name].shape[0] is None}
-    if len(set(batches.values())) > 1:
-        raise invalid(f"{where}: inputs have different batch sizes: "
-                      + ", ".join(f"{name}={size}" for name, size in batches.items()))
-    if batches and max(batches.values()) > limits.max_batch_size:
-        name = max(batches, key=batches.get)
-        raise invalid(f"{where}: input {name!r}: batch of {batches[name]} rows exceeds the server's "
-                      f"max_batch_size {limits.max_batch_size}")
-    total = sum(sizes.values())
-    if total > limits.max_request_bytes:
-        name = max(sizes, key=sizes.get)
-        raise invalid(f"{where}: the inputs would take {mib(total)} once decoded ({name!r} alone "
-                      f"{mib(sizes[name])}: shape {list(shapes[name])}), over the server's max_request_bytes "
-                      f"{limits.max_request_bytes} ({mib(limits.max_request_bytes)})")
-
-
-def _declared(proto, name: str, where: str) -> Tuple[tf.DType, List[int], int]:
-    """(dtype, shape, decoded bytes) a TensorProto declares, read without building the tensor."""
-    try:
-        dtype = tf.dtypes.as_dtype(proto.dtype)
-    except TypeError:
-        raise invalid(f"{where}: input {name!r} has an unknown dtype ({proto.dtype})") from None
-    if proto.tensor_shape.unknown_rank:
-        raise invalid(f"{where}: input {name!r} must declare its shape")
-    shape = [dim.size for dim in proto.tensor_shape.dim]
-    if any(size < 0 for size in shape):
-        raise invalid(f"{where}: input {name!r} has a negative dimension: {shape}")
-    payload = sum(map(len, proto.string_val)) if dtype == tf.string else 0
-    return dtype, shape, _decoded_bytes(dtype, math.prod(shape), payload)
-
-
-def proto_decoder(protos, limits: Limits) -> Callable:
-    """``decode`` for ``run_signature`` from a request's TensorProtos: names, dtypes, shapes, the batch
-    limit and the byte budget are checked on what each proto declares before any array is built."""
-
-    def decode(specs: Dict[str, tf.TensorSpec], where: str) -> Dict[str, np.ndarray]:
-        _check_names(protos, specs, where)
-        shapes, sizes = {}, {}
-        for name, proto in sorted(protos.items()):
-            dtype, shapes[name], sizes[name] = _declared(proto, name, where)
-            _check_input(name, dtype, shapes[name], specs[name], where)
-        _check_request(shapes, sizes, specs, where, limits)
-        return {name: _ndarray(proto, name, where) for name, proto in protos.items()}
-
-    return decode
-
-
-def _array_bytes(array: np.ndarray) -> int:
-    if array.dtype.kind not in "OSU":
-        return array.nbytes
-    return _decoded_bytes(tf.string, array.size, sum(len(x) for x in array.flat if isinstance(x, (bytes, str))))
-
-
-def _validate(inputs: Dict[str, np.ndarray], specs: Dict[str, tf.TensorSpec], where: str,
-              limits: Limits) -> Dict[str, tf.Tensor]:
-    """Check a request's inputs against the signature and the limits, naming the input and expected vs
-    got; the tensors to feed."""
-    _check_names(inputs, specs, where)
-    for name, spec in sorted(specs.items()):
-        _check_input(name, _dtype_of(inputs[name]), list(inputs[name].shape), spec, where)
-    _check_request({name: list(array.shape) for name, array in inputs.items()},
-                   {name: _array_bytes(array) for name, array in inputs.items()}, specs, where, limits)
-    return {name: tf.convert_to_tensor(inputs[name], spec.dtype) for name, spec in specs.items()}

@@ -19,7 +19,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2
 
-from tfrec_towers.serving.handlers import RequestError, RequestHandler, invalid, mib, not_found, one_line
+from tfrec_towers.serving.handlers import RequestHandler
+from tfrec_towers.serving.request import RequestError, invalid, mib, not_found, one_line
 
 #: Default cap on a REST body (413 above it). ``json.loads`` holds up to ~20x the body in Python objects
 #: before anything can be checked, so the body size is the only bound on that memory: 16 MiB admits a

@@ -6,8 +6,9 @@ Clients written against TF Serving's public API (``tfrec_towers.serving.client``
 against either. Unlike stock TF Serving it imports ScaNN's custom ops, so ``scann`` exports load.
 
 Split as TF Serving's ``model_servers/`` is: this module assembles the parts and runs their lifecycle;
-``versions.py`` manages versions (polling, loading, warm-up, leases, freeing), ``handlers.py`` handles
-requests (Predict, GetModelMetadata, GetModelStatus, validation and limits), ``grpc_service.py`` and
+``request.py`` checks and runs one request on one version (limits, validation), ``versions.py`` manages
+versions (polling, loading, warm-up, leases, freeing), ``handlers.py`` answers Predict, GetModelMetadata
+and GetModelStatus over them, ``grpc_service.py`` and
 ``rest.py`` put them on gRPC and on REST/JSON.
 """
 import os
@@ -16,7 +17,8 @@ import threading
 from typing import Dict, Optional
 
 from tfrec_towers.serving.grpc_service import start_grpc
-from tfrec_towers.serving.handlers import MAX_REQUEST_BYTES, Limits, RequestHandler
+from tfrec_towers.serving.handlers import RequestHandler
+from tfrec_towers.serving.request import MAX_REQUEST_BYTES, Limits
 from tfrec_towers.serving.rest import MAX_JSON_DEPTH, MAX_REST_BODY_BYTES, start_rest
 from tfrec_towers.serving.versions import VersionManager, import_custom_ops
 

@@ -20,7 +20,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2, prediction_log_pb2
 
 from tfrec_towers.export import layout
-from tfrec_towers.serving.handlers import (Limits, RequestError, invalid, not_found, one_line, proto_decoder,
+from tfrec_towers.serving.request import (Limits, RequestError, invalid, not_found, one_line, proto_decoder,
                                            run_signature)
 
 
