@@ -90,15 +90,20 @@ class AuxiliaryLoss(keras.layers.Layer):
         raise NotImplementedError
 
 
+def positive_temperature(temperature: float) -> float:
+    """``temperature``, or ValueError when it is not > 0 (logits are divided by it)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    return temperature
+
+
 class Temperature(LogitTransform):
     """logits / tau. With L2-normalised towers the logits are cosines in [-1, 1]; a small tau
     (0.05-0.3) sharpens the softmax enough to separate the positive from hundreds of negatives."""
 
     def __init__(self, temperature: float, **kwargs):
         super().__init__(**kwargs)
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        self.temperature = temperature
+        self.temperature = positive_temperature(temperature)
 
     def call(self, logits, labels, context):
         return logits / self.temperature, labels

@@ -11,7 +11,7 @@ and trains L = (1 - alpha) L_q + alpha L_p, alpha = 0.1.
 """
 import tensorflow as tf
 
-from tfrec_towers.tasks.chain import AuxiliaryLoss
+from tfrec_towers.tasks.chain import AuxiliaryLoss, positive_temperature
 from tfrec_towers.tasks.masks import same_entity
 from tfrec_towers.tasks.reduction import anchor_softmax_loss, check_reduction, reduce_rows, row_weights
 from tfrec_towers.tasks.similarity import cosine, row_cosine
@@ -34,9 +34,7 @@ class PassageCentricLoss(AuxiliaryLoss):
 
     def __init__(self, temperature: float, weight: float = 0.1, reduction: str = "sum", **kwargs):
         super().__init__(weight=weight, **kwargs)
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        self.temperature, self.reduction = temperature, check_reduction(reduction)
+        self.temperature, self.reduction = positive_temperature(temperature), check_reduction(reduction)
 
     def call(self, context):
         items, queries = context.positive_embeddings, context.query_embeddings

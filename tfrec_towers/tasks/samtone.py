@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from tfrec_towers.tasks.masks import same_entity
 from tfrec_towers.tasks.similarity import cosine
-from tfrec_towers.tasks.chain import MIN_LOGIT, LogitTransform
+from tfrec_towers.tasks.chain import MIN_LOGIT, LogitTransform, positive_temperature
 
 
 class SameTowerNegatives(LogitTransform):
@@ -36,9 +36,7 @@ class SameTowerNegatives(LogitTransform):
 
     def __init__(self, temperature: float, **kwargs):
         super().__init__(**kwargs)
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        self.temperature = temperature
+        self.temperature = positive_temperature(temperature)
 
     def call(self, logits, labels, context):
         queries = context.query_embeddings
