@@ -49,6 +49,8 @@ if REPO not in sys.path:
 
 import tfrec_towers  # noqa: E402,F401  (Keras 2 before TensorFlow loads)
 
+from readme_tables import commit  # noqa: E402  (benchmarks/ is on the path: scripts run from it)
+
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_recommenders as tfrs  # noqa: E402
@@ -431,6 +433,18 @@ def parse_args(argv=None):
     return args
 
 
+def header(doc: dict) -> str:
+    """The results file's provenance line: the runs' dates and commits (several invocations merge into
+    one file), the machine, and what the figures are."""
+    dates = sorted({r["date"][:10] for r in doc["runs"] if r["date"][:4].isdigit()})
+    commits = sorted({r["commit"] for r in doc["runs"] if r.get("commit")}) or ["not recorded"]
+    m = doc["machine"]
+    return (f"Gowalla (LightGCN split), {' to '.join(dict.fromkeys([dates[0], dates[-1]]))}, commit "
+            f"{', '.join(commits)}, {m['platform']}, {m['cpu_count']} CPUs, TensorFlow {m['tensorflow']}, "
+            f"implicit {m.get('implicit')}; per-user Recall@20 / NDCG@20 over all 40,981 items, training items "
+            "removed (italics: anchors, not run here)")
+
+
 def write_outputs(args, mine: dict, run_info: dict, machine: dict) -> str:
     """Merge this invocation's models (``mine``) into ``--output-json`` as it is now (so that runs in
     parallel processes, e.g. other seeds, keep each other's results), then write it and the table."""
@@ -456,9 +470,7 @@ def write_outputs(args, mine: dict, run_info: dict, machine: dict) -> str:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(args.output_json, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=2)
-    text = [f"Gowalla (LightGCN split), {doc['machine']['platform']}, {doc['machine']['cpu_count']} CPUs, "
-            f"TensorFlow {doc['machine']['tensorflow']}, implicit {doc['machine'].get('implicit')}; "
-            "per-user Recall@20 / NDCG@20 over all 40,981 items, training items removed (italics: anchors, not run here)", ""]
+    text = [header(doc), ""]
     for split in ("test", "valid"):
         if doc["results"].get(split):
             text += [f"### split `{split}`" + (" (train+valid -> test: the published protocol)" if split == "test"
@@ -483,7 +495,8 @@ def main(argv=None):
     machine = {"platform": platform.platform(), "processor": platform.processor() or None,
                       "cpu_count": os.cpu_count(), "python": platform.python_version(), "tensorflow": tf.__version__,
                       "tensorflow_recommenders": tfrs.__version__, "implicit": implicit_version}
-    run_info = {"date": started.isoformat(timespec="seconds"), "split": args.split, "models": args.models,
+    run_info = {"date": started.isoformat(timespec="seconds"), "commit": commit(), "split": args.split,
+                "models": args.models,
                 "seeds": args.seeds, "set": args.set, "best": BEST}
     log(f"Gowalla benchmark: split {args.split}, models {args.models}, seeds {args.seeds}; data {data_dir}; "
         f"workdir {args.workdir}")
