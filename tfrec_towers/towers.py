@@ -7,6 +7,8 @@ Sharing between the two towers (``sharing``):
 * ``full`` (SDE): one tower for both sides, possible only when their features pair up with equal
   encoders (e.g. query text / document text); a candidate ``item_id`` left unpaired is not a tower
   input (it still identifies items for the catalog and accidental hits).
+
+An ``id`` feature with ``embedding_dim: 0`` is never a tower input (see ``IdFeature``).
 """
 from typing import List, Optional, Sequence, Tuple
 
@@ -75,7 +77,7 @@ def build_towers(spec: "S.FeatureSpec", stats, hidden: Sequence[int] = (128,), o
         return keras.layers.Dense(output_dim, name=name) if output_dim else keras.layers.Lambda(lambda x: x, name=name)
 
     if sharing == "full":
-        candidate = spec.candidate
+        candidate = [f for f in spec.candidate if f.tower_input]
         if len(candidate) == len(spec.query) + 1:  # an unpaired item ID only identifies items
             candidate = [f for f in candidate if f.name != spec.item_id]
         S.check_shareable(spec.query, candidate)
@@ -88,7 +90,10 @@ def build_towers(spec: "S.FeatureSpec", stats, hidden: Sequence[int] = (128,), o
     shared_head: Optional[keras.layers.Layer] = projection("shared_projection") if sharing == "projection" else None
     towers = []
     for side in S.SIDES:
-        inputs = [(f.name, factory.build(f)) for f in spec.side(side)]
+        inputs = [(f.name, factory.build(f)) for f in spec.side(side) if f.tower_input]
+        if not inputs:
+            raise ValueError(f"the {side} tower has no input: every {side} feature is an identifier only "
+                             "(id with embedding_dim 0)")
         towers.append(Tower(inputs, mlp(hidden, activation, dropout, f"{side}_mlp"),
                             shared_head or projection(f"{side}_projection"), normalize, name=f"{side}_tower"))
     return towers[0], towers[1]

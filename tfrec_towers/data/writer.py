@@ -308,10 +308,12 @@ def check_out_dir(out_dir: str, overwrite: bool) -> None:
 
 def write_log_dataset(out_dir: str, train: pd.DataFrame, test: pd.DataFrame, items: pd.DataFrame,
                       metadata: Mapping, num_shards: int = 4, overwrite: bool = False,
-                      progress: Optional[Callable[[str], None]] = print) -> dict:
+                      progress: Optional[Callable[[str], None]] = print,
+                      kinds: Mapping[str, str] = EVENT_KINDS) -> dict:
     """Write train/test events and the item catalog in the layout above; returns the metadata.
 
-    Rows are written in the order given. ``metadata`` is completed with the counts, ``num_shards``,
+    Rows are written in the order given; ``kinds`` gives each column's tf.Example kind (the log
+    schema by default; other converters pass their own). ``metadata`` is completed with the counts, ``num_shards``,
     absolute ``files`` globs and the feature kinds. Everything is written to a temporary sibling
     directory renamed into place at the end, so a crash never leaves a half-written ``out_dir``; a
     non-empty ``out_dir`` is only replaced with ``overwrite=True``.
@@ -327,12 +329,12 @@ def write_log_dataset(out_dir: str, train: pd.DataFrame, test: pd.DataFrame, ite
     try:
         for split, rows, shards in (("train", train, num_shards), ("test", test, num_shards), ("items", items, 1)):
             progress(f"writing {len(rows)} {split} records ...")
-            write_tfrecords(rows, os.path.join(tmp, split, "part"), shards, "GZIP", EVENT_KINDS)
+            write_tfrecords(rows, os.path.join(tmp, split, "part"), shards, "GZIP", kinds)
         meta = {**metadata, "num_train": len(train), "num_test": len(test), "num_items": len(items),
                 "num_shards": num_shards,
                 "files": {split: _glob(out_dir, split) for split in ("train", "test", "items")},
-                "features": {"events": {c: EVENT_KINDS[c] for c in train.columns if c in EVENT_KINDS},
-                             "items": {c: ITEM_KINDS[c] for c in items.columns if c in ITEM_KINDS}}}
+                "features": {"events": {c: kinds[c] for c in train.columns if c in kinds},
+                             "items": {c: kinds[c] for c in items.columns if c in kinds}}}
         with open(os.path.join(tmp, "metadata.json"), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2)
         if not os.path.lexists(out_dir):

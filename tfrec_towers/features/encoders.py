@@ -127,20 +127,37 @@ class TimestampEncoder(keras.layers.Layer):
 
 
 class TextEncoder(keras.layers.Layer):
-    """Text -> DSSM letter trigrams hashed into buckets -> mean (or sum) of trigram embeddings."""
+    """Text -> DSSM letter trigrams hashed into buckets -> mean, sum or TF-IDF weighted sum of trigram
+    embeddings (``TextFeature``'s ``combiner``; ``idf``: [num_buckets] weights for ``tfidf``)."""
 
-    def __init__(self, num_buckets: int, dim: int, combiner: str = "mean", **kwargs):
+    def __init__(self, num_buckets: int, dim: int, combiner: str = "mean", idf=None,
+                 embeddings_initializer="uniform", **kwargs):
         super().__init__(**kwargs)
         self.num_buckets, self.combiner = num_buckets, combiner
-        self.embedding = keras.layers.Embedding(num_buckets, dim)
+        self.embedding = keras.layers.Embedding(num_buckets, dim, embeddings_initializer=embeddings_initializer)
+        if combiner == "tfidf":
+            if idf is None:
+                raise ValueError(f"{self.name}: the tfidf combiner needs the trigram IDF of the training logs")
+            self.idf = self.add_weight("idf", shape=[num_buckets], trainable=False,
+                                       initializer=keras.initializers.Constant(idf))
 
     def call(self, texts):
         ids = word_hash(texts, self.num_buckets)
+        if self.combiner == "tfidf":
+            return self._tfidf(ids)
         emb = tf.RaggedTensor.from_row_splits(self.embedding(ids.flat_values), ids.row_splits)
         total = tf.reduce_sum(emb, axis=1)
         if self.combiner == "sum":
             return total
         return total / tf.maximum(tf.cast(ids.row_lengths(), tf.float32), 1.0)[:, None]
+
+    def _tfidf(self, ids: tf.RaggedTensor) -> tf.Tensor:
+        """sum over each text's distinct trigrams t of (1 + ln tf_t) idf_t e_t: one lookup per distinct trigram."""
+        keys = ids.value_rowids() * self.num_buckets + ids.flat_values
+        distinct, _, tf_counts = tf.unique_with_counts(keys, out_idx=tf.int64)
+        rows, buckets = distinct // self.num_buckets, distinct % self.num_buckets
+        weight = (1.0 + tf.math.log(tf.cast(tf_counts, tf.float32))) * tf.gather(self.idf, buckets)
+        return tf.math.unsorted_segment_sum(self.embedding(buckets) * weight[:, None], rows, ids.nrows())
 
 
 class EncoderFactory:
@@ -152,6 +169,17 @@ class EncoderFactory:
     def __init__(self, spec: "S.FeatureSpec", stats):
         self.spec, self.stats = spec, stats
         self._tables: Dict[Tuple[str, int], LookupEmbedding] = {}
+        self._projections: Dict[Tuple[int, int], keras.initializers.Initializer] = {}
+
+    def _projection(self, num_buckets: int, dim: int) -> keras.initializers.Initializer:
+        """One seeded N(0, 1/dim) initializer per table shape: every tfidf text encoder of that shape
+        starts as the same random projection (a seeded Keras initializer repeats its values). The seed
+        is drawn from the global RNG, so ``train.seed`` still changes it."""
+        key = (num_buckets, dim)
+        if key not in self._projections:
+            seed = int(tf.random.uniform([], maxval=2**31 - 1, dtype=tf.int64))
+            self._projections[key] = keras.initializers.RandomNormal(stddev=dim ** -0.5, seed=seed)
+        return self._projections[key]
 
     def _table(self, feature, owner: str) -> LookupEmbedding:
         """Embedding table keyed by (vocabulary source, dim) when shared, else by the feature."""
@@ -188,5 +216,8 @@ class EncoderFactory:
         if isinstance(feature, S.TimestampFeature):
             return TimestampEncoder(feature.buckets, feature.embedding_dim, feature.utc_offset_hours, name=name)
         if isinstance(feature, S.TextFeature):
-            return TextEncoder(feature.num_buckets, feature.embedding_dim, feature.combiner, name=name)
+            if feature.combiner != "tfidf":
+                return TextEncoder(feature.num_buckets, feature.embedding_dim, feature.combiner, name=name)
+            return TextEncoder(feature.num_buckets, feature.embedding_dim, "tfidf", self.stats.idf(feature.num_buckets),
+                               self._projection(feature.num_buckets, feature.embedding_dim), name=name)
         raise TypeError(f"no encoder for feature type {type(feature).__name__}")

@@ -85,6 +85,11 @@ class Feature:
         """Name of the feature whose vocabulary this one uses (itself), or None (hashing/none)."""
         return None
 
+    @property
+    def tower_input(self) -> bool:
+        """Whether a tower encodes this feature (every feature but an identifier-only ID)."""
+        return True
+
 
 @dataclasses.dataclass
 class CategoricalFeature(Feature):
@@ -104,9 +109,17 @@ class CategoricalFeature(Feature):
     max_vocab: Optional[int] = None
     default: Optional[str] = None
 
+    min_embedding_dim: ClassVar[int] = 1
+
+    @property
+    def tower_input(self) -> bool:
+        """Whether a tower encodes this feature (False: an ID that only identifies items)."""
+        return self.embedding_dim > 0
+
     def __post_init__(self):
-        if self.hash_buckets < 0 or self.num_oov < 0 or self.embedding_dim <= 0:
-            raise ValueError(f"feature '{self.name}': hash_buckets/num_oov must be >= 0 and embedding_dim > 0")
+        if self.hash_buckets < 0 or self.num_oov < 0 or self.embedding_dim < self.min_embedding_dim:
+            raise ValueError(f"feature '{self.name}': hash_buckets/num_oov must be >= 0 and embedding_dim >= "
+                             f"{self.min_embedding_dim}")
         if self.hash_buckets and self.vocabulary:
             raise ValueError(f"feature '{self.name}': give either hash_buckets or vocabulary, not both")
 
@@ -120,10 +133,14 @@ class IdFeature(CategoricalFeature):
     """An entity ID (user_id, item_id): like a category, with a larger default embedding.
 
     Use ``hash_buckets`` for unbounded ID spaces (no vocabulary pass; collisions accepted).
+    ``embedding_dim: 0`` makes the candidate's item ID an identifier only (catalog, accidental hits,
+    logQ), not a tower input: for text search, where documents unseen in training are most of the
+    corpus and an ID embedding learnt from a few hundred pairs would be noise for the rest.
     """
 
     type: ClassVar[str] = "id"
     embedding_dim: int = 32
+    min_embedding_dim: ClassVar[int] = 0
 
 
 @dataclasses.dataclass
@@ -221,8 +238,16 @@ class TextFeature(Feature):
     """Free text through DSSM letter-trigram word hashing (``good`` -> ``#go goo ood od#``).
 
     Trigrams are hashed into ``num_buckets`` (default 2**15: the DSSM paper's 30K trigram vocabulary
-    with few collisions) and the bag of trigrams is pooled (``combiner`` mean or sum) from embeddings,
-    which equals a dense layer applied to the trigram count vector.
+    with few collisions) and the bag of trigrams is pooled from embeddings, which equals a dense layer
+    applied to the trigram vector. ``combiner``:
+
+    * ``mean`` / ``sum``: of the trigrams' embeddings (counts as weights);
+    * ``tfidf``: sum_t (1 + ln tf_t) * idf_t * e_t, idf_t = ln((1 + n) / (1 + df_t)) + 1 over the n texts
+      of the training logs (scikit-learn's sublinear, smoothed TF-IDF), and the trigram table starts
+      as one seeded Gaussian random projection shared by every text encoder of the same shape. At
+      initialisation the cosine of two texts is then about their trigram TF-IDF cosine
+      (Johnson-Lindenstrauss; closer with a larger ``embedding_dim``) in both towers, so training
+      starts from the lexical match instead of noise: the choice for text search.
     """
 
     type: ClassVar[str] = "text"
@@ -231,9 +256,13 @@ class TextFeature(Feature):
     combiner: str = "mean"
     default: Optional[str] = None
 
+    COMBINERS: ClassVar[Tuple[str, ...]] = ("mean", "sum", "tfidf")
+
     def __post_init__(self):
-        if self.combiner not in ("mean", "sum"):
-            raise ValueError(f"feature '{self.name}': combiner must be mean or sum")
+        if self.combiner not in self.COMBINERS:
+            raise ValueError(f"feature '{self.name}': combiner must be one of {self.COMBINERS}, got {self.combiner!r}")
+        if self.num_buckets <= 0 or self.embedding_dim <= 0:
+            raise ValueError(f"feature '{self.name}': num_buckets and embedding_dim must be positive")
 
 
 FEATURE_TYPES = {cls.type: cls for cls in (IdFeature, CategoricalFeature, NumericFeature, TimestampFeature,

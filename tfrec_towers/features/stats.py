@@ -4,7 +4,10 @@
   names it in ``vocab_from``), values by descending count, cut by ``min_count`` / ``max_vocab``;
 * numeric features: mean and standard deviation of the finite values;
 * item counts: how often each item ID is a training positive; q(item) = count / total is the
-  sampling probability used by the logQ correction.
+  sampling probability used by the logQ correction;
+* trigram document frequencies, per ``num_buckets`` of the ``tfidf`` text features: in how many
+  texts each hashed trigram occurs, over every such text of the logs (both sides: query and document
+  texts share one table, so that shared and separate towers weight a trigram alike).
 """
 import collections
 import json
@@ -16,6 +19,7 @@ import tensorflow as tf
 
 from tfrec_towers.data.reader import select
 from tfrec_towers.features import spec as S
+from tfrec_towers.features.dssm_word_hashing import word_hash
 
 
 def _flat(values) -> np.ndarray:
@@ -30,7 +34,7 @@ class FeatureStats:
     def __init__(self, num_examples: int = 0, vocab_counts: Optional[Dict[str, Dict[str, int]]] = None,
                  numeric_stats: Optional[Dict[str, Dict[str, float]]] = None,
                  item_counts: Optional[Dict[str, int]] = None, vocab_limits: Optional[Dict] = None,
-                 num_filtered: Optional[int] = None):
+                 num_filtered: Optional[int] = None, text_df: Optional[Dict[str, Dict]] = None):
         self.num_examples = num_examples
         #: Events of the logs that the label filter removed (0: training can skip the filter; None: unknown).
         self.num_filtered = num_filtered
@@ -38,6 +42,20 @@ class FeatureStats:
         self.numeric_stats = numeric_stats or {}
         self.item_counts = item_counts or {}
         self.vocab_limits = vocab_limits or {}
+        #: str(num_buckets) -> {"texts": n, "df": {bucket: texts containing it}}
+        self.text_df = text_df or {}
+
+    def idf(self, num_buckets: int) -> np.ndarray:
+        """[num_buckets] ln((1 + n) / (1 + df)) + 1: scikit-learn's smoothed IDF (never 0, so that a
+        trigram of every text still counts, and a bucket unseen in training gets the largest weight)."""
+        key = str(num_buckets)
+        if key not in self.text_df:
+            raise KeyError(f"no trigram document frequencies were computed for num_buckets {num_buckets} "
+                           "(a tfidf text feature)")
+        d = self.text_df[key]
+        df = np.zeros(num_buckets, np.float64)
+        df[np.array([int(b) for b in d["df"]], np.int64)] = list(d["df"].values())
+        return (np.log((1.0 + d["texts"]) / (1.0 + df)) + 1.0).astype(np.float32)
 
     def vocabulary(self, name: str) -> List[str]:
         if name not in self.vocab_counts:
@@ -62,7 +80,8 @@ class FeatureStats:
     def to_dict(self) -> Dict:
         return {"num_examples": self.num_examples, "vocab_counts": self.vocab_counts,
                 "numeric": self.numeric_stats, "item_counts": self.item_counts,
-                "vocab_limits": {k: list(v) for k, v in self.vocab_limits.items()}, "num_filtered": self.num_filtered}
+                "vocab_limits": {k: list(v) for k, v in self.vocab_limits.items()}, "num_filtered": self.num_filtered,
+                "text_df": self.text_df}
 
     def save(self, path: str) -> None:
         tmp = path + ".tmp"
@@ -75,7 +94,8 @@ class FeatureStats:
         with open(path, encoding="utf-8") as f:
             d = json.load(f)
         return cls(d["num_examples"], d["vocab_counts"], d["numeric"], d["item_counts"],
-                   {k: tuple(v) for k, v in d.get("vocab_limits", {}).items()}, d.get("num_filtered"))
+                   {k: tuple(v) for k, v in d.get("vocab_limits", {}).items()}, d.get("num_filtered"),
+                   d.get("text_df"))
 
 
 class StatsAccumulator:
@@ -88,6 +108,9 @@ class StatsAccumulator:
         self.items = collections.Counter()
         self.moments = {f.name: np.zeros(3) for f in spec.features
                         if isinstance(f, S.NumericFeature) and f.normalize}
+        self.tfidf = [f for f in spec.features if isinstance(f, S.TextFeature) and f.combiner == "tfidf"]
+        self.df = {f.num_buckets: np.zeros(f.num_buckets, np.int64) for f in self.tfidf}
+        self.texts = collections.Counter()
 
     def __call__(self, parsed: Dict[str, tf.Tensor]) -> None:
         if self.keep is not None:
@@ -103,6 +126,11 @@ class StatsAccumulator:
                 x = _flat(parsed[f.name]).astype(np.float64)
                 x = x[np.isfinite(x)]
                 self.moments[f.name] += (x.size, x.sum(), np.square(x).sum())
+        for f in self.tfidf:
+            ids = word_hash(tf.reshape(parsed[f.name], [-1]), f.num_buckets)
+            pairs = np.unique(ids.value_rowids().numpy() * f.num_buckets + ids.flat_values.numpy())
+            self.df[f.num_buckets] += np.bincount(pairs % f.num_buckets, minlength=f.num_buckets)
+            self.texts[f.num_buckets] += int(ids.nrows())
         self._count(self.items, _flat(parsed[self.spec.item_id]))
 
     @staticmethod
@@ -121,5 +149,7 @@ class StatsAccumulator:
             mean = float(total / n)
             numeric[name] = {"mean": mean, "std": float(np.sqrt(max(sq / n - mean * mean, 0.0))), "count": int(n)}
         limits = {f.name: (f.min_count, f.max_vocab) for f in self.spec.features if f.vocab_source == f.name}
+        text_df = {str(n): {"texts": self.texts[n], "df": {str(b): int(df[b]) for b in np.flatnonzero(df)}}
+                   for n, df in self.df.items()}
         return FeatureStats(self.count, {k: dict(v) for k, v in self.vocab.items()}, numeric,
-                            dict(self.items), limits, self.filtered)
+                            dict(self.items), limits, self.filtered, text_df)

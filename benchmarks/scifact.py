@@ -1,0 +1,392 @@
+"""SciFact (BEIR) text search: DSSM letter-trigram towers against BM25 and character-trigram TF-IDF.
+
+Protocol of the BEIR numbers: for each test claim rank the whole corpus (5,183 abstracts, title and
+text) exactly; nDCG@10 and Recall@100 over the 300 test claims, scored by ``pytrec_eval`` (trec_eval's
+measures ``ndcg_cut_10`` and ``recall_100``). ``--split dev`` holds out 20% of the training claims
+(``tfrec-towers beir --split dev``, seeded) and evaluates on them: every choice below was made there;
+``--split test`` trains on all training claims and gives the final figures.
+
+Models (``--models``):
+
+* ``bm25``: ``bm25s`` with PyStemmer's English stemmer and bm25s' English stopwords (its defaults
+  k1 1.5, b 0.75), over title + text;
+* ``tfidf``: scikit-learn ``TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 3), sublinear_tf=True)``
+  cosine: roughly what a DSSM trigram tower sees before training;
+* ``untrained``: this package's SDE tower of ``scifact.yaml`` before any training step (the random
+  projection of the trigram TF-IDF bag it starts from);
+* ``SHAPE/OBJECTIVE`` (e.g. ``sde/softmax``, ``ade/samtone_both``): ``scifact.yaml`` with the encoder
+  shape (``SHAPES``: ADE, ADE-SPL, SDE) and the objective (``OBJECTIVES``) overrides, trained through
+  ``tfrec_towers.train`` from the converted TFRecords; ``+nopairs`` trains on the qrels pairs alone
+  (default: with the corpus's title and inverse-cloze pairs, ``CORPUS_PAIRS``);
+* ``best``: ``BEST``, the variant chosen on dev.
+
+``--ablation`` runs every shape x objective with corpus pairs, and the in-batch softmax and SamToNe
+(both) of every shape without them. ``--embedding-report DIR`` writes the SamToNe paper's embedding
+report (``tfrec_towers.embedding_report``) of ADE and SDE with and without SamToNe. ``--export DIR``
+exports the first seed of ``best`` with the portable index in TF Serving's layout.
+
+    python benchmarks/scifact.py --split dev --ablation --models bm25,tfidf,untrained
+    python benchmarks/scifact.py --split test --models bm25,tfidf,untrained,best --seeds 0,1,2
+
+SciFact is read by path from ``$TFREC_TOWERS_SCIFACT`` (default ``<repo>/../shared/datasets/scifact``);
+any BEIR folder works. Results merge into ``benchmarks/results/scifact.{json,md}`` per split and model.
+"""
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+import tfrec_towers  # noqa: E402,F401  (Keras 2 before TensorFlow loads)
+
+from readme_tables import commit  # noqa: E402  (benchmarks/ is on the path: scripts run from it)
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+from tfrec_towers.config import Config, packaged  # noqa: E402
+from tfrec_towers.data.beir import convert_beir, read_beir  # noqa: E402
+from tfrec_towers.data.inputs import compute_stats  # noqa: E402
+from tfrec_towers.data.reader import list_files  # noqa: E402
+from tfrec_towers.embeddings import embed_catalog, embed_events  # noqa: E402
+from tfrec_towers.model import build_model  # noqa: E402
+from tfrec_towers.run import RunDir, load_model  # noqa: E402
+from tfrec_towers.train import train  # noqa: E402
+
+from benchmarks.movielens import Timer, _list, _mean_std, log  # noqa: E402
+
+ENV_VAR = "TFREC_TOWERS_SCIFACT"
+CORPUS_PAIRS = ["title", "ict"]
+TOP = 100  # ranked per query: enough for Recall@100 and nDCG@10
+MEASURES = {"ndcg@10": "ndcg_cut_10", "recall@100": "recall_100"}
+#: The SamToNe paper's encoder shapes on scifact.yaml (SDE is its default).
+SHAPES = {"ade": ["model.sharing=none"], "ade_spl": ["model.sharing=projection", "model.output_dim=1024"],
+          "sde": ["model.sharing=full"]}
+#: Objectives and negative sources, each alone on top of scifact.yaml's in-batch softmax.
+OBJECTIVES = {
+    "softmax": [], "bidirectional": ["task.bidirectional=sum"], "samtone_query": ["task.samtone=query"],
+    "samtone_doc": ["task.samtone=item"], "samtone_both": ["task.samtone=both"], "pair": ["task.pair_alpha=0.1"],
+    "adaptive": ["task.adaptive={}"], "mixed_negatives": ["negatives.uniform=128"],
+    "hard_negatives": ["task.hard_negatives=16"],
+    # The pseudo query joins the document tower's input, so the towers need their own output layers
+    # (not SDE's shared tower, nor ADE-SPL's shared projection): against `ade_proj/softmax`.
+    "generative": ["model.generative={targets: [query_text], hidden: [256]}"],
+}
+GENERATIVE_SHAPE = {"ade_proj": ["model.sharing=none", "model.output_dim=1024"]}
+NOT_APPLICABLE = {("ade", "generative"), ("ade_spl", "generative"), ("sde", "generative")}
+#: Chosen on dev (seed 0, with corpus pairs): see the dev table.
+BEST = "sde/softmax"
+#: Published BEIR nDCG@10 on SciFact (Thakur et al. 2021) and figures measured elsewhere on this machine kind.
+ANCHORS = [("BM25, Elasticsearch (BEIR paper)", 0.665, None), ("DPR (BEIR paper)", 0.318, None),
+           ("ANCE (BEIR paper)", 0.507, None), ("TAS-B (BEIR paper)", 0.643, None),
+           ("bm25s, measured for the issue (this machine kind)", 0.686, 0.913),
+           ("char-trigram TF-IDF, measured for the issue (this machine kind)", 0.637, 0.912)]
+TARGET = 0.637
+
+
+def default_data_dir() -> str:
+    return os.environ.get(ENV_VAR, os.path.join(REPO, "..", "shared", "datasets", "scifact"))
+
+
+# --- data and scoring -----------------------------------------------------------------------------
+
+class Split:
+    """One protocol: the BEIR data in memory, the eval queries' qrels, and converted TFRecords."""
+
+    def __init__(self, name: str, data_dir: str, workdir: str):
+        self.name, self.data_dir, self.workdir = name, data_dir, workdir
+        self.beir = read_beir(data_dir, progress=None)
+        self.doc_ids = sorted(self.beir.corpus)
+        self.documents = [self.beir.document(d) for d in self.doc_ids]
+        self.files = {pairs: self.convert(pairs) for pairs in (True, False)}
+        with open(os.path.join(self.files[False]["dir"], "metadata.json"), encoding="utf-8") as f:
+            self.query_ids = json.load(f)["test_query_ids"]
+        qrels = self.beir.qrels["test" if name == "test" else "train"]
+        self.qrels = {q: {d: int(s) for d, s in qrels[q].items()} for q in self.query_ids}
+        self.queries = [self.beir.queries[q] for q in self.query_ids]
+
+    def convert(self, pairs: bool) -> dict:
+        out = os.path.join(self.workdir, "data", f"{self.name}-{'pairs' if pairs else 'nopairs'}")
+        if not os.path.exists(os.path.join(out, "metadata.json")):
+            convert_beir(self.data_dir, out, split=self.name, corpus_pairs_kinds=CORPUS_PAIRS if pairs else (),
+                         overwrite=True, progress=None)
+        return {"dir": out, **{k: os.path.join(out, k, "part-*.tfrecord.gz") for k in ("train", "test", "items")}}
+
+    def score(self, scores: np.ndarray, doc_ids) -> dict:
+        """[queries, documents] scores (rows in ``query_ids`` order) -> pytrec_eval means."""
+        import pytrec_eval
+
+        top = np.argpartition(-scores, TOP - 1, axis=1)[:, :TOP]
+        run = {q: {doc_ids[j]: float(scores[i, j]) for j in top[i]} for i, q in enumerate(self.query_ids)}
+        per_query = pytrec_eval.RelevanceEvaluator(self.qrels, set(MEASURES.values())).evaluate(run)
+        return {name: float(np.mean([m[measure] for m in per_query.values()])) for name, measure in MEASURES.items()}
+
+
+def run_bm25(data: Split) -> dict:
+    import bm25s
+    import Stemmer
+
+    stemmer = Stemmer.Stemmer("english")
+    with Timer() as t:
+        retriever = bm25s.BM25()
+        retriever.index(bm25s.tokenize(data.documents, stopwords="en", stemmer=stemmer, show_progress=False),
+                        show_progress=False)
+        docs, scores = retriever.retrieve(bm25s.tokenize(data.queries, stopwords="en", stemmer=stemmer,
+                                                         show_progress=False), k=TOP, show_progress=False)
+    full = np.full((len(data.queries), len(data.doc_ids)), -np.inf, np.float32)
+    np.put_along_axis(full, docs, scores, axis=1)
+    return {**data.score(full, data.doc_ids), "train_seconds": t.wall, "bm25s": bm25s.__version__}
+
+
+def run_tfidf(data: Split) -> dict:
+    import sklearn
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    with Timer() as t:
+        vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 3), sublinear_tf=True)
+        docs = vectorizer.fit_transform(data.documents)
+        scores = (vectorizer.transform(data.queries) @ docs.T).toarray()
+    return {**data.score(scores, data.doc_ids), "train_seconds": t.wall, "scikit-learn": sklearn.__version__}
+
+
+def evaluate_model(model, config: Config, data: Split, files: dict) -> dict:
+    """Exact cosine ranking of the catalog for the eval queries, through the package's embedding jobs."""
+    quiet = lambda message: None  # noqa: E731
+    doc_ids, docs = embed_catalog(model, config, files["items"], quiet)
+    query_ids, _, queries = embed_events(model, config, files["test"], quiet)
+    first = {q: n for n, q in reversed(list(enumerate(query_ids.tolist())))}
+    missing = [q for q in data.query_ids if q not in first]
+    if missing:
+        raise ValueError(f"{len(missing)} eval queries have no event in {files['test']}: {missing[:5]}")
+    scores = queries[[first[q] for q in data.query_ids]] @ docs.T
+    return data.score(scores, [str(d) for d in doc_ids.tolist()])
+
+
+def variant_overrides(name: str):
+    """``SHAPE/OBJECTIVE[+nopairs]`` -> (overrides, with corpus pairs)."""
+    base, pairs = (name[:-len("+nopairs")], False) if name.endswith("+nopairs") else (name, True)
+    shape, _, objective = base.partition("/")
+    shapes = {**SHAPES, **GENERATIVE_SHAPE}
+    if shape not in shapes or objective not in OBJECTIVES:
+        raise ValueError(f"unknown model {name!r}: SHAPE/OBJECTIVE[+nopairs] with SHAPE in {sorted(shapes)} "
+                         f"and OBJECTIVE in {sorted(OBJECTIVES)}")
+    if (shape, objective) in NOT_APPLICABLE:
+        raise ValueError(f"{name}: generative interaction needs towers with their own output layers (ade_proj)")
+    return shapes[shape] + OBJECTIVES[objective], pairs
+
+
+def run_untrained(data: Split, seed: int, args) -> dict:
+    config = Config.load(packaged("scifact")).with_overrides(SHAPES["sde"] + list(args.set))
+    config.train.seed = seed
+    stats, _ = compute_stats(config, list_files(data.files[True]["train"]), progress=lambda m: None)
+    model = build_model(config, stats)
+    return {**evaluate_model(model, config, data, data.files[True]), "train_seconds": 0.0}
+
+
+def run_package(name: str, data: Split, seed: int, args) -> dict:
+    overrides, pairs = variant_overrides(BEST if name == "best" else name)
+    config = Config.load(packaged("scifact")).with_overrides(overrides + list(args.set))
+    config.train.seed = seed
+    files = data.files[pairs]
+    run_dir = os.path.join(args.workdir, "runs", data.name, f"{name.replace('/', '-')}-seed{seed}")
+    if os.path.exists(run_dir):  # never resume a run from an earlier invocation
+        shutil.rmtree(run_dir)
+    train(config, files["train"], run_dir, None, files["items"], verbose=0, progress=lambda m: None)
+    timing = RunDir(run_dir).fit_timing()
+    model = load_model(run_dir)
+    metrics = evaluate_model(model, config, data, files)
+    if args.export and name == "best" and seed == args.seeds[0]:
+        from tfrec_towers.export.exporter import export_run
+        metrics["export"] = export_run(run_dir, args.export, "scifact", index="portable", items=files["items"],
+                                       log=lambda m: None)
+    return {**metrics, "variant": BEST if name == "best" else name, "corpus_pairs": pairs,
+            "overrides": overrides + list(args.set), "train_seconds": timing["seconds"],
+            "examples": int(timing["examples"]), "run_dir": run_dir}
+
+
+def embedding_report(data: Split, args) -> dict:
+    """The SamToNe paper's section-4 numbers for ADE and SDE with and without SamToNe (seed 0 runs of this invocation)."""
+    from tfrec_towers.embedding_report import write_embedding_report
+
+    out = {}
+    for name in ("ade/softmax", "ade/samtone_both", "sde/softmax", "sde/samtone_both"):
+        run_dir = os.path.join(args.workdir, "runs", data.name, f"{name.replace('/', '-')}-seed{args.seeds[0]}")
+        if not os.path.exists(os.path.join(run_dir, "run.json")):
+            run_package(name, data, args.seeds[0], args)
+        files = data.files[True]
+        r = write_embedding_report(run_dir, os.path.join(args.embedding_report, name.replace("/", "-")),
+                                   files["test"], files["items"], progress=lambda m: None)
+        out[name] = {"centroid_cosine": r["centroid_cosine"],
+                     **{k: v["mean"] for k, v in r["similarity"].items() if v}}
+    return out
+
+
+# --- outputs ------------------------------------------------------------------------------------------
+
+def summarize(per_seed: list) -> dict:
+    out = {"seeds": per_seed}
+    for key in ("ndcg@10", "recall@100", "train_seconds"):
+        out[key], out[key + "_std"] = _mean_std([r.get(key) for r in per_seed])
+    return out
+
+
+def _fmt(summary, key, digits=3):
+    mean, std = summary.get(key), summary.get(key + "_std")
+    if mean is None:
+        return "–"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(summary["seeds"]) > 1 else "")
+
+
+def markdown(results: dict) -> str:
+    rows = ["| model | corpus pairs | nDCG@10 | Recall@100 | Δ nDCG@10 vs same-shape softmax | seeds | train s |",
+            "|---|---|---|---|---|---|---|"]
+    for name, s in results.items():
+        first = s["seeds"][0]
+        variant = first.get("variant")
+        delta = "–"
+        if variant and "/" in variant:
+            shape = variant.split("/")[0]
+            ref = results.get(f"{shape}/softmax" + ("" if first.get("corpus_pairs") else "+nopairs"))
+            if ref and variant.split("/")[1].split("+")[0] != "softmax":
+                delta = f"{s['ndcg@10'] - ref['ndcg@10']:+.3f}"
+        label = name if name != "best" else f"best ({variant})"
+        pairs = {True: "yes", False: "no"}.get(first.get("corpus_pairs"), "–")
+        rows.append(f"| {label} | {pairs} | {_fmt(s, 'ndcg@10')} | {_fmt(s, 'recall@100')} | {delta} | "
+                    f"{[r['seed'] for r in s['seeds']]} | {_fmt(s, 'train_seconds', 0)} |")
+    return "\n".join(rows)
+
+
+def header(doc: dict) -> str:
+    dates = sorted({r["date"][:10] for r in doc["runs"]})
+    commits = sorted({r["commit"] for r in doc["runs"]})
+    m = doc["machine"]
+    return (f"SciFact (BEIR), {' to '.join(dict.fromkeys([dates[0], dates[-1]]))}, commit {', '.join(commits)}, "
+            f"{m['platform']}, {m['cpu_count']} CPUs, TensorFlow {m['tensorflow']}; nDCG@10 and Recall@100 "
+            "by pytrec_eval, exact ranking of all 5,183 documents (italics: anchors, not run here)")
+
+
+def write_outputs(args, mine: dict, run_info: dict, machine: dict, extra: dict) -> str:
+    doc = {"results": {}, "runs": []}
+    if os.path.exists(args.output_json) and not (args.fresh and not getattr(args, "written", False)):
+        with open(args.output_json, encoding="utf-8") as f:
+            doc = json.load(f)
+    args.written = True
+    doc["results"].setdefault(args.split, {}).update(mine)
+    if run_info["date"] not in [r["date"] for r in doc["runs"]]:
+        doc["runs"].append(run_info)
+    doc["machine"] = machine
+    for key, value in extra.items():
+        doc.setdefault(key, {})[args.split] = value
+    os.makedirs(os.path.dirname(os.path.abspath(args.output_json)), exist_ok=True)
+    with open(args.output_json, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=2)
+    text = [header(doc), ""]
+    for split, title in (("test", "train claims -> the 300 test claims: final figures"),
+                         ("dev", "80% of the training claims -> the other 20%: every choice was made here")):
+        if doc["results"].get(split):
+            text += [f"### split `{split}` ({title})", "", markdown(doc["results"][split])]
+            if split == "test":
+                text += [f"| *{n}* | | *{a:.3f}* | {'*%.3f*' % r if r else ''} | | | |" for n, a, r in ANCHORS]
+            text.append("")
+    for split, report in doc.get("embedding_report", {}).items():
+        text += [f"### embedding space (split `{split}`, seed 0; SamToNe paper section 4)", "",
+                 "| run | centroid cosine | query-query | document-document | query-document | query-own document |",
+                 "|---|---|---|---|---|---|"]
+        text += [f"| {n} | {r['centroid_cosine']:.3f} | {r['query_query']:.3f} | {r['item_item']:.3f} | "
+                 f"{r['query_item']:.3f} | {r['query_true_item']:.3f} |" for n, r in report.items()]
+        text.append("")
+    with open(args.output_md, "w", encoding="utf-8") as f:
+        f.write("\n".join(text))
+    return "\n".join(text)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--split", choices=["dev", "test"], default="dev")
+    p.add_argument("--models", default="", help="comma-separated: bm25, tfidf, untrained, best, SHAPE/OBJECTIVE[+nopairs]")
+    p.add_argument("--ablation", action="store_true", help="add every shape x objective (see the module docstring)")
+    p.add_argument("--seeds", default="0", help="comma-separated integers (bm25 and tfidf run once)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override for every DSSM model")
+    p.add_argument("--data-dir", default=None, help=f"BEIR folder (default: ${ENV_VAR} or <repo>/../shared/datasets/scifact)")
+    p.add_argument("--workdir", help="converted data and runs (default: a temporary directory, removed)")
+    p.add_argument("--embedding-report", metavar="DIR", help="write the embedding report of ADE/SDE +- SamToNe here")
+    p.add_argument("--export", metavar="DIR", help="export best's first seed with the portable index here")
+    p.add_argument("--output-json", default=os.path.join(REPO, "benchmarks", "results", "scifact.json"))
+    p.add_argument("--output-md", default=os.path.join(REPO, "benchmarks", "results", "scifact.md"))
+    p.add_argument("--fresh", action="store_true", help="do not merge into an existing --output-json")
+    args = p.parse_args(argv)
+    args.seeds = _list(args.seeds, int)
+    args.models = _list(args.models)
+    if args.ablation:
+        args.models += [f"{s}/{o}" for s in SHAPES for o in OBJECTIVES if (s, o) not in NOT_APPLICABLE]
+        args.models += ["ade_proj/softmax", "ade_proj/generative"]
+        args.models += [f"{s}/{o}+nopairs" for s in SHAPES for o in ("softmax", "samtone_both")]
+    for name in args.models:
+        if name not in ("bm25", "tfidf", "untrained", "best"):
+            variant_overrides(name)  # fail now on a bad name
+    if not args.models and not args.embedding_report:
+        p.error("nothing to run: give --models, --ablation or --embedding-report")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    started = datetime.datetime.now().astimezone()
+    t0 = time.perf_counter()
+    temp = args.workdir is None
+    args.workdir = os.path.abspath(args.workdir or tempfile.mkdtemp(prefix="tfrec-scifact-"))
+    data_dir = os.path.abspath(args.data_dir or default_data_dir())
+    machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+               "tensorflow": tf.__version__}
+    run_info = {"date": started.isoformat(timespec="seconds"), "commit": commit(), "split": args.split,
+                "models": args.models, "seeds": args.seeds, "set": args.set, "best": BEST}
+    log(f"SciFact benchmark: split {args.split}, {len(args.models)} models, seeds {args.seeds}; data {data_dir}; "
+        f"workdir {args.workdir}")
+    mine, extra = {}, {}
+    try:
+        data = Split(args.split, data_dir, args.workdir)
+        log(f"{len(data.query_ids)} eval queries, {len(data.doc_ids)} documents")
+        for model in args.models:
+            per_seed = []
+            for seed in args.seeds[:1] if model in ("bm25", "tfidf") else args.seeds:
+                keras.backend.clear_session()
+                gc.collect()
+                keras.utils.set_random_seed(seed)
+                wall = time.perf_counter()
+                if model == "bm25":
+                    r = run_bm25(data)
+                elif model == "tfidf":
+                    r = run_tfidf(data)
+                elif model == "untrained":
+                    r = run_untrained(data, seed, args)
+                else:
+                    r = run_package(model, data, seed, args)
+                r = {"seed": seed, **r, "wall_seconds": time.perf_counter() - wall}
+                per_seed.append(r)
+                log(f"  {args.split}/{model}/seed {seed}: nDCG@10 {r['ndcg@10']:.4f}  Recall@100 "
+                    f"{r['recall@100']:.4f}; train {r['train_seconds']:.0f}s; {r['wall_seconds']:.0f}s in all")
+            mine[model] = summarize(per_seed)
+            write_outputs(args, mine, run_info, machine, extra)
+        if args.embedding_report:
+            extra["embedding_report"] = embedding_report(data, args)
+    finally:
+        if temp:
+            shutil.rmtree(args.workdir, ignore_errors=True)
+    log("\n" + write_outputs(args, mine, run_info, machine, extra))
+    log(f"wrote {args.output_json} and {args.output_md}; {time.perf_counter() - t0:.0f}s in all")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
