@@ -36,7 +36,10 @@ setup(
     packages=find_packages(include=["tfrec_towers", "tfrec_towers.*"]),
     package_data={"tfrec_towers": ["configs/*.yaml"]},
     install_requires=CORE,
-    # import-linter: tests/test_architecture.py; benchmark: the peers of benchmarks/ (gowalla.py's ALS)
-    extras_require={"scann": SCANN, "test": ["pytest", "import-linter"], "benchmark": ["implicit==0.7.3"]},
+    # import-linter: tests/test_architecture.py; benchmark: the peers of benchmarks/ (gowalla.py's ALS;
+    # scifact.py's BM25, TF-IDF and trec_eval scoring)
+    extras_require={"scann": SCANN, "test": ["pytest", "import-linter"],
+                    "benchmark": ["implicit==0.7.3", "bm25s==0.3.16", "PyStemmer==3.1.0", "pytrec-eval-terrier==0.5.11",
+                                  "scikit-learn>=1.5"]},
     entry_points={"console_scripts": ["tfrec-towers=tfrec_towers.cli:main"]},
 )

@@ -41,6 +41,16 @@ def cmd_movielens(args):
     print(json.dumps(meta, indent=2))
 
 
+def cmd_beir(args):
+    from tfrec_towers.data.beir import convert_beir
+
+    meta = convert_beir(args.beir_dir, args.out, split=args.split, dev_fraction=args.dev_fraction,
+                        corpus_pairs_kinds=[p for p in args.corpus_pairs.split(",") if p], ict_per_doc=args.ict_per_doc,
+                        policy=args.policy, seed=args.seed, num_shards=args.shards, overwrite=args.overwrite,
+                        name=args.name)
+    print(json.dumps({k: v for k, v in meta.items() if k not in ("read", "test_query_ids")}, indent=2))
+
+
 def cmd_user_item_lists(args):
     from tfrec_towers.data.user_item_lists import convert_user_item_lists
 
@@ -200,6 +210,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--overwrite", action="store_true")
     sp.set_defaults(func=cmd_user_item_lists)
 
+    sp = sub.add_parser("beir", help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/*.tsv: SciFact, NFCorpus, "
+                                     "...) -> query -> document TFRecord logs and the document catalog")
+    sp.add_argument("beir_dir", help="the folder holding corpus.jsonl, queries.jsonl and qrels/")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--split", choices=["test", "dev"], default="test",
+                    help="test: train on qrels/train.tsv, test on qrels/test.tsv; dev: hold out --dev-fraction "
+                         "of the training queries as the test split (tuning)")
+    sp.add_argument("--dev-fraction", type=float, default=0.2)
+    sp.add_argument("--corpus-pairs", default="", help="comma-separated: title (title -> text), ict (a sentence -> "
+                                                      "title and the rest of its text); training only")
+    sp.add_argument("--ict-per-doc", type=int, default=1, help="sentences drawn per document for ict")
+    sp.add_argument("--policy", choices=["fail", "skip"], default="fail",
+                    help="bad lines: fail naming file:line, or skip and count them")
+    sp.add_argument("--seed", type=int, default=0, help="dev split, ict sentences and training-event order")
+    sp.add_argument("--shards", type=int, default=1)
+    sp.add_argument("--name", default="", help="dataset name recorded in metadata.json")
+    sp.add_argument("--overwrite", action="store_true")
+    sp.set_defaults(func=cmd_beir)
+
     sp = sub.add_parser("examples", help="raw event logs (CSV/Parquet/TFRecord) + user/item tables -> training "
                                          "tf.Examples (the Beam job's single-process twin)")
     from tfrec_towers.data.event_logs import add_arguments
@@ -268,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-rest-body-bytes", type=int, help="larger REST bodies get 413 (default 16 MiB)")
     sp.set_defaults(func=cmd_serve)
 
-    sp = sub.add_parser("config", help="print a packaged config (default, tutorial)")
+    sp = sub.add_parser("config", help="print a packaged config (default, tutorial, gowalla, scifact)")
     sp.add_argument("name", nargs="?", default="default")
     sp.set_defaults(func=cmd_config)
     return p
