@@ -227,7 +227,7 @@ def embedding_report(data: Split, args) -> dict:
         r = write_embedding_report(run_dir, os.path.join(args.embedding_report, name.replace("/", "-")),
                                    files["test"], files["items"], progress=lambda m: None)
         out[name] = {"centroid_cosine": r["centroid_cosine"],
-                     **{k: v["mean"] for k, v in r["similarity"].items() if v}}
+                     **{k: [v["mean"], v["std"]] for k, v in r["similarity"].items() if v}}
     return out
 
 
@@ -299,11 +299,12 @@ def write_outputs(args, mine: dict, run_info: dict, machine: dict, extra: dict) 
                 text += [f"| *{n}* | | *{a:.3f}* | {'*%.3f*' % r if r else ''} | | | |" for n, a, r in ANCHORS]
             text.append("")
     for split, report in doc.get("embedding_report", {}).items():
-        text += [f"### embedding space (split `{split}`, seed 0; SamToNe paper section 4)", "",
-                 "| run | centroid cosine | query-query | document-document | query-document | query-own document |",
+        text += [f"### embedding space (split `{split}`, seed 0; SamToNe paper section 4: cosine mean ± std)", "",
+                 "| run | centroid cosine | sim(q_i,q_j) | sim(d_i,d_j) | sim(q_i,d_j) | sim(q_i,d_i+) |",
                  "|---|---|---|---|---|---|"]
-        text += [f"| {n} | {r['centroid_cosine']:.3f} | {r['query_query']:.3f} | {r['item_item']:.3f} | "
-                 f"{r['query_item']:.3f} | {r['query_true_item']:.3f} |" for n, r in report.items()]
+        text += [f"| {n} | {r['centroid_cosine']:.3f} | " + " | ".join(
+            "%.3f ± %.3f" % tuple(r[k]) for k in ("query_query", "item_item", "query_item", "query_true_item")) + " |"
+                 for n, r in report.items()]
         text.append("")
     with open(args.output_md, "w", encoding="utf-8") as f:
         f.write("\n".join(text))

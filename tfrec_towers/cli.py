@@ -147,6 +147,16 @@ def cmd_config(args):
         sys.stdout.write(f.read())
 
 
+def converter_options(sp, seed_help: str, shards: int) -> None:
+    """The options every benchmark-format converter shares: bad-line policy, seed, shards, name, overwrite."""
+    sp.add_argument("--policy", choices=["fail", "skip"], default="fail",
+                    help="bad lines: fail naming file:line, or skip and count them")
+    sp.add_argument("--seed", type=int, default=0, help=seed_help)
+    sp.add_argument("--shards", type=int, default=shards)
+    sp.add_argument("--name", default="", help="dataset name recorded in metadata.json")
+    sp.add_argument("--overwrite", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tfrec-towers", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -202,12 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--catalog", help="further file(s) whose items join the catalog, comma-separated")
     sp.add_argument("--out", required=True)
     sp.add_argument("--history-len", type=int, default=50, help="cap of item_history (a uniform sample beyond)")
-    sp.add_argument("--policy", choices=["fail", "skip"], default="fail",
-                    help="bad lines: fail naming file:line, or skip and count them")
-    sp.add_argument("--seed", type=int, default=0, help="history samples and training-event order")
-    sp.add_argument("--shards", type=int, default=4)
-    sp.add_argument("--name", default="", help="dataset name recorded in metadata.json")
-    sp.add_argument("--overwrite", action="store_true")
+    converter_options(sp, "history samples and training-event order", shards=4)
     sp.set_defaults(func=cmd_user_item_lists)
 
     sp = sub.add_parser("beir", help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/*.tsv: SciFact, NFCorpus, "
@@ -221,12 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--corpus-pairs", default="", help="comma-separated: title (title -> text), ict (a sentence -> "
                                                       "title and the rest of its text); training only")
     sp.add_argument("--ict-per-doc", type=int, default=1, help="sentences drawn per document for ict")
-    sp.add_argument("--policy", choices=["fail", "skip"], default="fail",
-                    help="bad lines: fail naming file:line, or skip and count them")
-    sp.add_argument("--seed", type=int, default=0, help="dev split, ict sentences and training-event order")
-    sp.add_argument("--shards", type=int, default=1)
-    sp.add_argument("--name", default="", help="dataset name recorded in metadata.json")
-    sp.add_argument("--overwrite", action="store_true")
+    converter_options(sp, "dev split, ict sentences and training-event order", shards=1)
     sp.set_defaults(func=cmd_beir)
 
     sp = sub.add_parser("examples", help="raw event logs (CSV/Parquet/TFRecord) + user/item tables -> training "

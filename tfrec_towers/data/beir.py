@@ -23,7 +23,8 @@ labelled by ``pair_source``.
 Bad input: a line that is not a JSON object, lacks ``_id`` or a string ``text``, or repeats an
 ``_id``; a qrels row without three tab-separated fields, with a non-integer score, or naming a query
 or document that does not exist. Under ``policy="fail"`` the first one stops with ``file:line`` and
-the reason; under ``skip`` it is dropped and counted by reason (``ReadReport``).
+the reason; under ``skip`` it is dropped and counted by reason (``FileReport``). Qrels rows with a
+score below 1 (judged not relevant) are counted, never an error.
 """
 import json
 import os
@@ -49,8 +50,12 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[])")
 class FileReport(ReadReport):
     """What was read from one file: records kept, and skipped lines by reason (with the first place)."""
 
+    def __init__(self):
+        super().__init__()
+        self.records = 0
+
     def to_dict(self) -> dict:
-        return {"records": self.users, "skipped_lines": dict(self.skipped), "first_skipped": dict(self.examples)}
+        return {"records": self.records, "skipped_lines": dict(self.skipped), "first_skipped": dict(self.examples)}
 
 
 class BeirData:
@@ -74,7 +79,7 @@ def _fail_or_skip(policy: str, report: ReadReport, reason: str, where: str, deta
     report.skip(reason, where)
 
 
-def read_jsonl(path: str, fields: Sequence[str], policy: str, report: ReadReport) -> Dict[str, Dict]:
+def read_jsonl(path: str, fields: Sequence[str], policy: str, report: FileReport) -> Dict[str, Dict]:
     """{_id: object} of a BEIR jsonl file; ``fields`` must be strings when present (``text`` must be)."""
     out: Dict[str, Dict] = {}
     with open(path, encoding="utf-8") as f:
@@ -99,11 +104,11 @@ def read_jsonl(path: str, fields: Sequence[str], policy: str, report: ReadReport
                 _fail_or_skip(policy, report, "repeated _id", where, f"_id {key!r} was already listed in this file")
             else:
                 out[key] = obj
-                report.users += 1  # records kept
+                report.records += 1
     return out
 
 
-def read_qrels(path: str, queries, corpus, policy: str, report: ReadReport) -> Dict[str, Dict[str, int]]:
+def read_qrels(path: str, queries, corpus, policy: str, report: FileReport) -> Dict[str, Dict[str, int]]:
     """{query id: {document id: score}} of the relevant (score >= 1) rows of a qrels TSV."""
     out: Dict[str, Dict[str, int]] = {}
     with open(path, encoding="utf-8") as f:
@@ -127,7 +132,7 @@ def read_qrels(path: str, queries, corpus, policy: str, report: ReadReport) -> D
                 report.skip("score below 1 (not relevant)", where)
                 continue
             out.setdefault(qid, {})[did] = score
-            report.users += 1
+            report.records += 1
     return out
 
 
@@ -149,10 +154,9 @@ def read_beir(beir_dir: str, splits: Sequence[str] = ("train", "test"), policy: 
     qrels = {s: read_qrels(paths[s], queries, corpus, policy, reports[paths[s]]) for s in splits}
     for path, r in reports.items():
         skipped = f"; skipped: {dict(r.skipped)} (first at {r.examples})" if r.skipped else ""
-        progress(f"read {path}: {r.users} records{skipped}")
-    data = BeirData({k: (str(v.get("title") or ""), v["text"]) for k, v in corpus.items()},
+        progress(f"read {path}: {r.records} records{skipped}")
+    return BeirData({k: (str(v.get("title") or ""), v["text"]) for k, v in corpus.items()},
                     {k: v["text"] for k, v in queries.items()}, qrels, reports)
-    return data
 
 
 def split_queries(query_ids: Sequence[str], dev_fraction: float, seed: int) -> Tuple[List[str], List[str]]:
