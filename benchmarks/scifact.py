@@ -75,7 +75,10 @@ SHAPES = {"ade": ["model.sharing=none"], "ade_spl": ["model.sharing=projection",
 #: Objectives and negative sources, each alone on top of scifact.yaml's in-batch softmax.
 OBJECTIVES = {
     "softmax": [], "bidirectional": ["task.bidirectional=sum"], "samtone_query": ["task.samtone=query"],
-    "samtone_doc": ["task.samtone=item"], "samtone_both": ["task.samtone=both"], "pair": ["task.pair_alpha=0.1"],
+    # Document-side SamToNe adds document-document negatives to the document -> query softmax, so it
+    # comes with `bidirectional` (compare it with that row).
+    "samtone_doc": ["task.bidirectional=sum", "task.samtone=item"],
+    "samtone_both": ["task.bidirectional=sum", "task.samtone=both"], "pair": ["task.pair_alpha=0.1"],
     "adaptive": ["task.adaptive={}"], "mixed_negatives": ["negatives.uniform=128"],
     "hard_negatives": ["task.hard_negatives=16"],
     # The pseudo query joins the document tower's input, so the towers need their own output layers
@@ -354,7 +357,7 @@ def main(argv=None):
                 "models": args.models, "seeds": args.seeds, "set": args.set, "best": BEST}
     log(f"SciFact benchmark: split {args.split}, {len(args.models)} models, seeds {args.seeds}; data {data_dir}; "
         f"workdir {args.workdir}")
-    mine, extra = {}, {}
+    mine, extra, failed = {}, {}, []
     try:
         data = Split(args.split, data_dir, args.workdir)
         log(f"{len(data.query_ids)} eval queries, {len(data.doc_ids)} documents")
@@ -372,11 +375,18 @@ def main(argv=None):
                 elif model == "untrained":
                     r = run_untrained(data, seed, args)
                 else:
-                    r = run_package(model, data, seed, args)
+                    try:
+                        r = run_package(model, data, seed, args)
+                    except (ValueError, tf.errors.OpError) as e:  # one bad variant must not end a long ablation
+                        failed.append(f"{model} seed {seed}: {type(e).__name__}: {e}")
+                        log(f"  {args.split}/{model}/seed {seed}: FAILED: {e}")
+                        continue
                 r = {"seed": seed, **r, "wall_seconds": time.perf_counter() - wall}
                 per_seed.append(r)
                 log(f"  {args.split}/{model}/seed {seed}: nDCG@10 {r['ndcg@10']:.4f}  Recall@100 "
                     f"{r['recall@100']:.4f}; train {r['train_seconds']:.0f}s; {r['wall_seconds']:.0f}s in all")
+            if not per_seed:
+                continue
             mine[model] = summarize(per_seed)
             write_outputs(args, mine, run_info, machine, extra)
         if args.embedding_report:
@@ -386,7 +396,9 @@ def main(argv=None):
             shutil.rmtree(args.workdir, ignore_errors=True)
     log("\n" + write_outputs(args, mine, run_info, machine, extra))
     log(f"wrote {args.output_json} and {args.output_md}; {time.perf_counter() - t0:.0f}s in all")
-    return 0
+    for line in failed:
+        log(f"FAILED: {line}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
