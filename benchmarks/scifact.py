@@ -218,7 +218,7 @@ def run_package(name: str, data: Split, seed: int, args) -> dict:
 
 
 def embedding_report(data: Split, args) -> dict:
-    """The SamToNe paper's section-4 numbers for ADE and SDE with and without SamToNe (seed 0 runs of this invocation)."""
+    """The SamToNe paper's section-4 numbers for ADE and SDE with and without SamToNe (first seed's runs)."""
     from tfrec_towers.embedding_report import write_embedding_report
 
     out = {}
@@ -318,11 +318,14 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--split", choices=["dev", "test"], default="dev")
-    p.add_argument("--models", default="", help="comma-separated: bm25, tfidf, untrained, best, SHAPE/OBJECTIVE[+nopairs]")
+    p.add_argument("--models", default="",
+                   help="comma-separated: bm25, tfidf, untrained, best, SHAPE/OBJECTIVE[+nopairs]")
     p.add_argument("--ablation", action="store_true", help="add every shape x objective (see the module docstring)")
     p.add_argument("--seeds", default="0", help="comma-separated integers (bm25 and tfidf run once)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override for every DSSM model")
-    p.add_argument("--data-dir", default=None, help=f"BEIR folder (default: ${ENV_VAR} or <repo>/../shared/datasets/scifact)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override for every DSSM model")
+    p.add_argument("--data-dir", default=None,
+                   help=f"BEIR folder (default: ${ENV_VAR} or <repo>/../shared/datasets/scifact)")
     p.add_argument("--workdir", help="converted data and runs (default: a temporary directory, removed)")
     p.add_argument("--embedding-report", metavar="DIR", help="write the embedding report of ADE/SDE +- SamToNe here")
     p.add_argument("--export", metavar="DIR", help="export best's first seed with the portable index here")

@@ -110,8 +110,8 @@ def test_identifier_only_ids_and_their_limits():
     with pytest.raises(ValueError, match="embedding_dim >= 1"):
         S.CategoricalFeature("genre", embedding_dim=0)
     with pytest.raises(ValueError, match="candidate tower has no input"):
-        build_towers(S.FeatureSpec(query=[S.IdFeature("user_id", hash_buckets=10)], candidate=[S.IdFeature("item_id", embedding_dim=0)]),
-                     None, sharing="none")
+        build_towers(S.FeatureSpec(query=[S.IdFeature("user_id", hash_buckets=10)],
+                                   candidate=[S.IdFeature("item_id", embedding_dim=0)]), None, sharing="none")
     with pytest.raises(ValueError, match="combiner must be one of"):
         S.TextFeature("t", combiner="max")
     with pytest.raises(ValueError, match="trigram IDF"):
