@@ -138,8 +138,8 @@ def test_run_directory_artifacts(trained):
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
 
     assert [e["epoch"] for e in epoch_lines(run_dir)] == list(range(EPOCHS))
-    for epoch in range(1, EPOCHS + 1):
-        assert os.path.exists(run / f"checkpoints/epoch-{epoch:03d}.index")
+    for epoch in range(1, EPOCHS + 1):  # the newest train.keep_checkpoints (3) are kept
+        assert os.path.exists(run / f"checkpoints/epoch-{epoch:03d}.index") == (epoch > EPOCHS - 3)
     assert glob.glob(os.path.join(run_dir, "logs", "train", "events.out.tfevents.*"))
     assert os.path.exists(run.weights + ".index")
     assert run.config().to_dict() == config.to_dict()
@@ -270,8 +270,8 @@ def test_resume_after_sigkill_continues_from_backup(data, tmp_path):
     assert resumed and resumed[0] == before[-1]["epoch"] + 1, (before, after)  # not from epoch 0
     assert sorted(e["epoch"] for e in before + after) == list(range(6))
     assert os.path.exists(str(run_dir / "weights" / "final.index"))
-    for epoch in range(1, 7):
-        assert os.path.exists(str(run_dir / "checkpoints" / f"epoch-{epoch:03d}.index"))
+    for epoch in range(1, 7):  # the newest 3 (train.keep_checkpoints), across the restart
+        assert os.path.exists(str(run_dir / "checkpoints" / f"epoch-{epoch:03d}.index")) == (epoch > 3)
 
     # A different config in the same run directory is refused, clearly, and changes nothing.
     config = small_config(epochs=7)

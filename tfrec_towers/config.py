@@ -123,6 +123,7 @@ class TrainConfig:
     seed: int = 0
     strategy: str = "default"          # default | mirrored | multi_worker (TF_CONFIG)
     steps_per_epoch: Optional[int] = None
+    keep_checkpoints: int = 3          # newest epoch checkpoints kept (0: all); a 1024-d text model's is ~0.4 GB
 
 
 @dataclasses.dataclass
@@ -226,6 +227,7 @@ RANGES = {("data", "shuffle_buffer"): _NON_NEGATIVE, ("data", "num_parallel_read
           ("negatives", "mined"): _NON_NEGATIVE, ("negatives", "mined_top_k"): _POSITIVE,
           ("train", "batch_size"): _POSITIVE, ("train", "epochs"): _POSITIVE,
           ("train", "learning_rate"): _POSITIVE, ("train", "steps_per_epoch"): _POSITIVE,
+          ("train", "keep_checkpoints"): _NON_NEGATIVE,
           ("eval", "ks"): _POSITIVE, ("eval", "batch_size"): _POSITIVE}
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "task": TaskConfig, "negatives": NegativesConfig,

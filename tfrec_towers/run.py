@@ -4,7 +4,7 @@
     RUN/run.json             train / eval / items globs of the run
     RUN/feature_stats.json   vocabularies, numeric statistics, item counts (one pass over train logs)
     RUN/backup/              BackupAndRestore state: a killed run resumes from its last epoch
-    RUN/checkpoints/         weights after each epoch
+    RUN/checkpoints/         weights after each epoch (the newest train.keep_checkpoints)
     RUN/logs/                TensorBoard
     RUN/history.csv          per-epoch loss and batch metrics
     RUN/weights/final*       final weights

@@ -1,4 +1,5 @@
 """Training: schema check -> one stats pass -> tf.data -> model.fit with checkpoints and resumption."""
+import glob
 import json
 import os
 import sys
@@ -62,6 +63,24 @@ class EpochLog(keras.callbacks.Callback):
             f.write(json.dumps({"epoch": epoch, "seconds": round(time.perf_counter() - self.wall, 3),
                                 "cpu_seconds": round(time.process_time() - self.cpu, 3),
                                 **{k: float(v) for k, v in (logs or {}).items()}}) + "\n")
+
+
+class PruneCheckpoints(keras.callbacks.Callback):
+    """After each epoch's checkpoint, deletes all but the newest ``keep`` (0: keeps all): the run's
+    own copies (weights/final, backup/) are elsewhere, and 20 epochs of a large model would otherwise
+    fill the disk."""
+
+    def __init__(self, directory: str, keep: int):
+        super().__init__()
+        self.directory, self.keep = directory, keep
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.keep:
+            return
+        names = sorted({os.path.basename(p).split(".")[0] for p in glob.glob(os.path.join(self.directory, "epoch-*"))})
+        for name in names[:-self.keep]:
+            for path in glob.glob(os.path.join(self.directory, name + ".*")):
+                os.remove(path)
 
 
 def train(config: Config, train_pattern: str, run_dir: str, eval_pattern: Optional[str] = None,
@@ -142,6 +161,7 @@ def _train_locked(run: RunDir, config: Config, strategy, files, train_pattern, e
     callbacks = [
         keras.callbacks.BackupAndRestore(run / "backup"),
         keras.callbacks.ModelCheckpoint(run / "checkpoints/epoch-{epoch:03d}", save_weights_only=True),
+        PruneCheckpoints(run / "checkpoints", config.train.keep_checkpoints),
         keras.callbacks.TensorBoard(run / "logs", update_freq="epoch"),
         keras.callbacks.CSVLogger(run / "history.csv", append=True),
         EpochLog(run / "epochs.jsonl"),
