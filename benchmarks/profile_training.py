@@ -21,8 +21,8 @@ The in-memory stages run in interleaved rounds (median kept) and read from batch
 input pipeline costs when it shares the 2 cores with the step. A stage's share is its time minus the
 previous stage's (cumulative stages); examples/s = steps x batch / seconds.
 
-    python benchmarks/profile_training.py --workdir /tmp/gw/bench            # Gowalla valid, gowalla.yaml
-    python benchmarks/profile_training.py --workdir /tmp/gw/bench --set negatives.uniform=0
+    python benchmarks/profile_training.py --workdir /tmp/gw/bench     # Gowalla valid: default and package_basic
+    python benchmarks/profile_training.py --workdir /tmp/gw/bench --configs default --set negatives.uniform=0
 """
 import argparse
 import datetime
@@ -176,44 +176,68 @@ LABELS = [("input", "input pipeline alone (read, shuffle, batch, parse, prepare;
 
 def markdown(doc: dict) -> str:
     out = [doc["provenance"], "",
-           f"Config: {doc['config_name']}" + (f" with {', '.join(doc['set'])}" if doc["set"] else "")
-           + f"; batch {doc['batch_size']}, {doc['steps']} timed steps ({doc['examples']} examples), the same "
-           f"batches for the in-memory stages (median of {doc['rounds']} interleaved rounds). Cumulative stages: "
-           "a stage's share is its time minus the previous one's, over train_step's.", "",
-           "| stage | ms / step | examples/s | share of train_step |", "|---|---|---|---|"]
-    s, n = doc["seconds"], doc["steps"]
-    total = s["train_step"]
-    for key, label, prev in LABELS:
-        steps = doc["fit_steps"] if key == "fit" else n
-        ms = 1000 * s[key] / steps
-        share = "" if key in ("input", "fit") else (
-            f"{100 * (s[key] - (s[prev] if prev else 0)) / total:.0f}%")
-        out.append(f"| {label} | {ms:.1f} | {steps * doc['batch_size'] / s[key]:,.0f} | {share} |")
-    return "\n".join(out) + "\n"
+           f"Batch {doc['batch_size']}, {doc['steps']} timed steps ({doc['examples']} examples) per configuration, "
+           f"the same batches for its in-memory stages (median of {doc['rounds']} interleaved rounds). The stages "
+           "are cumulative: a stage's share is its time minus the previous one's, over train_step's. Input alone "
+           "runs on the same 2 cores as the step inside fit (prefetch overlaps them).", ""]
+    for prof in doc["profiles"]:
+        out += [f"**{prof['name']}**" + (f" ({prof['what']})" if prof.get("what") else ""), "",
+                "| stage | ms / step | examples/s | share of train_step |", "|---|---|---|---|"]
+        s, n = prof["seconds"], prof["steps"]
+        total = s["train_step"]
+        for key, label, prev in LABELS:
+            steps = prof["fit_steps"] if key == "fit" else n
+            share = "" if key in ("input", "fit") else f"{100 * (s[key] - (s[prev] if prev else 0)) / total:.0f}%"
+            out.append(f"| {label} | {1000 * s[key] / steps:.1f} | {steps * prof['batch_size'] / s[key]:,.0f} | {share} |")
+        out.append("")
+    return "\n".join(out)
+
+
+WHAT = {"default": "gowalla.yaml: user ID + 50-item history, 1024 uniform negatives, logQ, accidental hits, Adam",
+        "best": "gowalla.py's best: history only, 256-d, 1024 uniform negatives, logQ, accidental hits, Adam",
+        "package_basic": "the TFRS basic model's structure: user ID, item ID, in-batch softmax, Adagrad"}
+
+
+def load_config(name: str, overrides) -> Config:
+    """gowalla.py's ``default`` / ``best`` / ``package_basic``, else a packaged config name or a YAML path."""
+    if name in WHAT:
+        from gowalla import package_config
+
+        return package_config(name, 0, [] if name == "package_basic" else overrides)
+    path = name if os.path.exists(name) else packaged(name)
+    return Config.load(path).with_overrides(overrides)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", default="/tmp/gw/bench", help="gowalla.py's workdir (converted data in data/<split>)")
     p.add_argument("--split", default="valid", choices=["valid", "test"])
-    p.add_argument("--config", default="gowalla", help="a packaged config name or a YAML path")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--configs", default="default,package_basic",
+                   help="comma-separated: gowalla.py's default / best / package_basic, packaged config names or YAML paths")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override for every configuration but package_basic")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds of the in-memory stages (median)")
     p.add_argument("--output", default=os.path.join(RESULTS, "profile_training"), help="path without .json/.md")
     args = p.parse_args(argv)
     started = datetime.datetime.now().astimezone()
-    path = args.config if os.path.exists(args.config) else packaged(args.config)
-    config = Config.load(path).with_overrides(args.set)
     data = os.path.join(args.workdir, "data", args.split)
     files = reader.list_files(os.path.join(data, "train", "*"))
     items = os.path.join(data, "items", "*")
-    keras.utils.set_random_seed(config.train.seed)
-    result = profile(config, files, items, args.steps, args.warmup, args.rounds)
+    profiles = []
+    for name in [c for c in args.configs.split(",") if c]:
+        config = load_config(name, args.set)
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(config.train.seed)
+        log(f"--- {name} ---")
+        profiles.append({"name": name, "what": WHAT.get(name), "config": config.to_dict(),
+                         **profile(config, files, items, args.steps, args.warmup, args.rounds)})
+    first = profiles[0]
     doc = {"provenance": provenance(f"Training-step profile, Gowalla ({args.split} split)", started)
-           + f", TensorFlow {tf.__version__}", "date": started.isoformat(timespec="seconds"),
-           "config_name": args.config, "set": args.set, **result}
+           + f", TensorFlow {tf.__version__}", "date": started.isoformat(timespec="seconds"), "set": args.set,
+           "batch_size": first["batch_size"], "steps": first["steps"], "examples": first["examples"],
+           "rounds": args.rounds, "profiles": profiles}
     with open(args.output + ".json", "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=2)
     text = markdown(doc)
