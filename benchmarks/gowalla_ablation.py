@@ -64,10 +64,15 @@ def variant_config(name: str, dim: int, seed: int):
     return config
 
 
+def reference_overrides(dim: int) -> list:
+    """``BEST`` with the output at ``dim`` (every embedding is ``dim`` too)."""
+    return [o for o in gw.BEST if not o.startswith("model.output_dim=")] + [f"model.output_dim={dim}"]
+
+
 def markdown(doc: dict) -> str:
     runs, ref = doc["variants"], doc["variants"].get(REFERENCE)
     lines = [doc["header"], "",
-             f"Reference: `best` at {doc['dim']}-d ({' '.join(doc['reference_overrides'])}; without "
+             f"Reference: `best` at {doc['dim']}-d ({' '.join(reference_overrides(doc['dim']))}; without "
              f"{', '.join(gw.BEST_DROP_QUERY)}), split `valid` (train.txt -> valid.txt), seed {doc['seed']}. "
              "Change: relative to the reference.", "",
              "| method | overrides | " + " | ".join(f"{label} | change" for _, label in METRICS)
@@ -107,13 +112,22 @@ def main(argv=None):
     p.add_argument("--dim", type=int, default=64, help="every embedding and the output (the reference's size)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--workdir", required=True, help="gowalla.py's workdir (converted data reused from data/valid)")
+    p.add_argument("--workdir", help="gowalla.py's workdir (converted data reused from data/valid)")
     p.add_argument("--output", default=os.path.join(BENCH, "results", "gowalla_ablation"), help="path without .json/.md")
+    p.add_argument("--render", action="store_true", help="only rewrite the .md table from the .json")
     args = p.parse_args(argv)
+    if args.render:
+        with open(args.output + ".json", encoding="utf-8") as f:
+            doc = json.load(f)
+        with open(args.output + ".md", "w", encoding="utf-8") as f:
+            f.write(markdown(doc))
+        return 0
     names = gw._list(args.variants)
     bad = [n for n in names if n not in VARIANTS]
     if bad:
         p.error(f"unknown variant(s) {bad}; known: {list(VARIANTS)}")
+    if not args.workdir:
+        p.error("--workdir is required to run variants")
     for name in names:  # fail now, not after an hour of training
         variant_config(name, args.dim, args.seed)
     args.set = []
@@ -138,7 +152,7 @@ def main(argv=None):
                 doc = json.load(f)
         if doc.get("dim", args.dim) != args.dim or doc.get("seed", args.seed) != args.seed:
             raise SystemExit(f"{path} holds an ablation at another --dim/--seed; use another --output")
-        doc.update(dim=args.dim, seed=args.seed, reference_overrides=gw.BEST + [f"model.output_dim={args.dim}"],
+        doc.update(dim=args.dim, seed=args.seed, reference_overrides=reference_overrides(args.dim),
                    machine={"platform": gw.platform.platform(), "cpu_count": os.cpu_count(),
                             "tensorflow": gw.tf.__version__})
         doc["variants"][name] = r
