@@ -329,7 +329,7 @@ def package_config(model: str, seed: int, overrides, embedding_dim: int = None) 
 
 def run_package(model: str, data: Split, seed: int, args, config: Config = None, run_name: str = None) -> dict:
     """Train ``model`` (or ``config``, e.g. an ablation variant) through ``train`` and score it."""
-    config = config or package_config(model, seed, args.set)
+    config = config or package_config(model, seed, args.set, getattr(args, "best_dim", None))
     run_dir = os.path.join(args.workdir, "runs", data.name, f"{run_name or model}-seed{seed}")
     if os.path.exists(run_dir):  # never resume a run from an earlier invocation
         shutil.rmtree(run_dir)
@@ -450,6 +450,8 @@ def parse_args(argv=None):
     p.add_argument("--output-json", default=os.path.join(REPO, "benchmarks", "results", "gowalla.json"))
     p.add_argument("--output-md", default=os.path.join(REPO, "benchmarks", "results", "gowalla.md"))
     p.add_argument("--fresh", action="store_true", help="do not merge into an existing --output-json")
+    p.add_argument("--best-dim", type=int, default=None,
+                   help=f"best: every embedding and the output at this size instead of {BEST_EMBEDDING_DIM}")
     args = p.parse_args(argv)
     args.models, args.seeds = _list(args.models), _list(args.seeds, int)
     bad = [m for m in args.models if m not in MODELS]
@@ -457,7 +459,7 @@ def parse_args(argv=None):
         p.error(f"unknown model(s) {bad}; known: {MODELS}")
     for model in TUNED_MODELS:  # fail now, not after an hour of training
         try:
-            package_config(model, 0, args.set)
+            package_config(model, 0, args.set, args.best_dim)
         except (ValueError, TypeError) as e:
             p.error(f"--set: {e}")
     return args
