@@ -24,6 +24,8 @@ class DataConfig:
     shuffle_buffer: int = 100_000
     num_parallel_reads: int = 8
     cache: bool = False                # keep the read records in memory after the first epoch (reshuffled each epoch)
+    in_memory: bool = False            # training: parse the logs once into memory, each epoch a permutation of all
+                                       # examples gathered batch by batch (no per-record work; shuffle_buffer 0: no shuffle)
 
 
 @dataclasses.dataclass

@@ -143,20 +143,7 @@ def _train_locked(run: RunDir, config: Config, strategy, files, train_pattern, e
     progress(scan_summary)
     progress(f"{stats.num_examples} training examples, {len(stats.item_counts)} distinct items")
 
-    keras.utils.set_random_seed(config.train.seed)
-    with strategy.scope():
-        model = build_model(config, stats, build_negatives(config, stats, files, items_pattern, progress, mine_hard_negatives))
-        # Create every variable now (a tfrs.Model is built by its towers), so that BackupAndRestore
-        # restores into existing variables instead of warning that the model is unbuilt.
-        model.query_tower(dummy_batch(config))
-        model.candidate_tower(dummy_batch(config))
-        model.built = True
-        model.compile(optimizer=make_optimizer(config.train.optimizer, config.train.learning_rate))
-        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            # tf_keras's "auto" sums every logged value over the workers, but metric results are
-            # already global (sync-on-read): batch recall read workers x the truth. With "first"
-            # metrics are global and the logged loss is this worker's share of the global batch.
-            model.distribute_reduction_method = "first"
+    model = build_trainable(config, stats, files, items_pattern, strategy, progress)
     dataset = make_input(config, files, training=True, stats=stats)
     callbacks = [
         keras.callbacks.BackupAndRestore(run / "backup"),
@@ -173,6 +160,27 @@ def _train_locked(run: RunDir, config: Config, strategy, files, train_pattern, e
     model.save_weights(run.weights)
     progress(f"weights saved to {run.weights}; training data: {scan_summary}")
     return _evaluate(run, eval_pattern, items_pattern, model, progress)
+
+
+def build_trainable(config: Config, stats, files, items_pattern: Optional[str], strategy=None, progress=print):
+    """The compiled model that ``train`` fits (seeded, every variable created), without its data:
+    also what ``benchmarks/profile_training.py`` times step by step."""
+    strategy = strategy or tf.distribute.get_strategy()
+    keras.utils.set_random_seed(config.train.seed)
+    with strategy.scope():
+        model = build_model(config, stats, build_negatives(config, stats, files, items_pattern, progress, mine_hard_negatives))
+        # Create every variable now (a tfrs.Model is built by its towers), so that BackupAndRestore
+        # restores into existing variables instead of warning that the model is unbuilt.
+        model.query_tower(dummy_batch(config))
+        model.candidate_tower(dummy_batch(config))
+        model.built = True
+        model.compile(optimizer=make_optimizer(config.train.optimizer, config.train.learning_rate))
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            # tf_keras's "auto" sums every logged value over the workers, but metric results are
+            # already global (sync-on-read): batch recall read workers x the truth. With "first"
+            # metrics are global and the logged loss is this worker's share of the global batch.
+            model.distribute_reduction_method = "first"
+    return model
 
 
 def _first_difference(recorded, now) -> str:

@@ -57,12 +57,19 @@ def make_input(config: Config, files, training: bool, batch_size: Optional[int] 
                stats: Optional[FeatureStats] = None) -> tf.data.Dataset:
     """The tf.data pipeline of ``files``. Given the stats of these files, the label filter (a costly
     per-example re-batching) is left out when their pass found no event to filter; pointwise losses
-    train on every event, the label as target."""
+    train on every event, the label as target. With ``data.in_memory`` training reads the files once
+    into memory and gathers shuffled batches there (``reader.in_memory_dataset``)."""
     d = config.data
     unfiltered = (stats is not None and stats.num_filtered == 0) or (training and config.task.loss in POINTWISE_LOSSES)
     keep = None if unfiltered else positives(config)
+    spec = parse_spec(config, *(batch_keys(config) if training else []))
+    if d.in_memory and training:
+        columns, _ = reader.load_examples(files, spec, d.compression, d.corrupt_records, keep,
+                                          batch_size=config.eval.batch_size)
+        return reader.in_memory_dataset(columns, config.features.prepare, batch_size or config.train.batch_size,
+                                        shuffle=d.shuffle_buffer > 0, seed=config.train.seed)
     return reader.make_dataset(
-        files, parse_spec(config, *(batch_keys(config) if training else [])), config.features.prepare, batch_size or config.train.batch_size,
+        files, spec, config.features.prepare, batch_size or config.train.batch_size,
         compression=d.compression, policy=d.corrupt_records,
         shuffle_buffer=d.shuffle_buffer if training else 0, seed=config.train.seed, keep=keep,
         cache=d.cache, num_parallel_reads=d.num_parallel_reads)

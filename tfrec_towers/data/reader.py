@@ -316,3 +316,44 @@ def make_dataset(files: Sequence[str], parse_spec: Dict, prepare: Callable[[Dict
         ds = ds.map(lambda parsed: select(parsed, keep(parsed)), num_parallel_calls=tf.data.AUTOTUNE).unbatch().ragged_batch(batch_size, drop_remainder)
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def load_examples(files: Sequence[str], parse_spec: Dict, compression: str = "auto", policy: str = "fail",
+                  keep: Optional[Callable[[Dict], tf.Tensor]] = None, batch_size: int = 4096,
+                  progress: Optional[Callable[[str], None]] = None):
+    """Every record of ``files`` parsed (``scan``: same corrupt-record policy), the rows ``keep`` selects,
+    as columns (dense [N, ...] or ragged) -> (columns, ScanReport): the data of ``in_memory_dataset``."""
+    parts: Dict[str, List[tf.Tensor]] = {}
+
+    def on_batch(parsed):
+        for k, v in (parsed if keep is None else select(parsed, keep(parsed))).items():
+            parts.setdefault(k, []).append(v)
+
+    report = scan(files, parse_spec, on_batch, compression, policy, batch_size=batch_size,
+                  progress=progress or (lambda m: None))
+    return {k: tf.concat(v, axis=0) for k, v in parts.items()}, report
+
+
+def in_memory_dataset(columns: Dict, prepare: Callable[[Dict], Dict], batch_size: int, shuffle: bool = True,
+                      seed: Optional[int] = None, drop_remainder: bool = False) -> tf.data.Dataset:
+    """Batches of examples held in memory (``load_examples``), with no work per example: each pass over
+    the dataset (each epoch) draws a new permutation of all N rows (``stateless_shuffle`` keyed by
+    ``Dataset.random``, re-drawn on every iteration), cuts it into batches of row indices and gathers
+    each batch's rows, then ``prepare``. Shuffling is over the whole set, not within a buffer."""
+    n = int(next(iter(columns.values())).shape[0])
+    if not n:
+        raise ValueError("no examples to batch")
+    batches = n // batch_size if drop_remainder else -(-n // batch_size)
+
+    def epoch(key):
+        rows = tf.range(n, dtype=tf.int64)
+        if shuffle:
+            rows = tf.random.experimental.stateless_shuffle(rows, seed=tf.stack([key, tf.constant(0, tf.int64)]))
+        return tf.data.Dataset.range(batches).map(
+            lambda i: rows[i * batch_size:tf.minimum((i + 1) * batch_size, n)])
+
+    ds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1).flat_map(epoch)
+    ds = ds.map(lambda rows: prepare({k: tf.gather(v, rows) for k, v in columns.items()}),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+

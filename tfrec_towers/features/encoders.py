@@ -81,12 +81,19 @@ class SequenceEncoder(keras.layers.Layer):
         self.attention = AttentionPooling() if pooling == "attention" else None
 
     def call(self, x):
-        x = tf.RaggedTensor.from_tensor(x, padding="")[:, -self.max_len:].to_tensor(default_value="")
+        if x.shape[1] is None or x.shape[1] > self.max_len:  # else every row already fits: nothing to cut
+            x = tf.cond(tf.shape(x)[1] > self.max_len, lambda: self.last_items(x), lambda: x)
         mask = tf.not_equal(x, "")
         emb = self.table(x)
         if self.attention is not None:
             return self.attention(emb, mask)
         return masked_pool(emb, mask, self.pooling)
+
+
+    def last_items(self, x):
+        """Each row's last ``max_len`` non-padding items, right-padded (rows of at most ``max_len``
+        items are unchanged but for trailing padding, which the mask and the pooling ignore)."""
+        return tf.RaggedTensor.from_tensor(x, padding="")[:, -self.max_len:].to_tensor(default_value="")
 
 
 class NumericEncoder(keras.layers.Layer):

@@ -90,6 +90,16 @@ class AuxiliaryLoss(keras.layers.Layer):
         raise NotImplementedError
 
 
+def equal_ids(rows: tf.Tensor, columns: tf.Tensor) -> tf.Tensor:
+    """[R, C] bool: rows[i] == columns[j]. IDs are mapped to small integers first (``tf.unique`` of
+    both), so the R x C comparison compares int32s: comparing the strings themselves cost ~35 ms of a
+    ~55 ms step at 1024 rows x 2048 columns (Gowalla profile), the unique pass ~0.1 ms. Exact."""
+    r = tf.reshape(rows, [-1])
+    _, index = tf.unique(tf.concat([r, tf.reshape(columns, [-1])], axis=0))
+    n = tf.shape(r)[0]
+    return tf.equal(index[:n, None], index[None, n:])
+
+
 def positive_temperature(temperature: float) -> float:
     """``temperature``, or ValueError when it is not > 0 (logits are divided by it)."""
     if temperature <= 0:
@@ -146,6 +156,6 @@ class RemoveAccidentalHits(LogitTransform):
                 return logits, labels
             raise ValueError("removing accidental hits needs candidate ids")
         b, n = tf.shape(logits)[0], tf.shape(ids)[0]
-        same = tf.equal(ids[:b, None], ids[None, :]) & ~tf.cast(tf.eye(b, n), tf.bool)
+        same = equal_ids(ids[:b], ids) & ~tf.cast(tf.eye(b, n), tf.bool)
         same = tf.pad(same, [[0, 0], [0, tf.shape(logits)[1] - n]])
         return tf.where(same, MIN_LOGIT, logits), labels

@@ -9,7 +9,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from tfrec_towers.tasks.chain import MIN_LOGIT
+from tfrec_towers.tasks.chain import MIN_LOGIT, equal_ids
 
 #: Two embeddings are identical when no coordinate differs by more than this.
 IDENTICAL_TOLERANCE = 1e-6
@@ -40,6 +40,5 @@ def same_entity(embeddings: tf.Tensor, ids: Optional[tf.Tensor] = None,
     same = tf.tensor_scatter_nd_update(near, pairs, differ <= tolerance)
     same |= tf.cast(tf.eye(tf.shape(x)[0]), tf.bool)
     if ids is not None:
-        ids = tf.reshape(ids, [-1])
-        same |= tf.equal(ids[:, None], ids[None, :])
+        same |= equal_ids(ids, ids)
     return same

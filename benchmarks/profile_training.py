@@ -1,0 +1,257 @@
+"""Where a training step's time goes: input pipeline, towers, in-batch softmax, the rest of the task, metrics.
+
+One process, one model (built by ``tfrec_towers.train.build_trainable``, as ``train`` builds it), the
+same ``--steps`` batches for every stage. Stages, each timed after ``--warmup`` steps:
+
+* ``input``: iterating the tf.data pipeline that ``train`` fits on (``make_input``: read, shuffle,
+  batch, parse, prepare), nothing else, first pass over the files (no cache yet: the worst case); with
+  ``data.in_memory``, gathering batches from the examples parsed into memory (that pass is timed apart);
+* ``towers``: forward + backward of the towers alone (query tower on the batch, candidate tower on the
+  batch's positives and on the sampled negatives), loss = a sum of outputs; then the same with the
+  optimizer's update (Adam updates its moments densely over whole embedding tables);
+* ``+ in-batch softmax``: the towers plus Q C^T / tau over the B + negatives columns and softmax
+  cross-entropy with labels I (no logQ, no accidental hits);
+* ``+ task (full compute_loss)``: the model's own ``compute_loss`` (logQ, accidental hits, every
+  configured transform and auxiliary loss) with its gradient step;
+* ``keras train_step``: the step ``fit`` runs (``make_train_function``: compute_loss, gradient step,
+  loss and metric trackers), on in-memory batches;
+* ``fit (end to end)``: ``model.fit`` on the real pipeline (a fresh one: shuffle buffer filled
+  again), timed from the end of step ``--warmup`` (the first steps trace) over the same number of steps.
+
+The in-memory stages run in interleaved rounds (median kept) and read from batches already parsed, so their difference to ``fit`` is what the
+input pipeline costs when it shares the 2 cores with the step. A stage's share is its time minus the
+previous stage's (cumulative stages); examples/s = steps x batch / seconds.
+
+    python benchmarks/profile_training.py --workdir /tmp/gw/bench     # Gowalla valid: default and package_basic
+    python benchmarks/profile_training.py --workdir /tmp/gw/bench --configs default --set negatives.uniform=0
+"""
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+import tfrec_towers  # noqa: E402,F401  (Keras 2 before TensorFlow loads)
+
+from readme_tables import provenance  # noqa: E402  (benchmarks/ is on the path: scripts run from it)
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+from tfrec_towers.config import Config, packaged  # noqa: E402
+from tfrec_towers.data import reader  # noqa: E402
+from tfrec_towers.data.inputs import compute_stats, make_input  # noqa: E402
+from tfrec_towers.train import build_trainable  # noqa: E402
+
+RESULTS = os.path.join(REPO, "benchmarks", "results")
+
+
+def log(msg: str):
+    print(msg, flush=True)
+
+
+def timed(step, batches, warmup: int) -> float:
+    """Seconds for ``step`` over ``batches`` after ``warmup`` untimed calls (the result read back each time)."""
+    for b in batches[:warmup]:
+        _ = step(b)
+    t = time.perf_counter()
+    out = None
+    for b in batches:
+        out = step(b)
+    if out is not None:
+        _ = [x.numpy() for x in tf.nest.flatten(out)]
+    return time.perf_counter() - t
+
+
+def tower_outputs(model, features):
+    """(query [B, d], candidates [B + n, d], candidate ids): the towers' part of ``compute_loss``."""
+    query = model.query_tower(features, training=True)
+    candidates = model.candidate_tower(features, training=True)
+    ids = features[model.item_id]
+    if model.negatives is not None:
+        rows = model.negatives.sample(features)
+        if rows is not None:
+            extra = model.candidate_tower(model.negatives.catalog.gather(rows), training=True)
+            candidates = tf.concat([candidates, extra], axis=0)
+            ids = tf.concat([ids, model.negatives.catalog.ids_at(rows)], axis=0)
+    return query, candidates, ids
+
+
+def gradient_step(model, loss_fn, apply: bool = True):
+    """A compiled step: loss_fn(features) -> scalar; gradients of the model's variables; the optimizer's
+    update unless ``apply`` is False (then the gradients are reduced to one number, so none is pruned)."""
+    opt = model.optimizer
+
+    @tf.function(reduce_retracing=True)
+    def step(features):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(features)
+        variables = model.trainable_variables
+        grads = [(g, v) for g, v in zip(tape.gradient(loss, variables), variables) if g is not None]
+        if not apply:
+            return tf.add_n([tf.reduce_sum(g.values if isinstance(g, tf.IndexedSlices) else g) for g, _ in grads])
+        opt.apply_gradients(grads)
+        return loss
+    return step
+
+
+class StepTimer(keras.callbacks.Callback):
+    """Wall time of ``fit`` from the end of batch ``skip`` (the first steps trace the step function)."""
+
+    def __init__(self, skip: int):
+        super().__init__()
+        self.skip, self.start, self.end, self.steps = skip, None, None, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.skip - 1:
+            self.start = time.perf_counter()
+        elif batch >= self.skip:
+            self.end, self.steps = time.perf_counter(), self.steps + 1
+
+
+def profile(config: Config, files, items: str, steps: int, warmup: int, rounds: int = 3) -> dict:
+    batch = config.train.batch_size
+    t0 = time.perf_counter()
+    stats, _ = compute_stats(config, files, progress=lambda m: None)
+    stats_s = time.perf_counter() - t0
+    model = build_trainable(config, stats, files, items, progress=log)
+    tau = config.task.temperature or 1.0
+
+    # input pipeline alone, first pass over the files
+    t = time.perf_counter()
+    ds = make_input(config, files, training=True, stats=stats)
+    build_s = time.perf_counter() - t  # data.in_memory: the pass that parses the logs into memory
+    it = iter(ds)
+    for _ in range(warmup):
+        next(it)
+    t = time.perf_counter()
+    batches = [next(it) for _ in range(steps)]
+    input_s = time.perf_counter() - t
+    batches = [b for b in batches if int(tf.shape(b[config.features.item_id])[0]) == batch] or batches
+
+    def towers_loss(f):
+        q, c, _ = tower_outputs(model, f)
+        return tf.reduce_sum(q) + tf.reduce_sum(c)
+
+    def softmax_loss(f):
+        q, c, _ = tower_outputs(model, f)
+        logits = tf.linalg.matmul(q, c, transpose_b=True) / tau
+        labels = tf.eye(tf.shape(logits)[0], tf.shape(logits)[1])
+        return tf.reduce_sum(tf.nn.softmax_cross_entropy_with_logits(labels, logits))
+
+    steps_by_stage = {
+        "towers_grad": gradient_step(model, towers_loss, apply=False),
+        "towers": gradient_step(model, towers_loss),
+        "softmax": gradient_step(model, softmax_loss),
+        "task": gradient_step(model, lambda f: model.compute_loss(f, training=True)),
+        "train_step": tf.function(model.train_step, reduce_retracing=True),  # what make_train_function compiles
+    }
+    runs = {k: [] for k in steps_by_stage}
+    for _ in range(rounds):  # interleaved rounds, median: the machine is shared and its load drifts
+        for key, step in steps_by_stage.items():
+            runs[key].append(timed(step, batches, warmup))
+    rows = {"input": input_s, **{k: float(np.median(v)) for k, v in runs.items()}}
+    timer = StepTimer(warmup)
+    model.fit(make_input(config, files, training=True, stats=stats), epochs=1, steps_per_epoch=len(batches) + warmup,
+              verbose=0, callbacks=[timer])
+    rows["fit"] = timer.end - timer.start
+    fit_steps = timer.steps
+    examples = len(batches) * batch
+    return {"seconds": rows, "steps": len(batches), "batch_size": batch, "examples": examples,
+            "fit_steps": fit_steps, "input_build_seconds": build_s, "rounds": rounds, "stage_runs": runs, "stats_pass_seconds": stats_s,
+            "num_examples": stats.num_examples}
+
+
+LABELS = [("input", "input pipeline alone (read, shuffle, batch, parse, prepare; first pass)", None),
+          ("towers_grad", "towers: forward + backward (positives and sampled negatives)", None),
+          ("towers", "+ optimizer update of the towers' variables", "towers_grad"),
+          ("softmax", "+ in-batch softmax (Q C^T / tau over B + negatives columns, cross-entropy)", "towers"),
+          ("task", "+ rest of the task (logQ, accidental hits, configured transforms)", "softmax"),
+          ("train_step", "+ Keras train_step (loss tracker, metrics; batch_recall_k off)", "task"),
+          ("fit", "model.fit on the real pipeline (end to end)", None)]
+
+
+def markdown(doc: dict) -> str:
+    out = [doc["provenance"], "",
+           f"Batch {doc['batch_size']}, {doc['steps']} timed steps ({doc['examples']} examples) per configuration, "
+           f"the same batches for its in-memory stages (median of {doc['rounds']} interleaved rounds). The stages "
+           "are cumulative: a stage's share is its time minus the previous one's, over train_step's. Input alone "
+           "runs on the same 2 cores as the step inside fit (prefetch overlaps them).", ""]
+    for prof in doc["profiles"]:
+        out += [f"**{prof['name']}**" + (f" ({prof['what']})" if prof.get("what") else ""), "",
+                "| stage | ms / step | examples/s | share of train_step |", "|---|---|---|---|"]
+        s, n = prof["seconds"], prof["steps"]
+        total = s["train_step"]
+        for key, label, prev in LABELS:
+            steps = prof["fit_steps"] if key == "fit" else n
+            share = "" if key in ("input", "fit") else f"{100 * (s[key] - (s[prev] if prev else 0)) / total:.0f}%"
+            out.append(f"| {label} | {1000 * s[key] / steps:.1f} | {steps * prof['batch_size'] / s[key]:,.0f} | {share} |")
+        if prof["config"]["data"].get("in_memory"):
+            out.append(f"| (data.in_memory: parsing the logs into memory before fit, once) | {prof['input_build_seconds']:.1f} s "
+                       f"| {prof['num_examples'] / prof['input_build_seconds']:,.0f} | |")
+        out.append("")
+    return "\n".join(out)
+
+
+WHAT = {"default": "gowalla.yaml: user ID + 50-item history, 1024 uniform negatives, logQ, accidental hits, Adam",
+        "best": "gowalla.py's best: history only, 256-d, 1024 uniform negatives, logQ, accidental hits, Adam",
+        "package_basic": "the TFRS basic model's structure: user ID, item ID, in-batch softmax, Adagrad; data.in_memory"}
+
+
+def load_config(name: str, overrides) -> Config:
+    """gowalla.py's ``default`` / ``best`` / ``package_basic``, else a packaged config name or a YAML path."""
+    if name in WHAT:
+        from gowalla import package_config
+
+        return package_config(name, 0, [] if name == "package_basic" else overrides)
+    path = name if os.path.exists(name) else packaged(name)
+    return Config.load(path).with_overrides(overrides)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", default="/tmp/gw/bench", help="gowalla.py's workdir (converted data in data/<split>)")
+    p.add_argument("--split", default="valid", choices=["valid", "test"])
+    p.add_argument("--configs", default="default,package_basic",
+                   help="comma-separated: gowalla.py's default / best / package_basic, packaged config names or YAML paths")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override for every configuration but package_basic")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds of the in-memory stages (median)")
+    p.add_argument("--output", default=os.path.join(RESULTS, "profile_training"), help="path without .json/.md")
+    args = p.parse_args(argv)
+    started = datetime.datetime.now().astimezone()
+    data = os.path.join(args.workdir, "data", args.split)
+    files = reader.list_files(os.path.join(data, "train", "*"))
+    items = os.path.join(data, "items", "*")
+    profiles = []
+    for name in [c for c in args.configs.split(",") if c]:
+        config = load_config(name, args.set)
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(config.train.seed)
+        log(f"--- {name} ---")
+        profiles.append({"name": name, "what": WHAT.get(name), "config": config.to_dict(),
+                         **profile(config, files, items, args.steps, args.warmup, args.rounds)})
+    first = profiles[0]
+    doc = {"provenance": provenance(f"Training-step profile, Gowalla ({args.split} split)", started)
+           + f", TensorFlow {tf.__version__}", "date": started.isoformat(timespec="seconds"), "set": args.set,
+           "batch_size": first["batch_size"], "steps": first["steps"], "examples": first["examples"],
+           "rounds": args.rounds, "profiles": profiles}
+    with open(args.output + ".json", "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=2)
+    text = markdown(doc)
+    with open(args.output + ".md", "w", encoding="utf-8") as f:
+        f.write(text)
+    log(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
