@@ -85,7 +85,12 @@ CHUNK = 1024  # users scored at a time: 1024 x 40,981 float32 = 168 MB
 #: user_id 0.165 / 0.158 at 2 / 3 (likely: the user-ID embedding memorises the training items, which
 #: the ranking removes anyway, while the history generalises; it overfits after 2 epochs); the same
 #: with every embedding and the output 128-d: 0.162 / 0.178 at epochs 1 / 2, 256-d: 0.183 at 2 (ALS
-#: also gains from size: 0.159 / 0.183 / 0.196 at 64 / 128 / 256 factors).
+#: also gains from size: 0.159 / 0.183 / 0.196 at 64 / 128 / 256 factors). Tried on 256-d best at
+#: epoch 2 (2026-11-30, seed 0; these four ran at main's bb46a3c, the same model code): best 0.1829;
+#: + generative interaction 0.1816 (its +1.5% at 64-d does not carry over); 4,096 uniform negatives
+#: instead of 1,024 0.1804 (and 1.7x slower); temperature 0.07 0.1735; every embedding and the output 512-d
+#: (``--best-dim 512``, at this branch) 0.1868, the best on valid so far (one seed: +2.1%, about twice
+#: the seed spread); BEST_EMBEDDING_DIM stays 256 until its 3 test seeds are in (README).
 BEST_DROP_QUERY = ["user_id"]
 BEST_EMBEDDING_DIM = 256  # every feature's embedding_dim in the best configuration (None: gowalla.yaml's)
 BEST: list = ["train.epochs=2", "model.output_dim=256"]
