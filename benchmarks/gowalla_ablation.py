@@ -27,7 +27,7 @@ sys.path.insert(0, BENCH)
 
 import gowalla as gw  # noqa: E402  (sets up the repository path and Keras 2)
 
-from readme_tables import commit  # noqa: E402
+from readme_tables import commit, runs_provenance  # noqa: E402
 
 import tf_keras as keras  # noqa: E402
 
@@ -97,12 +97,8 @@ def markdown(doc: dict) -> str:
 
 
 def header(doc: dict) -> str:
-    dates = sorted({r["date"][:10] for r in doc["runs"]})
-    commits = sorted({r["commit"] for r in doc["runs"]})
-    m = doc["machine"]
-    return (f"Gowalla seed-method ablation, {' to '.join(dict.fromkeys([dates[0], dates[-1]]))}, commit "
-            f"{', '.join(commits)}, {m['platform']}, {m['cpu_count']} CPUs, TensorFlow {m['tensorflow']}; per-user "
-            f"Recall@{gw.K} / NDCG@{gw.K} over all 40,981 items, training items removed")
+    return (f"Gowalla seed-method ablation, {runs_provenance(doc)}; per-user Recall@{gw.K} / NDCG@{gw.K} over all "
+            "40,981 items, training items removed")
 
 
 def main(argv=None):

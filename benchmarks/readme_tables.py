@@ -40,6 +40,15 @@ def provenance(dataset: str, started: datetime.datetime) -> str:
             f"{os.cpu_count()} CPUs")
 
 
+def runs_provenance(doc: dict) -> str:
+    """A merged results file's provenance: its runs' date range and commits, the machine, TensorFlow."""
+    dates = sorted({r["date"][:10] for r in doc["runs"]})
+    commits = sorted({r["commit"] for r in doc["runs"]})
+    m = doc["machine"]
+    return (f"{' to '.join(dict.fromkeys([dates[0], dates[-1]]))}, commit {', '.join(commits)}, {m['platform']}, "
+            f"{m['cpu_count']} CPUs, TensorFlow {m['tensorflow']}")
+
+
 def render(readme: str):
     """(README with every block replaced by its file, [paths of blocks that changed])."""
     changed = []

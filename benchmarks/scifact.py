@@ -49,7 +49,7 @@ if REPO not in sys.path:
 
 import tfrec_towers  # noqa: E402,F401  (Keras 2 before TensorFlow loads)
 
-from readme_tables import commit  # noqa: E402  (benchmarks/ is on the path: scripts run from it)
+from readme_tables import commit, runs_provenance  # noqa: E402  (benchmarks/ is on the path: scripts run from it)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -288,12 +288,8 @@ def markdown(results: dict) -> str:
 
 
 def header(doc: dict) -> str:
-    dates = sorted({r["date"][:10] for r in doc["runs"]})
-    commits = sorted({r["commit"] for r in doc["runs"]})
-    m = doc["machine"]
-    return (f"SciFact (BEIR), {' to '.join(dict.fromkeys([dates[0], dates[-1]]))}, commit {', '.join(commits)}, "
-            f"{m['platform']}, {m['cpu_count']} CPUs, TensorFlow {m['tensorflow']}; nDCG@10 and Recall@100 "
-            "by pytrec_eval, exact ranking of all 5,183 documents (italics: anchors, not run here)")
+    return (f"SciFact (BEIR), {runs_provenance(doc)}; nDCG@10 and Recall@100 by pytrec_eval, exact ranking of all "
+            "5,183 documents (italics: anchors, not run here)")
 
 
 def write_outputs(args, mine: dict, run_info: dict, machine: dict, extra: dict) -> str:
