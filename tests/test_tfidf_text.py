@@ -126,3 +126,54 @@ def test_generative_interaction_names_the_tower_shapes_it_cannot_join(sharing, h
                                          "generative": {"targets": ["query_text"]}}})
     with pytest.raises(ValueError, match="model.generative adds the pseudo query vector"):
         build_model(config, stats_of(config.features))
+
+
+@pytest.mark.parametrize("sharing, output_dim", [("full", 0), ("none", 0), ("projection", 32)])
+def test_additive_generative_interaction_keeps_every_shapes_start_and_trains_the_generator(sharing, output_dim):
+    """combine 'add': x_v + G(x_v) with G's last layer at zero, so the untrained towers are those without
+    G; the reconstruction loss reaches G, and the query tower is not touched by it (stop-gradient)."""
+    from tfrec_towers.generative_interaction import ReconstructionLoss
+    from tfrec_towers.tasks import RetrievalContext
+
+    def model(generative):
+        config = Config.from_dict({"features": spec().to_dict(),
+                                   "model": dict({"sharing": sharing, "hidden": [], "output_dim": output_dim},
+                                                 **generative)})
+        tf.keras.utils.set_random_seed(0)
+        return build_model(config, stats_of(config.features))
+
+    features = {"query_text": tf.constant(QUERIES), "document": tf.constant(DOCS),
+                "item_id": tf.constant([f"d{i}" for i in range(len(DOCS))])}
+    with_g = model({"generative": {"targets": ["query_text"], "hidden": [16], "combine": "add"}})
+    start = with_g.candidate_tower(features).numpy()
+    generator_layers, with_g.candidate_tower.extra_inputs = with_g.candidate_tower.extra_inputs, []
+    plain = with_g.candidate_tower(features).numpy()
+    with_g.candidate_tower.extra_inputs = generator_layers
+    np.testing.assert_allclose(start, plain, rtol=1e-5, atol=1e-6)
+    if not output_dim:  # no fresh layer: exactly the lexical start of the model without G
+        np.testing.assert_allclose(start, model({}).candidate_tower(features).numpy(), rtol=1e-5, atol=1e-6)
+    rec = next(a for a in with_g.task.auxiliary_losses if isinstance(a, ReconstructionLoss))
+    with tf.GradientTape() as tape:
+        value = rec(RetrievalContext(with_g.query_tower(features), with_g.candidate_tower(features),
+                                     features=features, labels=tf.ones([len(DOCS)])))
+    generator = rec.refs.generator
+    grads = tape.gradient(value, generator.trainable_weights + with_g.query_tower.trainable_weights)
+    assert float(value) > 0 and all(g is not None for g in grads[:len(generator.trainable_weights)])
+    if sharing != "full":  # SDE's query and document towers are one set of weights
+        assert all(g is None for g in grads[len(generator.trainable_weights):])
+    moved = generator.mlp.layers[-1]
+    query = with_g.query_tower(features).numpy()
+    moved.kernel.assign(tf.ones_like(moved.kernel))
+    assert not np.allclose(with_g.candidate_tower(features).numpy(), start)
+    np.testing.assert_allclose(with_g.query_tower(features).numpy(), query, rtol=1e-6)
+
+
+def test_additive_generative_interaction_needs_one_width():
+    config = Config.from_dict({"features": spec(dim=32).to_dict(),
+                               "model": {"sharing": "none", "hidden": [], "output_dim": 0,
+                                         "generative": {"targets": ["query_text"], "combine": "add"}}})
+    config.features.candidate[1].embedding_dim = 16
+    with pytest.raises(ValueError, match=r"combine 'add' adds the pseudo query vector \(32-d.*\(16-d\)"):
+        build_model(config, stats_of(config.features))
+    with pytest.raises(ValueError, match="must be one of"):
+        Config.from_dict({"features": spec().to_dict(), "model": {"generative": {"combine": "sum"}}})

@@ -44,6 +44,10 @@ class GenerativeConfig:
     targets: List[str] = dataclasses.field(default_factory=lambda: ["item_history"])  # query features rebuilt
     hidden: List[int] = dataclasses.field(default_factory=lambda: [128])
     weight: float = 1.0                # weight of the reconstruction loss (positive pairs only)
+    # concat: g_v joins x_v at the tower input (the towers need their own layers after it);
+    # add: x_v + g_v, G's last layer starting at zero, so every tower shape keeps its start (needs
+    # the targets' width = the item encodings' width, e.g. query text and document text alike)
+    combine: str = "concat"
 
 
 @dataclasses.dataclass
@@ -199,6 +203,7 @@ CHOICES = {("data", "corrupt_records"): CORRUPT_RECORD_POLICIES, ("data", "compr
            ("task", "loss"): ("softmax", "hinge", "bce", "focal"), ("task", "bidirectional"): ("none", "sum", "mean"),
            ("task.streaming", "start"): ("first_gap", "paper"),
            ("task", "samtone"): ("none", "query", "item", "both"),
+           ("model.generative", "combine"): ("concat", "add"),
            ("task", "logq_estimator"): ("counts", "streaming"),
            ("train", "optimizer"): tuple(OPTIMIZERS),
            ("train", "strategy"): ("default", "mirrored", "multi_worker")}

@@ -9,7 +9,11 @@ e.g. the bag of history items) on positive pairs only:
     L_rec = mean_{i: label_i = 1} || G(x_v(i)) - sg(t_u(i)) ||^2
 
 g_v joins x_v at the item tower's input, so the item tower reasons about "the kind of user who takes
-this item" below the dot product. G reads item features alone, so item embeddings are still
+this item" below the dot product: concatenated ([x_v, g_v], ``combine: concat``, the towers need layers
+of their own after it) or added (x_v + g_v, ``combine: add``: G's last layer starts at zero, so the
+tower starts exactly where it would without G; this keeps a shared or lexical start, e.g. SciFact's
+trigram projection, and fits every sharing shape, SDE included, as the item tower stays a function of
+item features alone). G reads item features alone, so item embeddings are still
 precomputed offline and serving cost is unchanged. sg keeps the query encoders from being pulled
 towards the generator (both would otherwise be free to shrink towards a trivial common value).
 """
@@ -22,12 +26,16 @@ from tfrec_towers.tasks.chain import AuxiliaryLoss, RetrievalContext, Untracked
 
 
 class PseudoQueryGenerator(keras.layers.Layer):
-    """x_v (item encodings) -> g_v (pseudo query-side encodings of ``target_dim``): an MLP."""
+    """x_v (item encodings) -> g_v (pseudo query-side encodings of ``target_dim``): an MLP.
 
-    def __init__(self, target_dim: int, hidden: Sequence[int] = (128,), **kwargs):
+    ``additive``: the tower adds g_v to x_v instead of concatenating it (``Tower.call``); the last
+    layer's kernel starts at zero so that g_v = 0 before training."""
+
+    def __init__(self, target_dim: int, hidden: Sequence[int] = (128,), additive: bool = False, **kwargs):
         super().__init__(**kwargs)
-        self.mlp = keras.Sequential([keras.layers.Dense(w, activation="relu") for w in hidden]
-                                    + [keras.layers.Dense(target_dim)])
+        self.additive = additive
+        last = keras.layers.Dense(target_dim, kernel_initializer="zeros" if additive else "glorot_uniform")
+        self.mlp = keras.Sequential([keras.layers.Dense(w, activation="relu") for w in hidden] + [last])
 
     def call(self, features, x):
         return self.mlp(x)

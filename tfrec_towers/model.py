@@ -197,13 +197,21 @@ def _tower_extensions(config: Config, stats: FeatureStats, query_tower, candidat
         unknown = [name for name in g.targets if name not in query_tower.input_names_]
         if unknown or not g.targets:
             raise ValueError(f"model.generative.targets must name query-side features; not query inputs: {unknown}")
-        if m.sharing == "full" or not (m.hidden or m.output_dim) or (m.sharing == "projection" and not m.hidden):
+        additive = g.combine == "add"
+        dummy = config.features.dummy_batch()
+        target_dim = int(query_tower.encode(dummy, g.targets).shape[-1])
+        if additive and target_dim != int(candidate_tower.encode(dummy).shape[-1]):
+            raise ValueError(f"model.generative.combine 'add' adds the pseudo query vector ({target_dim}-d: the "
+                             f"encodings of {g.targets}) to the candidate tower's encodings "
+                             f"({int(candidate_tower.encode(dummy).shape[-1])}-d); they must be of one width")
+        if not additive and (m.sharing == "full" or not (m.hidden or m.output_dim)
+                             or (m.sharing == "projection" and not m.hidden)):
             raise ValueError("model.generative adds the pseudo query vector to the candidate tower's input, so the "
                              "candidate tower needs layers of its own that bring it back to the query tower's width: "
                              "sharing 'none' with model.hidden or model.output_dim, or sharing 'projection' with "
-                             f"model.hidden (got sharing {m.sharing!r}, hidden {m.hidden}, output_dim {m.output_dim})")
-        target_dim = int(query_tower.encode(config.features.dummy_batch(), g.targets).shape[-1])
-        generator = PseudoQueryGenerator(target_dim, g.hidden, name="pseudo_query")
+                             f"model.hidden (got sharing {m.sharing!r}, hidden {m.hidden}, output_dim {m.output_dim}); "
+                             "or model.generative.combine 'add'")
+        generator = PseudoQueryGenerator(target_dim, g.hidden, additive, name="pseudo_query")
         candidate_tower.extra_inputs.append(generator)
         aux.append(ReconstructionLoss(query_tower, candidate_tower, generator, g.targets, g.weight))
     return aux

@@ -26,7 +26,8 @@ class Tower(keras.Model):
 
     ``extra_inputs`` are layers called as ``layer(features, x)`` on the concatenated encodings x whose
     outputs join the MLP's input: the augmented vectors of dual augmented towers, the pseudo query
-    vector of generative interaction.
+    vector of generative interaction. They are concatenated to x, or added to it where the layer's
+    ``additive`` attribute is true.
     """
 
     def __init__(self, inputs: Sequence[Tuple[str, keras.layers.Layer]], hidden: keras.Sequential,
@@ -51,7 +52,9 @@ class Tower(keras.Model):
     def call(self, features, training=False):
         x = self.encode(features)
         if self.extra_inputs:
-            x = tf.concat([x] + [layer(features, x) for layer in self.extra_inputs], axis=-1)
+            extra = [(getattr(layer, "additive", False), layer(features, x)) for layer in self.extra_inputs]
+            x = tf.concat([x] + [v for additive, v in extra if not additive], axis=-1)
+            x = tf.add_n([x] + [v for additive, v in extra if additive])
         x = self.projection(self.hidden(x, training=training))
         return tf.math.l2_normalize(x, axis=-1) if self.normalize else x
 
