@@ -53,8 +53,8 @@ class Tower(keras.Model):
         x = self.encode(features)
         if self.extra_inputs:
             extra = [(getattr(layer, "additive", False), layer(features, x)) for layer in self.extra_inputs]
-            x = tf.concat([x] + [v for additive, v in extra if not additive], axis=-1)
-            x = tf.add_n([x] + [v for additive, v in extra if additive])
+            x = tf.concat([tf.add_n([x] + [v for additive, v in extra if additive])]
+                          + [v for additive, v in extra if not additive], axis=-1)
         x = self.projection(self.hidden(x, training=training))
         return tf.math.l2_normalize(x, axis=-1) if self.normalize else x
 
