@@ -217,9 +217,10 @@ def variant_overrides(name: str):
 def run_untrained(data: Split, seed: int, args) -> dict:
     config = Config.load(packaged("scifact")).with_overrides(SHAPES["sde"] + list(args.set))
     config.train.seed = seed
-    stats, _ = compute_stats(config, list_files(data.files[False]["train"]), progress=lambda m: None)
+    files = data.files[False]
+    stats, _ = compute_stats(config, list_files(files["train"]), lambda m: None, files["items"])
     model = build_model(config, stats)
-    return {**evaluate_model(model, config, data, data.files[False]), "train_seconds": 0.0}
+    return {**evaluate_model(model, config, data, files), "train_seconds": 0.0}
 
 
 def run_package(name: str, data: Split, seed: int, args) -> dict:

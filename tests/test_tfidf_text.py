@@ -177,3 +177,27 @@ def test_additive_generative_interaction_needs_one_width():
         build_model(config, stats_of(config.features))
     with pytest.raises(ValueError, match="must be one of"):
         Config.from_dict({"features": spec().to_dict(), "model": {"generative": {"combine": "sum"}}})
+
+
+def test_idf_from_items_counts_each_catalog_document_once(tmp_path):
+    """data.idf_from: items: the IDF of the catalog's documents (a repeated item counts once), not of
+    the logs' texts; without items files the option fails naming them."""
+    from tfrec_towers.data.inputs import compute_stats
+    from tfrec_towers.data.writer import serialize
+
+    config = Config.from_dict({"features": spec().to_dict(), "data": {"idf_from": "items"}})
+    logs, items = str(tmp_path / "train.tfrecord"), str(tmp_path / "items.tfrecord")
+    with tf.io.TFRecordWriter(logs) as w:
+        for q, d in zip(QUERIES[:2], DOCS[:2]):
+            w.write(serialize({"query_text": q, "document": d, "item_id": d[:5]}))
+    with tf.io.TFRecordWriter(items) as w:
+        for i, d in enumerate(DOCS + DOCS[:2]):  # the last two repeat items d0 and d1
+            w.write(serialize({"item_id": f"d{i % len(DOCS)}", "document": d}))
+    stats, _ = compute_stats(config, [logs], lambda m: None, items)
+    df = np.zeros(BUCKETS)
+    for buckets in word_hash(tf.constant(DOCS), BUCKETS).to_list():
+        df[np.unique(buckets)] += 1
+    np.testing.assert_allclose(stats.idf(BUCKETS), np.log((1 + len(DOCS)) / (1 + df)) + 1, rtol=1e-6)
+    assert stats.num_examples == 2
+    with pytest.raises(ValueError, match=r"idf_from: items .* no items files"):
+        compute_stats(config, [logs], lambda m: None)

@@ -26,6 +26,9 @@ class DataConfig:
     cache: bool = False                # keep the read records in memory after the first epoch (reshuffled each epoch)
     in_memory: bool = False            # training: parse the logs once into memory, each epoch a permutation of all
                                        # examples gathered batch by batch (no per-record work; shuffle_buffer 0: no shuffle)
+    idf_from: str = "logs"             # tfidf text IDF over: logs (every tfidf text of the positive events, both
+                                       # sides) or items (each catalog document once: the usual corpus IDF, for a
+                                       # corpus much larger than its training positives; needs the items files)
 
 
 @dataclasses.dataclass
@@ -199,6 +202,7 @@ COMPRESSIONS = ("auto", "GZIP", "ZLIB", "")        # data.reader.compression_of
 OPTIMIZERS = {"adam": "Adam", "adagrad": "Adagrad", "sgd": "SGD", "rmsprop": "RMSprop"}  # -> keras.optimizers class
 
 CHOICES = {("data", "corrupt_records"): CORRUPT_RECORD_POLICIES, ("data", "compression"): COMPRESSIONS,
+           ("data", "idf_from"): ("logs", "items"),
            ("model", "sharing"): SHARING, ("task", "loss_reduction"): REDUCTIONS,
            ("task", "loss"): ("softmax", "hinge", "bce", "focal"), ("task", "bidirectional"): ("none", "sum", "mean"),
            ("task.streaming", "start"): ("first_gap", "paper"),

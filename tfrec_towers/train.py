@@ -130,7 +130,7 @@ def _train_locked(run: RunDir, config: Config, strategy, files, train_pattern, e
             return _evaluate(run, eval_pattern, items_pattern, None, progress)
         progress(f"resuming the run in {run.path}")
     else:
-        stats, report = compute_stats(config, files, progress)
+        stats, report = compute_stats(config, files, progress, items_pattern)
         scan_summary = report.summary()
         if not stats.num_examples:
             raise ValueError(f"no training records in {train_pattern}: {scan_summary}"

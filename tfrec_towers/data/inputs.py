@@ -45,11 +45,20 @@ def numeric_to_check(config: Config):
     return [f.name for f in config.features.features if isinstance(f, NumericFeature) and f.impute is None]
 
 
-def compute_stats(config: Config, files, progress=print):
-    """One pass over the training logs -> (FeatureStats, ScanReport of what was read and skipped)."""
-    acc = StatsAccumulator(config.features, keep=positives(config))
+def compute_stats(config: Config, files, progress=print, items_pattern: Optional[str] = None):
+    """One pass over the training logs -> (FeatureStats, ScanReport of what was read and skipped);
+    with ``data.idf_from: items`` a second pass over the catalog ``items_pattern`` gives the trigram IDF."""
+    from_items = config.data.idf_from == "items" and any(
+        getattr(f, "combiner", None) == "tfidf" for f in config.features.features)
+    if from_items and not items_pattern:
+        raise ValueError("data.idf_from: items computes the tfidf IDF over the catalog, but no items files "
+                         "were given (--items)")
+    acc = StatsAccumulator(config.features, keep=positives(config), log_texts=not from_items)
     report = reader.scan(files, parse_spec(config), acc, config.data.compression, config.data.corrupt_records,
                          check_finite=numeric_to_check(config), progress=progress)
+    if from_items:
+        scan_logs(config, reader.list_files(items_pattern), config.features.parse_spec("candidate"),
+                  acc.add_catalog_texts, progress=progress)
     return acc.result(), report
 
 

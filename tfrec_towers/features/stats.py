@@ -7,7 +7,8 @@
   sampling probability used by the logQ correction;
 * trigram document frequencies, per ``num_buckets`` of the ``tfidf`` text features: in how many
   texts each hashed trigram occurs, over every such text of the logs (both sides: query and document
-  texts share one table, so that shared and separate towers weight a trigram alike).
+  texts share one table, so that shared and separate towers weight a trigram alike), or over the
+  catalog's documents (``data.idf_from: items``, ``add_catalog_texts``).
 """
 import collections
 import json
@@ -101,8 +102,10 @@ class FeatureStats:
 class StatsAccumulator:
     """Feed parsed batches (``reader.scan``'s callback); ``result()`` gives the FeatureStats."""
 
-    def __init__(self, spec: "S.FeatureSpec", keep=None):
-        self.spec, self.keep = spec, keep
+    def __init__(self, spec: "S.FeatureSpec", keep=None, log_texts: bool = True):
+        """``log_texts`` False: the logs' texts do not count towards the trigram document frequencies
+        (they come from the catalog: ``add_catalog_texts``)."""
+        self.spec, self.keep, self.log_texts = spec, keep, log_texts
         self.count = self.filtered = 0
         self.vocab = collections.defaultdict(collections.Counter)
         self.items = collections.Counter()
@@ -111,6 +114,7 @@ class StatsAccumulator:
         self.tfidf = [f for f in spec.features if isinstance(f, S.TextFeature) and f.combiner == "tfidf"]
         self.df = {f.num_buckets: np.zeros(f.num_buckets, np.int64) for f in self.tfidf}
         self.texts = collections.Counter()
+        self.catalog_ids = set()
 
     def __call__(self, parsed: Dict[str, tf.Tensor]) -> None:
         if self.keep is not None:
@@ -126,12 +130,28 @@ class StatsAccumulator:
                 x = _flat(parsed[f.name]).astype(np.float64)
                 x = x[np.isfinite(x)]
                 self.moments[f.name] += (x.size, x.sum(), np.square(x).sum())
-        for f in self.tfidf:
+        if self.log_texts:
+            self._count_texts(parsed, self.tfidf)
+        self._count(self.items, _flat(parsed[self.spec.item_id]))
+
+    def add_catalog_texts(self, parsed: Dict[str, tf.Tensor]) -> None:
+        """A parsed batch of catalog records: each item's first record counts its candidate tfidf texts."""
+        ids = _flat(parsed[self.spec.item_id]).tolist()
+        rows = []
+        for row, item in enumerate(ids):
+            if item not in self.catalog_ids:
+                self.catalog_ids.add(item)
+                rows.append(row)
+        if rows:
+            self._count_texts({k: tf.gather(v, rows) for k, v in parsed.items()},
+                              [f for f in self.tfidf if f.name in parsed])
+
+    def _count_texts(self, parsed: Dict[str, tf.Tensor], features) -> None:
+        for f in features:
             ids = word_hash(tf.reshape(parsed[f.name], [-1]), f.num_buckets)
             pairs = np.unique(ids.value_rowids().numpy() * f.num_buckets + ids.flat_values.numpy())
             self.df[f.num_buckets] += np.bincount(pairs % f.num_buckets, minlength=f.num_buckets)
             self.texts[f.num_buckets] += int(ids.nrows())
-        self._count(self.items, _flat(parsed[self.spec.item_id]))
 
     @staticmethod
     def _count(counter: collections.Counter, values: np.ndarray) -> None:
