@@ -27,8 +27,9 @@ class DataConfig:
     in_memory: bool = False            # training: parse the logs once into memory, each epoch a permutation of all
                                        # examples gathered batch by batch (no per-record work; shuffle_buffer 0: no shuffle)
     idf_from: str = "logs"             # tfidf text IDF over: logs (every tfidf text of the positive events, both
-                                       # sides) or items (each catalog document once: the usual corpus IDF, for a
-                                       # corpus much larger than its training positives; needs the items files)
+                                       # sides) or items (each catalog document once: the usual corpus IDF; needs
+                                       # the items files). logs is the default: it weights the trigrams of queries
+                                       # and relevant documents, and on SciFact dev it beat items by ~0.01 nDCG@10
 
 
 @dataclasses.dataclass
