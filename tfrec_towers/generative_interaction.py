@@ -12,9 +12,8 @@ g_v joins x_v at the item tower's input, so the item tower reasons about "the ki
 this item" below the dot product: concatenated ([x_v, g_v], ``combine: concat``, the towers need layers
 of their own after it) or added (x_v + g_v, ``combine: add``: G's last layer starts at zero, so the
 tower starts exactly where it would without G; this keeps a shared or lexical start, e.g. SciFact's
-trigram projection, and fits every sharing shape, SDE included, as the item tower stays a function of
-item features alone). G reads item features alone, so item embeddings are still
-precomputed offline and serving cost is unchanged. sg keeps the query encoders from being pulled
+trigram projection, and fits every sharing shape, SDE included). G reads item features alone, so item
+embeddings are still precomputed offline and serving cost is unchanged. sg keeps the query encoders from being pulled
 towards the generator (both would otherwise be free to shrink towards a trivial common value).
 """
 from typing import Sequence

@@ -200,10 +200,11 @@ def _tower_extensions(config: Config, stats: FeatureStats, query_tower, candidat
         additive = g.combine == "add"
         dummy = config.features.dummy_batch()
         target_dim = int(query_tower.encode(dummy, g.targets).shape[-1])
-        if additive and target_dim != int(candidate_tower.encode(dummy).shape[-1]):
+        item_dim = int(candidate_tower.encode(dummy).shape[-1])
+        if additive and target_dim != item_dim:
             raise ValueError(f"model.generative.combine 'add' adds the pseudo query vector ({target_dim}-d: the "
-                             f"encodings of {g.targets}) to the candidate tower's encodings "
-                             f"({int(candidate_tower.encode(dummy).shape[-1])}-d); they must be of one width")
+                             f"encodings of {g.targets}) to the candidate tower's encodings ({item_dim}-d); "
+                             "they must be of one width")
         if not additive and (m.sharing == "full" or not (m.hidden or m.output_dim)
                              or (m.sharing == "projection" and not m.hidden)):
             raise ValueError("model.generative adds the pseudo query vector to the candidate tower's input, so the "
