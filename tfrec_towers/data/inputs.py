@@ -48,12 +48,11 @@ def numeric_to_check(config: Config):
 def compute_stats(config: Config, files, progress=print, items_pattern: Optional[str] = None):
     """One pass over the training logs -> (FeatureStats, ScanReport of what was read and skipped);
     with ``data.idf_from: items`` a second pass over the catalog ``items_pattern`` gives the trigram IDF."""
-    from_items = config.data.idf_from == "items" and any(
-        getattr(f, "combiner", None) == "tfidf" for f in config.features.features)
+    acc = StatsAccumulator(config.features, keep=positives(config), log_texts=config.data.idf_from == "logs")
+    from_items = bool(acc.tfidf) and not acc.log_texts
     if from_items and not items_pattern:
         raise ValueError("data.idf_from: items computes the tfidf IDF over the catalog, but no items files "
                          "were given (--items)")
-    acc = StatsAccumulator(config.features, keep=positives(config), log_texts=not from_items)
     report = reader.scan(files, parse_spec(config), acc, config.data.compression, config.data.corrupt_records,
                          check_finite=numeric_to_check(config), progress=progress)
     if from_items:

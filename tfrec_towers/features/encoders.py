@@ -144,7 +144,7 @@ class TextEncoder(keras.layers.Layer):
         self.embedding = keras.layers.Embedding(num_buckets, dim, embeddings_initializer=embeddings_initializer)
         if combiner == "tfidf":
             if idf is None:
-                raise ValueError(f"{self.name}: the tfidf combiner needs the trigram IDF of the training logs")
+                raise ValueError(f"{self.name}: the tfidf combiner needs the trigram IDF (FeatureStats.idf)")
             self.idf = self.add_weight("idf", shape=[num_buckets], trainable=False,
                                        initializer=keras.initializers.Constant(idf))
 

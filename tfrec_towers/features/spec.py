@@ -243,7 +243,8 @@ class TextFeature(Feature):
 
     * ``mean`` / ``sum``: of the trigrams' embeddings (counts as weights);
     * ``tfidf``: sum_t (1 + ln tf_t) * idf_t * e_t, idf_t = ln((1 + n) / (1 + df_t)) + 1 over the n texts
-      of the training logs (scikit-learn's sublinear, smoothed TF-IDF), and the trigram table starts
+      of the training logs, or of the catalog with ``data.idf_from: items`` (scikit-learn's sublinear,
+      smoothed TF-IDF), and the trigram table starts
       as one seeded Gaussian random projection shared by every text encoder of the same shape. At
       initialisation the cosine of two texts is then about their trigram TF-IDF cosine
       (Johnson-Lindenstrauss; closer with a larger ``embedding_dim``) in both towers, so training
