@@ -17,7 +17,7 @@ def _config(args):
 def cmd_train(args):
     from tfrec_towers.train import train
 
-    train(_config(args), args.train, args.run_dir, args.eval, args.items)
+    train(_config(args), args.train, args.run_dir, args.eval, args.items, valid_pattern=args.valid)
 
 
 def cmd_evaluate(args):
@@ -170,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     config_args(sp)
     sp.add_argument("--train", required=True, help="glob(s) of training TFRecords, comma-separated")
     sp.add_argument("--eval", help="glob of eval TFRecords: evaluated over the catalog after training")
+    sp.add_argument("--valid", help="glob of validation TFRecords: per-epoch per-user Recall/NDCG, learning-rate "
+                                    "decay on plateau, early stopping, best epoch kept (train.validation)")
     sp.add_argument("--items", help="glob of the item catalog TFRecords (default: items of the training logs)")
     sp.add_argument("--run-dir", required=True)
     sp.set_defaults(func=cmd_train)

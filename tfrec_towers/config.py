@@ -5,6 +5,7 @@ Loaded from YAML or JSON; every section and key is checked, so a typo fails nami
 """
 import dataclasses
 import os
+import re
 import typing
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -55,6 +56,17 @@ class GenerativeConfig:
 
 
 @dataclasses.dataclass
+class UserGateConfig:
+    """SimpleX's user tower: u = g e_id + (1 - g) W pool(history), the ID embedding and a linear map of the
+    pooled history (no bias) mixed by a gate g, then dropout. The ID remembers the user, the history
+    generalises to the items near theirs; g 0.8 and dropout 0.1 are SimpleX's Gowalla settings."""
+    id: str = "user_id"                # the query feature whose embedding is e_id (its width is the output's)
+    weight: float = 0.8                # g; with learned: the gate's initial value, sigmoid(b) of a learned b
+    learned: bool = False
+    dropout: float = 0.1               # on the user vector, before the L2 normalisation
+
+
+@dataclasses.dataclass
 class ModelConfig:
     hidden: List[int] = dataclasses.field(default_factory=lambda: [256])
     output_dim: int = 128
@@ -64,6 +76,8 @@ class ModelConfig:
     sharing: str = "none"              # none | projection (ADE-SPL) | full (SDE)
     dual_augmented: Optional[DualAugmentedConfig] = None
     generative: Optional[GenerativeConfig] = None
+    user_gate: Optional[UserGateConfig] = None  # SimpleX's gated user tower instead of hidden/projection
+    embedding_l2: float = 0.0          # l2 * sum of squares of the embedding rows a batch looks up, / batch
 
 
 @dataclasses.dataclass
@@ -92,7 +106,7 @@ class TaskConfig:
     logq_estimator: str = "counts"     # counts (training-log counts) | streaming (Yi et al. 2019)
     streaming: StreamingLogQConfig = dataclasses.field(default_factory=StreamingLogQConfig)
     remove_accidental_hits: bool = True
-    loss: str = "softmax"              # softmax | hinge | bce | focal
+    loss: str = "softmax"              # softmax | hinge | bce | focal | ccl (SimpleX) | bsl (bilateral softmax)
     loss_reduction: str = "sum"        # TFRS's default; "mean" makes the loss scale-free in batch size
     bidirectional: str = "none"        # none | sum | mean: add the item->user softmax
     samtone: str = "none"              # none | query | item | both: same-tower negatives (SamToNe)
@@ -104,6 +118,9 @@ class TaskConfig:
     negative_weight: float = 1.0       # bce: weight of label-0 entries
     focal_gamma: float = 2.0
     focal_alpha: float = 0.25
+    ccl_margin: float = 0.9            # ccl: negatives pushed while their cosine exceeds it
+    ccl_negative_weight: float = 150.0  # ccl: weight of the mean over negatives
+    bsl_tau2: float = 1.2              # bsl: exponent of the negatives' sum (1: softmax without the positive)
     batch_recall_k: List[int] = dataclasses.field(default_factory=lambda: [10, 100])
 
 
@@ -125,6 +142,20 @@ class NegativesConfig:
 
 
 @dataclasses.dataclass
+class ValidationConfig:
+    """Per-epoch validation on ``train --valid`` logs with the package's own per-user evaluation (the
+    user's training items removed): the learning rate is multiplied by ``decay`` after ``decay_patience``
+    validations without a new best, training stops after ``patience`` without one, and the best epoch's
+    weights are the run's. Defaults: SimpleX's x0.1 on plateau, with room for one decay before stopping."""
+    metric: str = "recall@20"          # recall@K or ndcg@K of ``user_catalog_metrics``
+    every: int = 1                     # validate every N epochs (and after the last)
+    patience: int = 3                  # validations without a new best before stopping (0: never stop)
+    decay: float = 0.1                 # learning-rate factor on a plateau (1: no decay)
+    decay_patience: int = 1            # validations without a new best before decaying
+    min_delta: float = 0.0005          # a new best must beat the old by more than this
+
+
+@dataclasses.dataclass
 class TrainConfig:
     batch_size: int = 512
     epochs: int = 20
@@ -134,6 +165,7 @@ class TrainConfig:
     strategy: str = "default"          # default | mirrored | multi_worker (TF_CONFIG)
     steps_per_epoch: Optional[int] = None
     keep_checkpoints: int = 3          # newest epoch checkpoints kept (0: all); a 1024-d text model's is ~0.4 GB
+    validation: Optional[ValidationConfig] = None  # used when train is given --valid logs
 
 
 @dataclasses.dataclass
@@ -200,12 +232,13 @@ SHARING = ("none", "projection", "full")           # towers.build_towers
 REDUCTIONS = ("sum", "mean")                       # the losses' reduction over rows (tasks/reduction.py)
 CORRUPT_RECORD_POLICIES = ("fail", "skip")         # data.reader
 COMPRESSIONS = ("auto", "GZIP", "ZLIB", "")        # data.reader.compression_of
-OPTIMIZERS = {"adam": "Adam", "adagrad": "Adagrad", "sgd": "SGD", "rmsprop": "RMSprop"}  # -> keras.optimizers class
+OPTIMIZERS = {"adam": "Adam", "adagrad": "Adagrad", "sgd": "SGD", "rmsprop": "RMSprop",
+              "lazy_adam": "LazyAdam"}  # -> keras.optimizers class (LazyAdam: tfrec_towers.lazy_adam)
 
 CHOICES = {("data", "corrupt_records"): CORRUPT_RECORD_POLICIES, ("data", "compression"): COMPRESSIONS,
            ("data", "idf_from"): ("logs", "items"),
            ("model", "sharing"): SHARING, ("task", "loss_reduction"): REDUCTIONS,
-           ("task", "loss"): ("softmax", "hinge", "bce", "focal"), ("task", "bidirectional"): ("none", "sum", "mean"),
+           ("task", "loss"): ("softmax", "hinge", "bce", "focal", "ccl", "bsl"), ("task", "bidirectional"): ("none", "sum", "mean"),
            ("task.streaming", "start"): ("first_gap", "paper"),
            ("task", "samtone"): ("none", "query", "item", "both"),
            ("model.generative", "combine"): ("concat", "add"),
@@ -230,6 +263,14 @@ RANGES = {("data", "shuffle_buffer"): _NON_NEGATIVE, ("data", "num_parallel_read
           ("task", "margin"): _NON_NEGATIVE, ("task", "positive_weight"): _NON_NEGATIVE,
           ("task", "negative_weight"): _NON_NEGATIVE, ("task", "focal_gamma"): _NON_NEGATIVE,
           ("task", "focal_alpha"): _FRACTION, ("task", "batch_recall_k"): _POSITIVE,
+          ("task", "ccl_margin"): ("in [-1, 1]", lambda v: -1 <= v <= 1), ("task", "ccl_negative_weight"): _NON_NEGATIVE,
+          ("task", "bsl_tau2"): _POSITIVE, ("model", "embedding_l2"): _NON_NEGATIVE,
+          ("model.user_gate", "weight"): ("in (0, 1)", lambda v: 0 < v < 1),
+          ("model.user_gate", "dropout"): ("in [0, 1)", lambda v: 0 <= v < 1),
+          ("train.validation", "metric"): ("recall@K or ndcg@K", lambda v: re.fullmatch(r"(recall|ndcg)@[1-9][0-9]*", v)),
+          ("train.validation", "every"): _POSITIVE, ("train.validation", "patience"): _NON_NEGATIVE,
+          ("train.validation", "decay"): ("in (0, 1]", lambda v: 0 < v <= 1),
+          ("train.validation", "decay_patience"): _POSITIVE, ("train.validation", "min_delta"): _NON_NEGATIVE,
           ("task.adaptive", "alpha"): _NON_NEGATIVE, ("task.adaptive", "delta0"): _NON_NEGATIVE,
           ("task.adaptive", "tau0"): _POSITIVE, ("task.adaptive", "symmetric_weight"): _NON_NEGATIVE,
           ("task.streaming", "hash_size"): _POSITIVE, ("task.streaming", "num_hashes"): _POSITIVE,

@@ -16,8 +16,9 @@ from tfrec_towers.dual_augmented import AugmentedVector, CategoryAlignmentLoss, 
 from tfrec_towers.features.stats import FeatureStats
 from tfrec_towers.generative_interaction import PseudoQueryGenerator, ReconstructionLoss
 from tfrec_towers.negatives.cross_replica import gather_across_replicas
-from tfrec_towers.tasks import (AdaptiveSymmetricLoss, AdaptiveTemperatureMargin, FocalLoss, HardNegativeMining,
-                                HingeLoss, LogQCorrection, PassageCentricLoss, RemoveAccidentalHits, Retrieval,
+from tfrec_towers.lazy_adam import LazyAdam
+from tfrec_towers.tasks import (AdaptiveSymmetricLoss, AdaptiveTemperatureMargin, BilateralSoftmaxLoss,
+                                CosineContrastiveLoss, FocalLoss, HardNegativeMining, HingeLoss, LogQCorrection, PassageCentricLoss, RemoveAccidentalHits, Retrieval,
                                 SameTowerNegatives, StreamingFrequency, Temperature, WeightedBinaryCrossEntropy)
 from tfrec_towers.towers import build_towers
 
@@ -103,6 +104,13 @@ def make_loss(config: Config):
         return HingeLoss(t.margin, t.loss_reduction)
     if t.loss == "bce":
         return WeightedBinaryCrossEntropy(t.positive_weight, t.negative_weight, t.loss_reduction)
+    if t.loss == "ccl":
+        if t.temperature or t.logq:
+            raise ValueError("task.loss ccl reads cosines (its margin is in cosine units): set task.temperature "
+                             "to null and task.logq to false")
+        return CosineContrastiveLoss(t.ccl_margin, t.ccl_negative_weight, t.loss_reduction)
+    if t.loss == "bsl":
+        return BilateralSoftmaxLoss(t.bsl_tau2, t.loss_reduction)
     return FocalLoss(t.focal_gamma, t.focal_alpha, t.loss_reduction)
 
 
@@ -154,7 +162,7 @@ def build_task(config: Config, auxiliary_losses=()) -> Retrieval:
         transforms.append(HardNegativeMining(t.hard_negatives))
     weight = {"none": 1.0, "sum": 1.0, "mean": 0.5}[t.bidirectional]
     batch_metrics = [keras.metrics.TopKCategoricalAccuracy(k=k, name=f"batch_recall_at_{k}")
-                     for k in t.batch_recall_k] if t.loss == "softmax" else []
+                     for k in t.batch_recall_k] if t.loss in ("softmax", "bsl", "ccl") else []
     return Retrieval(transforms=transforms, auxiliary_losses=aux, loss=make_loss(config),
                      batch_metrics=batch_metrics, reverse_transforms=reverse,
                      query_weight=weight * (1.0 - t.pair_alpha), reverse_weight=weight,
@@ -229,7 +237,7 @@ def build_model(config: Config, stats: FeatureStats, negatives=None) -> TwoTower
     """The model; ``negatives`` (``build_negatives``) only when training with sampled negatives."""
     m = config.model
     query_tower, candidate_tower = build_towers(config.features, stats, m.hidden, m.output_dim, m.activation,
-                                                m.dropout, m.normalize, m.sharing)
+                                                m.dropout, m.normalize, m.sharing, m.user_gate, m.embedding_l2)
     aux = _tower_extensions(config, stats, query_tower, candidate_tower)
     by_name = config.features.by_name
     query_key = config.data.user_id if config.data.user_id in by_name else None
@@ -239,7 +247,9 @@ def build_model(config: Config, stats: FeatureStats, negatives=None) -> TwoTower
 
 
 def make_optimizer(name: str, learning_rate: float):
-    """A Keras optimizer by its config name (``config.OPTIMIZERS``)."""
+    """A Keras optimizer by its config name (``config.OPTIMIZERS``); ``lazy_adam`` is ``LazyAdam``."""
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {name!r}")
+    if name == "lazy_adam":
+        return LazyAdam(learning_rate=learning_rate)
     return getattr(keras.optimizers, OPTIMIZERS[name])(learning_rate=learning_rate)

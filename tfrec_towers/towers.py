@@ -18,6 +18,7 @@ import tf_keras as keras
 from tfrec_towers.config import SHARING
 from tfrec_towers.features import spec as S
 from tfrec_towers.features.encoders import EncoderFactory
+from tfrec_towers.user_gate import UserGate
 
 
 
@@ -55,7 +56,7 @@ class Tower(keras.Model):
             extra = [(getattr(layer, "additive", False), layer(features, x)) for layer in self.extra_inputs]
             x = tf.concat([tf.add_n([x] + [v for additive, v in extra if additive])]
                           + [v for additive, v in extra if not additive], axis=-1)
-        x = self.projection(self.hidden(x, training=training))
+        x = self.projection(self.hidden(x, training=training), training=training)
         return tf.math.l2_normalize(x, axis=-1) if self.normalize else x
 
 
@@ -70,11 +71,17 @@ def mlp(hidden: Sequence[int], activation: str, dropout: float, name: str) -> ke
 
 def build_towers(spec: "S.FeatureSpec", stats, hidden: Sequence[int] = (128,), output_dim: int = 64,
                  activation: str = "relu", dropout: float = 0.0, normalize: bool = True,
-                 sharing: str = "none") -> Tuple[Tower, Tower]:
-    """Query and candidate towers from the spec. ``output_dim`` 0 means no projection layer."""
+                 sharing: str = "none", user_gate=None, embedding_l2: float = 0.0) -> Tuple[Tower, Tower]:
+    """Query and candidate towers from the spec. ``output_dim`` 0 means no projection layer.
+
+    ``user_gate`` (``config.UserGateConfig``) makes the query tower SimpleX's (``UserGate`` in place of
+    its hidden layers and projection); ``embedding_l2`` adds l2 * sum of squares of every looked-up
+    embedding row, per example, to the model's losses (only the batch's rows get its gradient)."""
     if sharing not in SHARING:
         raise ValueError(f"sharing must be one of {SHARING}, got {sharing!r}")
-    factory = EncoderFactory(spec, stats)
+    if user_gate is not None and sharing != "none":
+        raise ValueError(f"model.user_gate builds the query tower on its own: it needs sharing 'none', got {sharing!r}")
+    factory = EncoderFactory(spec, stats, embedding_l2)
 
     def projection(name: str) -> keras.layers.Layer:
         return keras.layers.Dense(output_dim, name=name) if output_dim else keras.layers.Lambda(lambda x: x, name=name)
@@ -93,10 +100,31 @@ def build_towers(spec: "S.FeatureSpec", stats, hidden: Sequence[int] = (128,), o
     shared_head: Optional[keras.layers.Layer] = projection("shared_projection") if sharing == "projection" else None
     towers = []
     for side in S.SIDES:
-        inputs = [(f.name, factory.build(f)) for f in spec.side(side) if f.tower_input]
+        features = [f for f in spec.side(side) if f.tower_input]
+        inputs = [(f.name, factory.build(f)) for f in features]
         if not inputs:
             raise ValueError(f"the {side} tower has no input: every {side} feature is an identifier only "
                              "(id with embedding_dim 0)")
-        towers.append(Tower(inputs, mlp(hidden, activation, dropout, f"{side}_mlp"),
-                            shared_head or projection(f"{side}_projection"), normalize, name=f"{side}_tower"))
+        if side == "query" and user_gate is not None:
+            body, head = keras.Sequential([], name="query_mlp"), _user_gate(spec, inputs, user_gate, output_dim)
+        else:
+            body, head = mlp(hidden, activation, dropout, f"{side}_mlp"), shared_head or projection(f"{side}_projection")
+        towers.append(Tower(inputs, body, head, normalize, name=f"{side}_tower"))
     return towers[0], towers[1]
+
+
+def _user_gate(spec: "S.FeatureSpec", inputs, gate, output_dim: int) -> UserGate:
+    """The ``UserGate`` over the query encodings, ``gate.id``'s columns found from the encoders' widths."""
+    dummy = spec.dummy_batch()
+    widths = [int(encoder(dummy[name]).shape[-1]) for name, encoder in inputs]
+    names = [name for name, _ in inputs]
+    if gate.id not in names or len(names) < 2:
+        raise ValueError(f"model.user_gate.id must name a query feature used as a tower input beside at least one "
+                         f"other (the history); query inputs: {names}, got {gate.id!r}")
+    start = sum(widths[:names.index(gate.id)])
+    stop = start + widths[names.index(gate.id)]
+    candidate_width = output_dim or sum(f.embedding_dim for f in spec.candidate if f.tower_input)
+    if candidate_width != stop - start:
+        raise ValueError(f"model.user_gate: the user vector has the width of '{gate.id}''s embedding ({stop - start}), "
+                         f"the candidate tower's output is {candidate_width}-d; they must be equal")
+    return UserGate((start, stop), gate.weight, gate.learned, gate.dropout, name="user_gate")

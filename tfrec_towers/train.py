@@ -1,4 +1,5 @@
 """Training: schema check -> one stats pass -> tf.data -> model.fit with checkpoints and resumption."""
+import dataclasses
 import glob
 import json
 import os
@@ -11,8 +12,9 @@ import tf_keras as keras
 
 from tfrec_towers.config import Config
 from tfrec_towers.data import reader
-from tfrec_towers.data.inputs import compute_stats, make_input, parse_spec
-from tfrec_towers.evaluate import evaluate_run
+from tfrec_towers.config import ValidationConfig
+from tfrec_towers.data.inputs import compute_stats, make_input, parse_spec, user_histories
+from tfrec_towers.evaluate import evaluate_run, evaluate_users
 from tfrec_towers.mining import mine_hard_negatives
 from tfrec_towers.model import build_model, make_optimizer
 from tfrec_towers.negatives import build_negatives
@@ -48,21 +50,88 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
 
 
 class EpochLog(keras.callbacks.Callback):
-    """Appends one JSON line per finished epoch: its logs, and wall and process-CPU seconds since fit
-    began (CPU time is far less disturbed than wall time by other jobs on a shared machine)."""
+    """Appends one JSON line per finished epoch: its logs, and wall and process-CPU seconds of training
+    since fit began (CPU time is far less disturbed than wall time by other jobs on a shared machine);
+    the time ``validation`` spent is left out of them and logged apart (``valid_seconds``)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, validation: Optional["Validation"] = None):
         super().__init__()
-        self.path = path
+        self.path, self.validation = path, validation
 
     def on_train_begin(self, logs=None):
         self.wall, self.cpu = time.perf_counter(), time.process_time()
 
     def on_epoch_end(self, epoch, logs=None):
+        spent_wall, spent_cpu = (self.validation.wall, self.validation.cpu) if self.validation else (0.0, 0.0)
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"epoch": epoch, "seconds": round(time.perf_counter() - self.wall, 3),
-                                "cpu_seconds": round(time.process_time() - self.cpu, 3),
+            f.write(json.dumps({"epoch": epoch, "seconds": round(time.perf_counter() - self.wall - spent_wall, 3),
+                                "cpu_seconds": round(time.process_time() - self.cpu - spent_cpu, 3),
+                                **({"valid_seconds": round(spent_wall, 3)} if self.validation else {}),
                                 **{k: float(v) for k, v in (logs or {}).items()}}) + "\n")
+
+
+class Validation(keras.callbacks.Callback):
+    """Per-epoch validation (``config.ValidationConfig``): the package's per-user evaluation of the model
+    on the validation logs (the user's training items removed), a learning-rate decay on plateau, early
+    stopping, and the best epoch's weights restored when training ends.
+
+    Its state (best value and epoch, validations without a new best, learning rate) is saved in
+    ``RUN/validation.json`` after each validation, so a resumed run continues the schedule; the best
+    weights are ``RUN/best/weights``. ``wall`` / ``cpu`` are the seconds it has spent (``EpochLog``
+    leaves them out of training time).
+    """
+
+    def __init__(self, run: RunDir, config: Config, valid_pattern: str, items_pattern: str, history, progress=print):
+        super().__init__()
+        self.run, self.options, self.epochs = run, config.train.validation, config.train.epochs
+        self.config, self.valid_pattern, self.items_pattern, self.history = config, valid_pattern, items_pattern, history
+        self.progress, self.wall, self.cpu = progress, 0.0, 0.0
+        self.k = int(self.options.metric.split("@")[1])
+        self.state = {"best": None, "best_epoch": None, "waiting": 0, "curve": []}
+        if os.path.exists(run / "validation.json"):
+            with open(run / "validation.json", encoding="utf-8") as f:
+                self.state = json.load(f)
+
+    def on_train_begin(self, logs=None):
+        if self.state.get("learning_rate") is not None:
+            self.model.optimizer.learning_rate.assign(self.state["learning_rate"])
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.options.every and epoch + 1 != self.epochs:
+            return
+        wall, cpu = time.perf_counter(), time.process_time()
+        metrics = evaluate_users(self.model, self.config, self.valid_pattern, self.items_pattern, self.history,
+                                 ks=[self.k], progress=lambda m: None)
+        value, o, state = metrics[self.options.metric], self.options, self.state
+        if logs is not None:
+            logs[f"valid_{o.metric}"] = value
+        note = ""
+        if state["best"] is None or value > state["best"] + o.min_delta:
+            state.update(best=value, best_epoch=epoch, waiting=0)
+            self.model.save_weights(self.run / "best/weights")
+            note = "new best"
+        else:
+            state["waiting"] += 1
+            if o.decay < 1 and state["waiting"] % o.decay_patience == 0:
+                lr = float(self.model.optimizer.learning_rate.numpy()) * o.decay
+                self.model.optimizer.learning_rate.assign(lr)
+                note = f"learning rate -> {lr:.3g}"
+            if o.patience and state["waiting"] >= o.patience:
+                self.model.stop_training = True
+                note += ("; " if note else "") + f"stopping: no new best in {o.patience} validations"
+        state["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())
+        state["curve"].append({"epoch": epoch, o.metric: value})
+        write_atomic(self.run / "validation.json", json.dumps(state, indent=1))
+        self.wall += time.perf_counter() - wall
+        self.cpu += time.process_time() - cpu
+        self.progress(f"epoch {epoch + 1}: valid {o.metric} {value:.4f} (best {state['best']:.4f} at epoch "
+                      f"{state['best_epoch'] + 1}){'; ' + note if note else ''}")
+
+    def on_train_end(self, logs=None):
+        if self.state["best_epoch"] is not None and tf.io.gfile.exists(self.run / "best/weights.index"):
+            self.model.load_weights(self.run / "best/weights")
+            self.progress(f"restored the weights of epoch {self.state['best_epoch'] + 1} "
+                          f"(valid {self.options.metric} {self.state['best']:.4f})")
 
 
 class PruneCheckpoints(keras.callbacks.Callback):
@@ -84,8 +153,12 @@ class PruneCheckpoints(keras.callbacks.Callback):
 
 
 def train(config: Config, train_pattern: str, run_dir: str, eval_pattern: Optional[str] = None,
-          items_pattern: Optional[str] = None, verbose="auto", progress=print) -> dict:
+          items_pattern: Optional[str] = None, verbose="auto", progress=print,
+          valid_pattern: Optional[str] = None) -> dict:
     """Train (or resume) a run; evaluate on ``eval_pattern`` if given. Returns the metrics (or {}).
+
+    ``valid_pattern``: validation logs, evaluated after epochs as ``train.validation`` says (its defaults
+    when the config has none): learning-rate decay on plateau, early stopping, best weights restored.
 
     Under ``train.strategy: multi_worker`` start the same command on every worker of TF_CONFIG's
     cluster; the chief writes ``run_dir`` and evaluates, the other workers only train.
@@ -93,18 +166,20 @@ def train(config: Config, train_pattern: str, run_dir: str, eval_pattern: Option
     strategy = make_strategy(config.train.strategy)  # first: collectives must be set up before any op runs
     task = worker_task() if config.train.strategy == "multi_worker" else None
     if task:
-        run_dir, eval_pattern = os.path.join(run_dir, "workers", task), None
+        run_dir, eval_pattern, valid_pattern = os.path.join(run_dir, "workers", task), None, None
+    if valid_pattern and config.train.validation is None:
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, validation=ValidationConfig()))
     run = RunDir(run_dir)
     files = reader.list_files(train_pattern)
     if not reader.check_schema(files, parse_spec(config), config.data.compression):
         raise ValueError(f"no training records in {train_pattern} ({len(files)} file(s), all empty)")
     with run.lock():
         return _train_locked(run, config, strategy, files, train_pattern, eval_pattern, items_pattern,
-                             verbose, progress)
+                             verbose, progress, valid_pattern)
 
 
 def _train_locked(run: RunDir, config: Config, strategy, files, train_pattern, eval_pattern, items_pattern,
-                  verbose, progress) -> dict:
+                  verbose, progress, valid_pattern=None) -> dict:
     fingerprints = file_fingerprints(files)
     if os.path.exists(run / "run.json"):  # a run whose stats pass completed: resume or evaluate it
         info = run.info()
@@ -145,13 +220,18 @@ def _train_locked(run: RunDir, config: Config, strategy, files, train_pattern, e
 
     model = build_trainable(config, stats, files, items_pattern, strategy, progress)
     dataset = make_input(config, files, training=True, stats=stats)
+    validation = None
+    if valid_pattern:
+        history = user_histories(config, train_pattern, progress=lambda m: None)
+        validation = Validation(run, config, valid_pattern, items_pattern or train_pattern, history, progress)
     callbacks = [
         keras.callbacks.BackupAndRestore(run / "backup"),
+        *([validation] if validation else []),  # before the loggers: they record its valid_ metric
         keras.callbacks.ModelCheckpoint(run / "checkpoints/epoch-{epoch:03d}", save_weights_only=True),
         PruneCheckpoints(run / "checkpoints", config.train.keep_checkpoints),
         keras.callbacks.TensorBoard(run / "logs", update_freq="epoch"),
         keras.callbacks.CSVLogger(run / "history.csv", append=True),
-        EpochLog(run / "epochs.jsonl"),
+        EpochLog(run / "epochs.jsonl", validation),
     ]
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2

@@ -44,7 +44,8 @@ class AttentionPooling(keras.layers.Layer):
 class LookupEmbedding(keras.layers.Layer):
     """String values -> indices (vocabulary with OOV buckets, or hashing) -> embedding table."""
 
-    def __init__(self, vocabulary=None, hash_buckets: int = 0, num_oov: int = 1, dim: int = 16, **kwargs):
+    def __init__(self, vocabulary=None, hash_buckets: int = 0, num_oov: int = 1, dim: int = 16, l2: float = 0.0,
+                 **kwargs):
         super().__init__(**kwargs)
         if hash_buckets:
             self.lookup = keras.layers.Hashing(num_bins=hash_buckets)
@@ -54,7 +55,9 @@ class LookupEmbedding(keras.layers.Layer):
                                                     mask_token=None)
             size = len(vocabulary) + num_oov
         self.dim = dim
-        self.embedding = keras.layers.Embedding(size, dim)
+        # l2 on the looked-up rows (an activity regulariser, divided by the batch size by Keras): its
+        # gradient touches only the batch's rows, where a table regulariser would update every row
+        self.embedding = keras.layers.Embedding(size, dim, activity_regularizer=keras.regularizers.L2(l2) if l2 else None)
 
     def call(self, values):
         return self.embedding(self.lookup(values))
@@ -173,8 +176,8 @@ class EncoderFactory:
     ``stats`` must provide ``vocabulary(name)`` and ``numeric(name) -> (mean, std)``.
     """
 
-    def __init__(self, spec: "S.FeatureSpec", stats):
-        self.spec, self.stats = spec, stats
+    def __init__(self, spec: "S.FeatureSpec", stats, embedding_l2: float = 0.0):
+        self.spec, self.stats, self.embedding_l2 = spec, stats, embedding_l2
         self._tables: Dict[Tuple[str, int], LookupEmbedding] = {}
         self._projections: Dict[Tuple[int, int], keras.initializers.Initializer] = {}
 
@@ -200,14 +203,14 @@ class EncoderFactory:
         if key not in self._tables:
             if feature.hash_buckets:
                 table = LookupEmbedding(hash_buckets=feature.hash_buckets, dim=feature.embedding_dim,
-                                        name=f"{owner}_hash_embedding")
+                                        l2=self.embedding_l2, name=f"{owner}_hash_embedding")
             else:
                 vocab_feature = self.spec.by_name[source]
                 vocab = vocab_feature.vocabulary or self.stats.vocabulary(source)
                 if not vocab:
                     raise ValueError(f"feature '{source}' has an empty vocabulary: no values in the training logs")
                 table = LookupEmbedding(vocabulary=vocab, num_oov=vocab_feature.num_oov, dim=feature.embedding_dim,
-                                        name=f"{key[0]}_embedding")
+                                        l2=self.embedding_l2, name=f"{key[0]}_embedding")
             self._tables[key] = table
         return self._tables[key]
 
