@@ -315,7 +315,7 @@ def package_config(model: str, seed: int, overrides, embedding_dim: int = None) 
     """gowalla.yaml (``default``), the best configuration (``BEST_DROP_QUERY``, ``BEST``) + ``overrides``,
     or ``package_basic`` (gowalla.yaml's user and item IDs only, ``PACKAGE_BASIC``; no overrides).
     ``embedding_dim`` replaces ``BEST_EMBEDDING_DIM`` (every embedding and the output) in ``best``."""
-    d = Config.load(packaged("gowalla")).to_dict()
+    d = Config.load(packaged("cf")).to_dict()
     if model == "package_basic":
         d["features"]["query"] = [f for f in d["features"]["query"] if f["name"] == "user_id"]
         config = Config.from_dict(d).with_overrides(PACKAGE_BASIC)

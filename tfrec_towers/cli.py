@@ -7,11 +7,39 @@ import sys
 from tfrec_towers.export import layout  # no TensorFlow: the CLI stays cheap to import
 
 
-def _config(args):
+def _config(args, data_dir=None):
+    """``--config`` (a file, or a packaged name); else the packaged config that the dataset's converter
+    named in its metadata.json (``user-item-lists``: ``cf``); else ``default``."""
     from tfrec_towers.config import Config, packaged
 
-    path = args.config if args.config and os.path.exists(args.config) else packaged(args.config or "default")
+    name = args.config
+    if not name:
+        name, source = _suggested_config(data_dir or os.path.dirname(os.path.dirname(_first_match(args.train))))
+        if name:
+            print(f"config: the packaged '{name}', named by {source} (--config to choose another)")
+    path = name if name and os.path.exists(name) else packaged(name or "default")
     return Config.load(path).with_overrides(getattr(args, "set", None) or [])
+
+
+def _first_match(patterns: str) -> str:
+    import glob
+
+    for pattern in (patterns or "").split(","):
+        matches = sorted(glob.glob(pattern))
+        if matches:
+            return os.path.abspath(matches[0])
+    return ""
+
+
+def _suggested_config(data_dir: str):
+    """(name, path) of the ``config`` a converted dataset's metadata.json names, or (None, None)."""
+    path = os.path.join(data_dir, "metadata.json") if data_dir else ""
+    try:
+        with open(path, encoding="utf-8") as f:
+            name = json.load(f).get("config")
+    except (OSError, ValueError, AttributeError):
+        return None, None
+    return (name, path) if isinstance(name, str) and name else (None, None)
 
 
 def cmd_train(args):
@@ -84,7 +112,7 @@ def cmd_demo(args):
             generate_synthetic(data)
     with open(os.path.join(data, "metadata.json"), encoding="utf-8") as f:
         files = json.load(f)["files"]
-    config = _config(args)
+    config = _config(args, data_dir=data)
     run_dir = os.path.join(workdir, "run")
     metrics = train(config, files["train"], run_dir, files["test"], files["items"])
     from tfrec_towers.export.exporter import export_run
@@ -162,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def config_args(sp):
-        sp.add_argument("--config", help="YAML/JSON config, or a packaged name (default, tutorial); default: default")
+        sp.add_argument("--config", help="YAML/JSON config, or a packaged name (default, tutorial, cf, scifact); default: the one the "
+                             "dataset's metadata.json names (user-item-lists: cf), else default")
         sp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                         help="override one config value, e.g. train.epochs=3 (repeatable)")
 
@@ -299,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-rest-body-bytes", type=int, help="larger REST bodies get 413 (default 16 MiB)")
     sp.set_defaults(func=cmd_serve)
 
-    sp = sub.add_parser("config", help="print a packaged config (default, tutorial, gowalla, scifact)")
+    sp = sub.add_parser("config", help="print a packaged config (default, tutorial, cf, scifact)")
     sp.add_argument("name", nargs="?", default="default")
     sp.set_defaults(func=cmd_config)
     return p

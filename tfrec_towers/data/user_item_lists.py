@@ -211,7 +211,7 @@ def convert_user_item_lists(train_files: Union[str, Sequence[str]], test_file: s
     progress(f"{len(train)} training users, {len(train_events)} training events, {len(test)} test users, "
              f"{len(test_events)} test events, catalog of {len(items)} items")
     skipped = sum(sum(r.skipped.values()) for r in reports.values())
-    metadata = {"source": name or "user-item lists", "format": "user item item ...",
+    metadata = {"source": name or "user-item lists", "format": "user item item ...", "config": "cf",
                 "train_files": [os.path.abspath(p) for p in train_files], "test_file": os.path.abspath(test_file),
                 "catalog_files": [os.path.abspath(p) for p in catalog_files], "policy": policy,
                 "history_len": history_len, "seed": seed, "num_users": len(train),
