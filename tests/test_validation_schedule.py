@@ -70,3 +70,17 @@ def test_validation_options_are_checked_at_load():
         config("train.validation={metric: hr@10}")
     with pytest.raises(ValueError, match="train.validation.decay"):
         config("train.validation={decay: 0}")
+
+
+def test_cosine_schedule_anneals_to_zero_over_all_epochs(files, tmp_path):
+    from tfrec_towers.model import learning_rate_schedule
+
+    c = config("train.epochs=4", "train.learning_rate=0.02", "train.lr_schedule=cosine")
+    schedule = learning_rate_schedule(c, num_examples=1000)        # 4 steps per epoch at batch 256: T = 16
+    assert [round(float(schedule(t)), 6) for t in (0, 8, 16)] == [0.02, 0.01, 0.0]
+    with pytest.raises(ValueError, match="set train.validation.decay to 1"):
+        learning_rate_schedule(config("train.lr_schedule=cosine", "train.validation={}"), 1000)
+    run = str(tmp_path / "run")
+    train(c.with_overrides(["train.validation={decay: 1.0, patience: 0}"]), files["train"], run, None, files["items"],
+          verbose=0, progress=lambda m: None, valid_pattern=files["test"])
+    assert len(lines(os.path.join(run, "epochs.jsonl"))) == 4

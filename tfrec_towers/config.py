@@ -166,6 +166,9 @@ class TrainConfig:
     steps_per_epoch: Optional[int] = None
     keep_checkpoints: int = 3          # newest epoch checkpoints kept (0: all); a 1024-d text model's is ~0.4 GB
     validation: Optional[ValidationConfig] = None  # used when train is given --valid logs
+    # constant, or cosine: lr * (1 + cos(pi t / T)) / 2 over the T steps of all epochs, which anneals to 0 at the
+    # last epoch without a validation split (the schedule the test protocol can use; decay on plateau needs one)
+    lr_schedule: str = "constant"
 
 
 @dataclasses.dataclass
@@ -244,7 +247,8 @@ CHOICES = {("data", "corrupt_records"): CORRUPT_RECORD_POLICIES, ("data", "compr
            ("model.generative", "combine"): ("concat", "add"),
            ("task", "logq_estimator"): ("counts", "streaming"),
            ("train", "optimizer"): tuple(OPTIMIZERS),
-           ("train", "strategy"): ("default", "mirrored", "multi_worker")}
+           ("train", "strategy"): ("default", "mirrored", "multi_worker"),
+           ("train", "lr_schedule"): ("constant", "cosine")}
 
 _POSITIVE = ("> 0", lambda v: v > 0)
 _NON_NEGATIVE = (">= 0", lambda v: v >= 0)

@@ -246,8 +246,22 @@ def build_model(config: Config, stats: FeatureStats, negatives=None) -> TwoTower
                          config.negatives.cross_replica)
 
 
-def make_optimizer(name: str, learning_rate: float):
-    """A Keras optimizer by its config name (``config.OPTIMIZERS``); ``lazy_adam`` is ``LazyAdam``."""
+def learning_rate_schedule(config: Config, num_examples: int):
+    """``train.learning_rate``, or for ``lr_schedule: cosine`` the schedule lr (1 + cos(pi t / T)) / 2 over
+    T = epochs x steps per epoch (from the training examples, or ``steps_per_epoch``)."""
+    t = config.train
+    if t.lr_schedule == "constant":
+        return t.learning_rate
+    if t.validation is not None and t.validation.decay < 1:
+        raise ValueError("train.lr_schedule cosine sets the learning rate at every step: set "
+                         "train.validation.decay to 1 (no decay on plateau)")
+    steps = t.steps_per_epoch or -(-max(num_examples, 1) // t.batch_size)
+    return keras.optimizers.schedules.CosineDecay(t.learning_rate, decay_steps=steps * t.epochs)
+
+
+def make_optimizer(name: str, learning_rate):
+    """A Keras optimizer by its config name (``config.OPTIMIZERS``); ``lazy_adam`` is ``LazyAdam``;
+    ``learning_rate`` a float or a schedule."""
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {name!r}")
     if name == "lazy_adam":

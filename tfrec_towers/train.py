@@ -16,7 +16,7 @@ from tfrec_towers.config import ValidationConfig
 from tfrec_towers.data.inputs import compute_stats, make_input, parse_spec, user_histories
 from tfrec_towers.evaluate import evaluate_run, evaluate_users
 from tfrec_towers.mining import mine_hard_negatives
-from tfrec_towers.model import build_model, make_optimizer
+from tfrec_towers.model import build_model, learning_rate_schedule, make_optimizer
 from tfrec_towers.negatives import build_negatives
 from tfrec_towers.run import RunDir, dummy_batch, file_fingerprints, write_atomic
 
@@ -93,7 +93,7 @@ class Validation(keras.callbacks.Callback):
                 self.state = json.load(f)
 
     def on_train_begin(self, logs=None):
-        if self.state.get("learning_rate") is not None:
+        if self.state.get("learning_rate") is not None and self.config.train.lr_schedule == "constant":
             self.model.optimizer.learning_rate.assign(self.state["learning_rate"])
 
     def on_epoch_end(self, epoch, logs=None):
@@ -112,7 +112,7 @@ class Validation(keras.callbacks.Callback):
             note = "new best"
         else:
             state["waiting"] += 1
-            if o.decay < 1 and state["waiting"] % o.decay_patience == 0:
+            if o.decay < 1 and state["waiting"] % o.decay_patience == 0:  # (a schedule forbids decay < 1)
                 lr = float(self.model.optimizer.learning_rate.numpy()) * o.decay
                 self.model.optimizer.learning_rate.assign(lr)
                 note = f"learning rate -> {lr:.3g}"
@@ -254,7 +254,7 @@ def build_trainable(config: Config, stats, files, items_pattern: Optional[str], 
         model.query_tower(dummy_batch(config))
         model.candidate_tower(dummy_batch(config))
         model.built = True
-        model.compile(optimizer=make_optimizer(config.train.optimizer, config.train.learning_rate))
+        model.compile(optimizer=make_optimizer(config.train.optimizer, learning_rate_schedule(config, stats.num_examples)))
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             # tf_keras's "auto" sums every logged value over the workers, but metric results are
             # already global (sync-on-read): batch recall read workers x the truth. With "first"
