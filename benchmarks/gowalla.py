@@ -79,22 +79,12 @@ K = 20
 HISTORY_LEN = 50
 CHUNK = 1024  # users scored at a time: 1024 x 40,981 float32 = 168 MB
 
-#: The best configuration found on train -> valid: gowalla.yaml without these query features, plus
-#: these overrides. Valid Recall@20 at epochs 2 / 3 / 4: gowalla.yaml 0.160 / 0.164 / 0.163;
-#: temperature 0.05 0.158 / - / 0.118 (overfits); temperature 0.2 0.126 at 2 (too soft); without
-#: user_id 0.165 / 0.158 at 2 / 3 (likely: the user-ID embedding memorises the training items, which
-#: the ranking removes anyway, while the history generalises; it overfits after 2 epochs); the same
-#: with every embedding and the output 128-d: 0.162 / 0.178 at epochs 1 / 2, 256-d: 0.183 at 2 (ALS
-#: also gains from size: 0.159 / 0.183 / 0.196 at 64 / 128 / 256 factors). Tried on 256-d best at
-#: epoch 2 (2026-11-30, seed 0; these four ran at main's bb46a3c, the same model code): best 0.1829;
-#: + generative interaction 0.1816 (its +1.5% at 64-d does not carry over); 4,096 uniform negatives
-#: instead of 1,024 0.1804 (and 1.7x slower); temperature 0.07 0.1735; every embedding and the output 512-d
-#: (``--best-dim 512``, at this branch) 0.1868, the best on valid so far (one seed: +2.1%, about twice
-#: the seed spread); on test seeds 0 / 1 0.1576 / 0.1574 (256-d: 0.1554 ± 0.0015); BEST_EMBEDDING_DIM
-#: stays 256 until its third test seed is in (README).
-BEST_DROP_QUERY = ["user_id"]
-BEST_EMBEDDING_DIM = 256  # every feature's embedding_dim in the best configuration (None: gowalla.yaml's)
-BEST: list = ["train.epochs=2", "model.output_dim=256"]
+#: The best configuration found on train -> valid, as changes to the packaged cf.yaml: none since the
+#: LazyAdam / BSL / gated user tower configuration became cf.yaml (2026-12-06); the 2026-11-30 search
+#: (history-only, 256-d, softmax, 2 epochs: 0.1554 on test) is in results/gowalla_2026-11-30.md.
+BEST_DROP_QUERY: list = []
+BEST_EMBEDDING_DIM = None  # every feature's embedding_dim in the best configuration (None: cf.yaml's)
+BEST: list = []
 
 #: ALS coordinate search on valid: start at 64 factors with implicit's default regularisation and alpha,
 #: then each stage tries the listed values of one hyperparameter with the others at their best so far
@@ -305,9 +295,10 @@ def run_tfrs_basic(data: Split, seed: int, args) -> dict:
 
 
 #: ``package_basic``: gowalla.yaml made the TFRS basic-retrieval model (see the module docstring).
-PACKAGE_BASIC = ["model.hidden=[]", "model.output_dim=0", "model.normalize=false", "task.temperature=null",
-                 "task.logq=false", "task.remove_accidental_hits=false", "task.batch_recall_k=[]",
-                 "negatives.uniform=0", "train.optimizer=adagrad", f"train.learning_rate={TFRS_LR}",
+PACKAGE_BASIC = ["model.hidden=[]", "model.output_dim=0", "model.normalize=false", "model.user_gate=null",
+                 "task.temperature=null", "task.loss=softmax", "task.logq=false", "task.remove_accidental_hits=false",
+                 "task.batch_recall_k=[]", "negatives.in_batch=true", "negatives.uniform=0", "train.optimizer=adagrad",
+                 f"train.learning_rate={TFRS_LR}", "train.lr_schedule=constant", "train.validation=null",
                  "data.in_memory=true"]
 
 
@@ -339,11 +330,18 @@ def run_package(model: str, data: Split, seed: int, args, config: Config = None,
     run_dir = os.path.join(args.workdir, "runs", data.name, f"{run_name or model}-seed{seed}")
     if os.path.exists(run_dir):  # never resume a run from an earlier invocation
         shutil.rmtree(run_dir)
+    # On the valid split the run validates itself (the curve of valid Recall@20 by epoch and by minute of
+    # training; the validation's own time is left out of the training time). The packaged config's
+    # train.validation applies where it has one, else every epoch with neither decay nor stopping.
+    curve_pattern = data.files["test"] if data.name == "valid" and args.curve else None
+    if curve_pattern and config.train.validation is None:
+        config = config.with_overrides(["train.validation={patience: 0, decay: 1.0}"])
     reset_peak()
     with Timer() as total:
         train(config, data.files["train"], run_dir, None, data.files["items"], verbose=2,
-              progress=lambda m: log("      " + m.replace("\n", "\n      ")))
+              progress=lambda m: log("      " + m.replace("\n", "\n      ")), valid_pattern=curve_pattern)
     train_peak = peak_rss_mb()
+    curve = valid_curve(run_dir) if curve_pattern else None
     timing = RunDir(run_dir).fit_timing()
     examples, seconds, cpu = timing["examples"], timing["seconds"], timing["cpu_seconds"]
     keras.backend.clear_session()
@@ -360,7 +358,15 @@ def run_package(model: str, data: Split, seed: int, args, config: Config = None,
             "train_seconds": seconds, "train_wall_seconds_with_stats_pass": total.wall, "fit_cpu_seconds": cpu,
             "examples": int(examples), "examples_per_s": examples / seconds, "examples_per_cpu_s": examples / cpu,
             "eval_seconds": ev.wall, "topk_seconds": metrics["seconds"], "train_peak_rss_mb": train_peak,
-            "eval_peak_rss_mb": peak_rss_mb()}
+            "eval_peak_rss_mb": peak_rss_mb(), **({"valid_curve": curve} if curve else {})}
+
+
+def valid_curve(run_dir: str) -> list:
+    """[{epoch, minutes of training, valid Recall@K}] of a run that validated itself (``train --valid``)."""
+    with open(os.path.join(run_dir, "epochs.jsonl"), encoding="utf-8") as f:
+        epochs = [json.loads(line) for line in f if line.strip()]
+    return [{"epoch": e["epoch"] + 1, "train_minutes": round(e["seconds"] / 60, 2), f"recall@{K}": e[f"valid_recall@{K}"]}
+            for e in epochs if f"valid_recall@{K}" in e]
 
 
 # --- summaries ------------------------------------------------------------------------------------
@@ -456,6 +462,8 @@ def parse_args(argv=None):
     p.add_argument("--output-json", default=os.path.join(REPO, "benchmarks", "results", "gowalla.json"))
     p.add_argument("--output-md", default=os.path.join(REPO, "benchmarks", "results", "gowalla.md"))
     p.add_argument("--fresh", action="store_true", help="do not merge into an existing --output-json")
+    p.add_argument("--no-curve", dest="curve", action="store_false",
+                   help="--split valid: do not validate the package models during training (no valid_curve)")
     p.add_argument("--best-dim", type=int, default=None,
                    help=f"best: every embedding and the output at this size instead of {BEST_EMBEDDING_DIM}")
     args = p.parse_args(argv)

@@ -87,10 +87,15 @@ class SequenceEncoder(keras.layers.Layer):
         if x.shape[1] is None or x.shape[1] > self.max_len:  # else every row already fits: nothing to cut
             x = tf.cond(tf.shape(x)[1] > self.max_len, lambda: self.last_items(x), lambda: x)
         mask = tf.not_equal(x, "")
-        emb = self.table(x)
         if self.attention is not None:
-            return self.attention(emb, mask)
-        return masked_pool(emb, mask, self.pooling)
+            return self.attention(self.table(x), mask)
+        # mean/sum: look up only the real items (ragged), not the padding: a batch of short histories
+        # padded to max_len would otherwise gather, and send gradients for, B x max_len rows
+        items = tf.ragged.boolean_mask(x, mask)
+        total = tf.math.unsorted_segment_sum(self.table(items.flat_values), items.value_rowids(), items.nrows())
+        if self.pooling == "sum":
+            return total
+        return total / tf.maximum(tf.cast(items.row_lengths(), total.dtype), 1.0)[:, None]
 
 
     def last_items(self, x):
