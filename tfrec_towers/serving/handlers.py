@@ -1,6 +1,6 @@
 """The servable side of TF Serving's PredictionService and ModelService: Predict, GetModelMetadata and
 GetModelStatus over the versions the version manager serves, each request run by ``request.py``."""
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import tensorflow as tf
 from google.protobuf import wrappers_pb2
@@ -60,10 +60,17 @@ class RequestHandler:
         return response
 
     def model_status(self, spec: model_pb2.ModelSpec) -> Dict[int, int]:
-        """{version: ModelVersionStatus.State} of what is loaded (AVAILABLE) or was unloaded (END)."""
-        loaded, ended, models = self.versions.numbers(spec.name)
-        states = {n: _END for n in ended}
-        states.update({n: _AVAILABLE for n in loaded})
+        """{version: ModelVersionStatus.State} of what is loaded (AVAILABLE) or was unloaded or failed
+        to load (END)."""
+        return {n: state for n, (state, _) in self.version_statuses(spec).items()}
+
+    def version_statuses(self, spec: model_pb2.ModelSpec) -> Dict[int, Tuple[int, Optional[Tuple]]]:
+        """{version: (ModelVersionStatus.State, None or (grpc.StatusCode, message) of a failed load)}, as
+        TF Serving reports a version that failed to load: END with the load's error."""
+        loaded, ended, failed, models = self.versions.numbers(spec.name)
+        states = {n: (_END, None) for n in ended}
+        states.update({n: (_END, error) for n, error in failed.items()})
+        states.update({n: (_AVAILABLE, None) for n in loaded})
         if not states:
             raise not_found(f"model {spec.name!r} has no versions under {self.versions.base_dir}; "
                             f"models: {', '.join(models) or 'none'}")
@@ -76,6 +83,9 @@ class RequestHandler:
 
     def get_model_status(self, request: get_model_status_pb2.GetModelStatusRequest):
         response = get_model_status_pb2.GetModelStatusResponse()
-        for number, state in self.model_status(request.model_spec).items():
-            response.model_version_status.add(version=number, state=state).status.error_message = ""
+        for number, (state, error) in self.version_statuses(request.model_spec).items():
+            status = response.model_version_status.add(version=number, state=state).status
+            status.error_message = ""
+            if error is not None:
+                status.error_code, status.error_message = error[0].value[0], error[1]
         return response

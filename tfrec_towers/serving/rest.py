@@ -212,10 +212,11 @@ def _rest_status(handler: RequestHandler, path: str) -> Dict:
     spec, verb = _rest_target(path)
     if verb is not None:
         raise not_found(f"GET {path}: use POST for :{verb}")
-    states = handler.model_status(spec)
+    states = handler.version_statuses(spec)
     return {"model_version_status": [
         {"version": str(n), "state": get_model_status_pb2.ModelVersionStatus.State.Name(s),
-         "status": {"error_code": "OK", "error_message": ""}} for n, s in states.items()]}
+         "status": {"error_code": error[0].name if error else "OK", "error_message": error[1] if error else ""}}
+        for n, (s, error) in states.items()]}
 
 
 # ---- the HTTP server -------------------------------------------------------------------------------------

@@ -1,0 +1,210 @@
+"""Issue 23, the server's part: nothing a user or operator hands ``tfrec-towers serve`` may crash it,
+exhaust its memory or answer with a traceback. Real SavedModels, real gRPC/HTTP on 127.0.0.1; what may
+take the process down runs it in a subprocess and checks its exit status and output."""
+import concurrent.futures
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import time
+
+import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from cli_helpers import ServeProcess, cli, serve_in_subprocess, subprocess_env
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c  # an independent CRC-32C
+from tensorflow.python.data.experimental.ops.testing import sleep as sleep_dataset
+from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_log_pb2, prediction_service_pb2_grpc)
+
+from tfrec_towers.export import layout
+from tfrec_towers.serving import ModelServer
+
+Code = grpc.StatusCode
+
+
+class Toy(tf.Module):
+    """``serving_default``: scores that encode the version, so an answer shows which version gave it."""
+
+    def __init__(self, version: int):
+        super().__init__()
+        self.v = version
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.float32)])
+    def top_k(self, user_id, age):
+        return {"scores": 100.0 * self.v + age[:, None] + tf.zeros([1, 3]),
+                "user": tf.strings.join([user_id, f"-v{self.v}"])}
+
+
+class Slow(tf.Module):
+    """``serving_default`` answers after about ``max(seconds)`` (sleeping, not spinning)."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+    def wait(self, seconds):
+        # The reduce pulls twice (the element, then the end of the dataset), and each pull sleeps.
+        micros = tf.cast(tf.reduce_max(seconds) * 0.5e6, tf.int64)
+        slept = tf.data.Dataset.from_tensors(tf.constant(1, tf.int64)).apply(sleep_dataset(micros))
+        done = slept.reduce(tf.constant(0, tf.int64), lambda total, x: total + x)
+        return {"waited": seconds * tf.cast(done, tf.float32)}
+
+
+class Catalog(tf.Module):
+    """Top-k with an exact re-rank, as the ``portable`` index does: per row a [2000] score vector and a
+    [100, 64] shortlist of embeddings (~0.05 MB), so 10,000 rows take a few hundred MB while they run."""
+
+    def __init__(self):
+        super().__init__()
+        self.items = tf.Variable(np.random.default_rng(0).normal(size=(2000, 64)).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64)])
+    def top_k(self, user):
+        query = tf.gather(self.items, user % 2000)
+        shortlist = tf.math.top_k(tf.matmul(query, self.items, transpose_b=True), 100).indices
+        exact = tf.einsum("bd,bkd->bk", query, tf.gather(self.items, shortlist))
+        best = tf.math.top_k(exact, 10)
+        return {"scores": best.values, "items": tf.gather(shortlist, best.indices, batch_dims=1)}
+
+
+def toy_request(name="toy", users=("u1", "u2"), ages=(1.0, 2.0), version=None):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    if version is not None:
+        request.model_spec.version.value = version
+    request.inputs["user_id"].CopyFrom(tf.make_tensor_proto(list(users)))
+    request.inputs["age"].CopyFrom(tf.make_tensor_proto(list(ages), tf.float32))
+    return request
+
+
+def warmup_record(request) -> bytes:
+    log = prediction_log_pb2.PredictionLog()
+    log.predict_log.request.CopyFrom(request)
+    return log.SerializeToString()
+
+
+def write_records(path, records) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(record)
+
+
+def framed_header(length: int) -> bytes:
+    """A TFRecord header declaring ``length`` bytes, with the right checksum: TensorFlow's reader trusts it."""
+    size = struct.pack("<Q", length)
+    return size + struct.pack("<I", masked_crc32c(size))
+
+
+@pytest.fixture(scope="module")
+def templates(tmp_path_factory):
+    """SavedModels saved once per module: toy versions 1 and 2 (with a good warm-up file), slow, catalog."""
+    root = tmp_path_factory.mktemp("templates")
+    for version in (1, 2):
+        toy = Toy(version)
+        tf.saved_model.save(toy, str(root / f"toy{version}"), signatures={"serving_default": toy.top_k})
+        write_records(root / f"toy{version}" / layout.WARMUP_FILE, [warmup_record(toy_request())] * 2)
+    slow = Slow()
+    tf.saved_model.save(slow, str(root / "slow"), signatures={"serving_default": slow.wait})
+    catalog = Catalog()
+    tf.saved_model.save(catalog, str(root / "catalog"), signatures={"serving_default": catalog.top_k})
+    return root
+
+
+def publish(template, base, name, version):
+    """Copy ``template`` to ``base/name/version`` the way an exporter publishes: staged, then renamed."""
+    staging = base / name / f".tmp-{version}"
+    shutil.copytree(template, staging)
+    os.rename(staging, base / name / str(version))
+    return base / name / str(version)
+
+
+def model_status(port, name):
+    """[(version, state name, error code name, error message)] from GetModelStatus."""
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = name
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=30)
+    return [(s.version, get_model_status_pb2.ModelVersionStatus.State.Name(s.state),
+             Code(next(c for c in Code if c.value[0] == s.status.error_code)).name, s.status.error_message)
+            for s in reply.model_version_status]
+
+
+def predict(port, request, timeout=60):
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=timeout)
+
+
+def answering_version(port) -> int:
+    reply = predict(port, toy_request())
+    assert tf.make_ndarray(reply.outputs["user"]).tolist()[0].decode().endswith(f"-v{reply.model_spec.version.value}")
+    return reply.model_spec.version.value
+
+
+# ---- case 1: a warm-up file that declares a huge record ----------------------------------------------------
+
+
+def test_a_warmup_record_declaring_a_terabyte_is_refused_and_the_previous_version_keeps_serving(templates, tmp_path):
+    """Version 2 is version 1's copy with a warm-up record whose header declares 2^40 bytes (its checksum
+    right): it took the whole server down (SIGSEGV) when polled, and again at every restart. Now the
+    version is refused, logged naming the file and the record, reported END with DATA_LOSS by
+    GetModelStatus, and version 1 keeps serving, across a restart too."""
+    publish(templates / "toy1", tmp_path, "toy", 1)
+    staging = tmp_path / "toy" / ".tmp-2"
+    shutil.copytree(tmp_path / "toy" / "1", staging)
+    (staging / layout.WARMUP_FILE).write_bytes(framed_header(1 << 40) + b"x" * 64)
+    bad_file = str(tmp_path / "toy" / "2" / layout.WARMUP_FILE)
+    with serve_in_subprocess(tmp_path, "--poll-seconds", "0.2") as server:
+        assert answering_version(server.grpc_port) == 1
+        os.rename(staging, tmp_path / "toy" / "2")
+        server.wait_for_line("failed to load model 'toy' version 2", timeout=120)
+        (line,) = [line for line in server.lines if "failed to load model 'toy' version 2" in line]
+        assert bad_file in line and "record 1 " in line and "1,099,511,627,776 bytes" in line, line
+        assert "serving version(s): 1" in line
+        assert answering_version(server.grpc_port) == 1
+        status = model_status(server.grpc_port, "toy")
+        assert [s[:3] for s in status] == [(1, "AVAILABLE", "OK"), (2, "END", "DATA_LOSS")], status
+        assert bad_file in status[1][3] and "record 1 " in status[1][3]
+    assert server.returncode == 0 and "Traceback" not in server.output(), server.output()[-3000:]
+
+    with serve_in_subprocess(tmp_path) as server:  # a restart on that base: version 2 is refused at once
+        assert answering_version(server.grpc_port) == 1
+        assert [s[:3] for s in model_status(server.grpc_port, "toy")] == [(1, "AVAILABLE", "OK"), (2, "END", "DATA_LOSS")]
+    assert server.returncode == 0 and "Traceback" not in server.output(), server.output()[-3000:]
+
+
+def test_warmup_framing_is_checked_record_by_record(tmp_path):
+    """``check_record_framing`` reads only the 12-byte headers: it counts a good file's records as
+    TensorFlow does, and names file, record and byte offset of each kind of bad framing."""
+    from tfrec_towers.serving.warmup import MalformedRecordFile, check_record_framing
+
+    good = tmp_path / "good"
+    write_records(good, [b"a" * 10, b"", b"b" * 300])
+    data = good.read_bytes()
+    assert check_record_framing(str(good), max_record_bytes=300, max_records=3) == 3
+    assert len(list(tf.data.TFRecordDataset(str(good)))) == 3
+    second = 12 + 10 + 4  # byte offset of record 2
+
+    def bad(name, content, words, **limits):
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(MalformedRecordFile) as caught:
+            check_record_framing(str(path), **{"max_record_bytes": 1000, "max_records": 10, **limits})
+        assert all(w in str(caught.value) for w in [str(path)] + words), str(caught.value)
+
+    bad("huge", data[:second] + framed_header(1 << 40) + b"x" * 8, ["record 2 (byte 26)", "1,099,511,627,776 bytes"])
+    bad("over-limit", data, ["record 3", "300 bytes, over the limit of 299"], max_record_bytes=299)
+    bad("too-many", data, ["more than 2 records"], max_records=2)
+    bad("cut-header", data[:second + 5], ["record 2 (byte 26)", "cut short (5 of 12 bytes)"])
+    bad("cut-data", data[:-1], ["record 3", "truncated"])
+    flipped = bytearray(data)
+    flipped[second] ^= 0x01  # record 2 now declares 1 byte, its checksum says 0
+    bad("bad-length-checksum", bytes(flipped), ["record 2", "checksum does not match"])
+    bad("not-tfrecord", b'{"json": "instead"}', ["record 1", "checksum does not match"])
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    assert check_record_framing(str(empty), max_record_bytes=1, max_records=1) == 0
