@@ -139,6 +139,22 @@ def predict(port, request, timeout=60):
         return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=timeout)
 
 
+def raw_http(port, head, body=b"", shut_write=False):
+    """(status, JSON reply) of a request written by hand: ``head`` is its request line and headers."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        s.sendall(("\r\n".join(head + ["Host: 127.0.0.1", "", ""])).encode() + body)
+        if shut_write:
+            s.shutdown(socket.SHUT_WR)
+        reply = b""
+        while True:
+            chunk = s.recv(1 << 16)
+            if not chunk:
+                break
+            reply += chunk
+    status_line, _, rest = reply.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
 def answering_version(port) -> int:
     reply = predict(port, toy_request())
     assert tf.make_ndarray(reply.outputs["user"]).tolist()[0].decode().endswith(f"-v{reply.model_spec.version.value}")
@@ -208,3 +224,120 @@ def test_warmup_framing_is_checked_record_by_record(tmp_path):
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
     assert check_record_framing(str(empty), max_record_bytes=1, max_records=1) == 0
+
+
+# ---- case 7: SIGTERM with requests in flight --------------------------------------------------------------
+
+
+def test_sigterm_lets_in_flight_requests_finish_then_exits_0(templates, tmp_path):
+    """Four gRPC and one REST request of 1.5 s each (the sleeps take turns: ~7.5 s for all) are in flight
+    when SIGTERM arrives: all are answered (the gRPC server used to be stopped without a grace period:
+    "UNAVAILABLE: Cancelling all calls"), new requests are refused meanwhile, and the process exits 0
+    once they are done, well before the grace period ends."""
+    publish(templates / "slow", tmp_path, "slow", 1)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "slow"
+    request.inputs["seconds"].CopyFrom(tf.make_tensor_proto([1.5], tf.float32))
+    with serve_in_subprocess(tmp_path, "--rest-port", 0, "--grace-period", 60) as server, \
+            grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        quick = predict_pb2.PredictRequest()
+        quick.CopyFrom(request)
+        quick.inputs["seconds"].CopyFrom(tf.make_tensor_proto([0.01], tf.float32))
+        stub.Predict(quick, timeout=60)  # the channel is up and the signature warm
+
+        def over_grpc():
+            reply = stub.Predict(request, timeout=120)
+            return time.monotonic(), tf.make_ndarray(reply.outputs["waited"]).tolist()
+
+        def over_rest():
+            body = json.dumps({"instances": [1.5]}).encode()
+            status, reply = raw_http(server.rest_port, ["POST /v1/models/slow:predict HTTP/1.1",
+                                                        f"Content-Length: {len(body)}"], body)
+            return time.monotonic(), (status, reply)
+
+        with concurrent.futures.ThreadPoolExecutor(5) as pool:
+            calls = [pool.submit(over_grpc) for _ in range(4)] + [pool.submit(over_rest)]
+            time.sleep(0.5)
+            signalled = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            with pytest.raises(grpc.RpcError) as refused:  # stopped accepting: refused, not queued
+                stub.Predict(quick, timeout=30)
+            assert refused.value.code() == Code.UNAVAILABLE, refused.value
+            answers = [call.result() for call in calls]
+        server.returncode = server.proc.wait(timeout=60)
+        exited = time.monotonic()
+    print("answered after SIGTERM (s):", [round(a[0] - signalled, 1) for a in answers],
+          "exited after", round(exited - signalled, 1))
+    for finished, value in answers[:4]:
+        assert value == [1.5] and finished > signalled
+    finished, (status, reply) = answers[4]
+    assert status == 200 and reply == {"predictions": [1.5]} and finished > signalled
+    assert exited - signalled < 45, "waited for the grace period although every request had ended"
+    assert server.returncode == 0 and "Traceback" not in server.output(), server.output()[-3000:]
+
+
+def test_a_request_that_outlasts_the_grace_period_is_cancelled_and_the_exit_does_not_wait(templates, tmp_path):
+    """With --grace-period 1, a 30-second request in flight at SIGTERM is cancelled after a second and the
+    process exits 0 then, without waiting for the signature run to end (Python would, at exit)."""
+    publish(templates / "slow", tmp_path, "slow", 1)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "slow"
+    request.inputs["seconds"].CopyFrom(tf.make_tensor_proto([30.0], tf.float32))
+    with serve_in_subprocess(tmp_path, "--grace-period", 1) as server, \
+            concurrent.futures.ThreadPoolExecutor(1) as pool:
+        call = pool.submit(predict, server.grpc_port, request)
+        time.sleep(1.0)
+        signalled = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        server.returncode = server.proc.wait(timeout=60)
+        exited = time.monotonic() - signalled
+        with pytest.raises(grpc.RpcError) as caught:
+            call.result()
+    assert caught.value.code() in (Code.CANCELLED, Code.UNAVAILABLE), caught.value
+    assert exited < 10, f"exited {exited:.1f} s after SIGTERM"
+    assert server.returncode == 0 and "Traceback" not in server.output(), server.output()[-3000:]
+    assert "still running at the end of the 1 s grace period were cancelled" in server.output()
+
+
+# ---- case 8: ports in use, and a host that is not loopback -------------------------------------------------
+
+
+def run_serve(*args, timeout=180):
+    return subprocess.run(cli("serve", *args), env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_port_in_use_is_reported_before_any_model_loads(templates, tmp_path):
+    """A taken --port or --rest-port: "port N is in use" and exit 2 at once, before any model is loaded
+    (it came as a traceback, after every model had loaded)."""
+    publish(templates / "toy1", tmp_path, "toy", 1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for flags, what in ((["--port", port], "gRPC"), (["--port", 0, "--rest-port", port], "REST")):
+            done = run_serve(tmp_path, *flags)
+            assert done.returncode == 2, (done.returncode, done.stdout[-2000:], done.stderr[-2000:])
+            assert f"port {port} is in use ({what}" in done.stderr, done.stderr
+            assert "Traceback" not in done.stdout + done.stderr and "loaded model" not in done.stdout, done.stdout
+
+
+def test_a_host_other_than_loopback_is_warned_about(templates, tmp_path):
+    """--host 0.0.0.0 serves, with a warning that nothing authenticates its clients."""
+    from tfrec_towers.serving.server import is_loopback
+
+    assert all(map(is_loopback, ["127.0.0.1", "127.3.2.1", "::1", "[::1]", "localhost"]))
+    assert not any(map(is_loopback, ["0.0.0.0", "::", "10.1.2.3", "example.com"]))
+    publish(templates / "toy1", tmp_path, "toy", 1)
+    proc = subprocess.Popen(cli("serve", tmp_path, "--host", "0.0.0.0", "--port", 0), env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = ServeProcess(proc)
+    try:
+        server.wait_for_line("serving ", timeout=180)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    server._reader.join(timeout=10)
+    warning = [line for line in server.lines if "WARNING" in line]
+    assert warning and "0.0.0.0" in warning[0] and "no authentication" in warning[0], server.output()[-3000:]

@@ -124,14 +124,23 @@ def cmd_ops(args):
 
 
 def cmd_serve(args):
-    from tfrec_towers.serving.server import ModelServer
+    from tfrec_towers.serving.server import ModelServer, PortError
 
     server = ModelServer(args.base_dir, host=args.host, grpc_port=args.port, rest_port=args.rest_port,
                          poll_interval_s=args.poll_seconds, max_batch_size=args.max_batch_size,
                          num_versions=args.num_versions, log=lambda message: print(message, flush=True),
                          **{k: getattr(args, k) for k in ("max_request_bytes", "max_rest_body_bytes")
-                            if getattr(args, k) is not None})  # else the server's defaults
-    server.serve_forever()  # logs the bound addresses; Ctrl-C stops it
+                            if getattr(args, k) is not None},  # else the server's defaults
+                         grace_period_s=args.grace_period)
+    try:
+        finished = server.serve_forever()  # logs the bound addresses; Ctrl-C or SIGTERM stops it
+    except PortError as e:  # checked before any model loads
+        print(f"tfrec-towers serve: error: {e}", file=sys.stderr)
+        return 2
+    if not finished:  # a cancelled request's signature run goes on, and Python would wait for it at exit
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def cmd_examples(args):
@@ -295,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="budget for a request's inputs once decoded, checked on the shapes they declare before "
                          "any is built; more gets INVALID_ARGUMENT (default 64 MiB, the gRPC message cap)")
     sp.add_argument("--max-rest-body-bytes", type=int, help="larger REST bodies get 413 (default 16 MiB)")
+    sp.add_argument("--grace-period", type=float, default=5.0, metavar="SECONDS",
+                    help="on SIGTERM or Ctrl-C, stop accepting requests and give those in flight this long to "
+                         "finish before cancelling them (default 5)")
     sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("config", help="print a packaged config (default, tutorial, gowalla, scifact)")

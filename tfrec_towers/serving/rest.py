@@ -12,6 +12,7 @@ import json
 import re
 import sys
 import threading
+import time
 from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import grpc
@@ -228,6 +229,35 @@ class _RestServer(http.server.ThreadingHTTPServer):
     def __init__(self, address, handler: RequestHandler, max_body_bytes: int, log: Callable):
         super().__init__(address, _RestHandler)
         self.handler, self.max_body_bytes, self.log = handler, max_body_bytes, log
+        self._active, self._idle = 0, threading.Condition()
+
+    # Connections accepted and not yet answered, counted from the accept loop's thread (so none is missed
+    # once ``shutdown()`` has returned) to the end of the connection's thread: what a stop waits for.
+
+    def process_request(self, request, client_address):
+        with self._idle:
+            self._active += 1
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._finished()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._finished()
+
+    def _finished(self) -> None:
+        with self._idle:
+            self._active -= 1
+            self._idle.notify_all()
+
+    def wait_idle(self, deadline: float) -> bool:
+        """Wait until no connection is being served, or until ``deadline`` (time.monotonic()); True if idle."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._active == 0, max(0.0, deadline - time.monotonic()))
 
     def handle_error(self, request, client_address):
         """One log line (e.g. a client that hung up mid-answer) instead of socketserver's traceback."""
