@@ -341,3 +341,47 @@ def test_a_host_other_than_loopback_is_warned_about(templates, tmp_path):
     server._reader.join(timeout=10)
     warning = [line for line in server.lines if "WARNING" in line]
     assert warning and "0.0.0.0" in warning[0] and "no authentication" in warning[0], server.output()[-3000:]
+
+
+# ---- case 9: REST body framing ----------------------------------------------------------------------------
+
+
+def chunked(body: bytes, size: int, extension: bytes = b"", trailer: bytes = b"") -> bytes:
+    parts = [body[i:i + size] for i in range(0, len(body), size)]
+    return b"".join(b"%x%s\r\n%s\r\n" % (len(p), extension, p) for p in parts) + b"0\r\n" + trailer + b"\r\n"
+
+
+def test_rest_reads_the_body_as_framed_and_refuses_ambiguous_framing(templates, tmp_path):
+    """Two Content-Length headers that disagree: 400 (the first used to win); a chunked body is read
+    (it used to be read as empty: "not JSON"), within --max-rest-body-bytes (413); another transfer
+    coding 501; Content-Length beside Transfer-Encoding 400; a POST with neither 411."""
+    publish(templates / "toy1", tmp_path, "toy", 1)
+    body = json.dumps({"inputs": {"user_id": ["u1", "u2"], "age": [1.0, 2.0]}}).encode()
+    post = "POST /v1/models/toy:predict HTTP/1.1"
+    with ModelServer(str(tmp_path), grpc_port=0, rest_port=0, log=lambda line: None,
+                     max_rest_body_bytes=4096) as server:
+        port = server.rest_port
+        status, plain = raw_http(port, [post, f"Content-Length: {len(body)}"], body)
+        assert status == 200 and plain["outputs"]["user"] == ["u1-v1", "u2-v1"], plain
+        assert raw_http(port, [post, f"Content-Length: {len(body)}", f"Content-Length: {len(body)}"], body) \
+            == (200, plain)  # repeated, but the same: one length
+        status, reply = raw_http(port, [post, f"Content-Length: {len(body)}", f"Content-Length: {len(body) + 5}"],
+                                 body + b"     ")
+        assert status == 400 and "Content-Length headers that disagree" in reply["error"], (status, reply)
+
+        for framed in (chunked(body, 16), chunked(body, 7, b";note=1", b"X-Checksum: none\r\n"), chunked(body, 4096)):
+            assert raw_http(port, [post, "Transfer-Encoding: chunked"], framed) == (200, plain), framed[:80]
+        status, reply = raw_http(port, [post, "Transfer-Encoding: chunked"], chunked(b"[" + b"1," * 3000 + b"1]", 1000))
+        assert status == 413 and "max_rest_body_bytes 4096" in reply["error"], (status, reply)
+        status, reply = raw_http(port, [post, "Transfer-Encoding: chunked"], b"zz\r\n{}\r\n0\r\n\r\n")
+        assert status == 400 and "chunk size 'zz'" in reply["error"], (status, reply)
+        status, reply = raw_http(port, [post, "Transfer-Encoding: chunked"], chunked(body, 16)[:40], shut_write=True)
+        assert status == 400 and "malformed chunked body" in reply["error"], (status, reply)
+        status, reply = raw_http(port, [post, "Transfer-Encoding: gzip, chunked"], chunked(body, 16))
+        assert status == 501 and "'gzip, chunked' is not supported" in reply["error"], (status, reply)
+        status, reply = raw_http(port, [post, "Transfer-Encoding: chunked", f"Content-Length: {len(body)}"],
+                                 chunked(body, 16))
+        assert status == 400 and "both Transfer-Encoding and Content-Length" in reply["error"], (status, reply)
+        status, reply = raw_http(port, [post], body, shut_write=True)
+        assert status == 411 and "Content-Length" in reply["error"], (status, reply)
+        assert raw_http(port, [post, f"Content-Length: {len(body)}"], body) == (200, plain)
