@@ -298,7 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--rest-port", type=int, help="also serve TF Serving's REST API on this port")
     sp.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     sp.add_argument("--poll-seconds", type=float, default=1.0, help="how often BASE_DIR is polled for versions")
-    sp.add_argument("--max-batch-size", type=int, default=10000, help="larger requests get INVALID_ARGUMENT")
+    sp.add_argument("--max-batch-size", type=int, default=1000,
+                    help="larger requests get INVALID_ARGUMENT (default 1000; a row costs memory while it is "
+                         "served, ~0.2 MB for a 5,000-item portable export: see serving/README.md)")
     sp.add_argument("--num-versions", type=int, default=1, help="newest versions kept loaded per model")
     sp.add_argument("--max-request-bytes", type=int,
                     help="budget for a request's inputs once decoded, checked on the shapes they declare before "
@@ -315,7 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _before_tensorflow(argv) -> None:
+    """What must be decided before TensorFlow loads (building the parser loads it): for ``serve``, oneDNN
+    off unless the environment says otherwise, so that a large request's memory goes back to the system
+    once answered (``tfrec_towers/serving/memory.py``)."""
+    if list(argv[:1]) == ["serve"]:
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
 def main(argv=None):
+    _before_tensorflow(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 

@@ -2,11 +2,13 @@
 GetModelStatus over the versions the version manager serves, each request run by ``request.py``."""
 from typing import Callable, Dict, Optional, Tuple
 
+import numpy as np
 import tensorflow as tf
 from google.protobuf import wrappers_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2, predict_pb2
 
 from tfrec_towers.export.layout import METADATA_ASSET
+from tfrec_towers.serving import memory
 from tfrec_towers.serving.request import Limits, invalid, not_found, proto_decoder, run_signature
 from tfrec_towers.serving.versions import VersionManager
 
@@ -27,7 +29,9 @@ class RequestHandler:
         Returns (version that answered, signature name, numpy outputs). Every rejection is a RequestError.
         """
         with self.versions.lease(spec) as version:
-            return run_signature(version, spec, decode, output_filter, self.limits)
+            number, name, outputs = run_signature(version, spec, decode, output_filter, self.limits)
+        memory.after_request(max((np.shape(v)[0] for v in outputs.values() if np.ndim(v)), default=0))
+        return number, name, outputs
 
     def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
         number, name, outputs = self.run(request.model_spec, proto_decoder(request.inputs, self.limits),

@@ -27,7 +27,8 @@ from tfrec_towers.serving.request import RequestError, invalid, mib, not_found, 
 
 #: Default cap on a REST body (413 above it). ``json.loads`` holds up to ~20x the body in Python objects
 #: before anything can be checked, so the body size is the only bound on that memory: 16 MiB admits a
-#: 10,000-row batch (the default max batch) of ~1.6 KB JSON rows and keeps one parse under ~350 MB.
+#: 10,000-row batch of ~1.6 KB JSON rows (ten times the default max batch) and keeps one parse under
+#: ~350 MB.
 MAX_REST_BODY_BYTES = 16 << 20
 #: JSON deeper than this gets 400: it bounds the recursion of decoding, and no signature takes tensors of
 #: anywhere near that rank (rows, a ``{"b64"}`` object and a named input add three levels).

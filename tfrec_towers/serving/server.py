@@ -91,7 +91,7 @@ class ModelServer:
     """
 
     def __init__(self, base_dir: str, host: str = "127.0.0.1", grpc_port: int = 8500, rest_port: Optional[int] = None,
-                 poll_interval_s: float = 1.0, max_batch_size: int = 10000, num_versions: int = 1, log=print,
+                 poll_interval_s: float = 1.0, max_batch_size: int = 1000, num_versions: int = 1, log=print,
                  max_request_bytes: int = MAX_REQUEST_BYTES, max_rest_body_bytes: int = MAX_REST_BODY_BYTES,
                  grace_period_s: float = DEFAULT_GRACE_PERIOD_S):
         if num_versions < 1:
