@@ -189,7 +189,8 @@ def test_a_warmup_record_declaring_a_terabyte_is_refused_and_the_previous_versio
 
     with serve_in_subprocess(tmp_path) as server:  # a restart on that base: version 2 is refused at once
         assert answering_version(server.grpc_port) == 1
-        assert [s[:3] for s in model_status(server.grpc_port, "toy")] == [(1, "AVAILABLE", "OK"), (2, "END", "DATA_LOSS")]
+        status = model_status(server.grpc_port, "toy")
+        assert [s[:3] for s in status] == [(1, "AVAILABLE", "OK"), (2, "END", "DATA_LOSS")], status
     assert server.returncode == 0 and "Traceback" not in server.output(), server.output()[-3000:]
 
 
