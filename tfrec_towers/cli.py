@@ -152,14 +152,23 @@ def cmd_ops(args):
 
 
 def cmd_serve(args):
-    from tfrec_towers.serving.server import ModelServer
+    from tfrec_towers.serving.server import ModelServer, PortError
 
     server = ModelServer(args.base_dir, host=args.host, grpc_port=args.port, rest_port=args.rest_port,
                          poll_interval_s=args.poll_seconds, max_batch_size=args.max_batch_size,
                          num_versions=args.num_versions, log=lambda message: print(message, flush=True),
                          **{k: getattr(args, k) for k in ("max_request_bytes", "max_rest_body_bytes")
-                            if getattr(args, k) is not None})  # else the server's defaults
-    server.serve_forever()  # logs the bound addresses; Ctrl-C stops it
+                            if getattr(args, k) is not None},  # else the server's defaults
+                         grace_period_s=args.grace_period)
+    try:
+        finished = server.serve_forever()  # logs the bound addresses; Ctrl-C or SIGTERM stops it
+    except PortError as e:  # checked before any model loads
+        print(f"tfrec-towers serve: error: {e}", file=sys.stderr)
+        return 2
+    if not finished:  # a cancelled request's signature run goes on, and Python would wait for it at exit
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def cmd_examples(args):
@@ -320,12 +329,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--rest-port", type=int, help="also serve TF Serving's REST API on this port")
     sp.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     sp.add_argument("--poll-seconds", type=float, default=1.0, help="how often BASE_DIR is polled for versions")
-    sp.add_argument("--max-batch-size", type=int, default=10000, help="larger requests get INVALID_ARGUMENT")
+    sp.add_argument("--max-batch-size", type=int, default=1000,
+                    help="larger requests get INVALID_ARGUMENT (default 1000; a row costs memory while it is "
+                         "served, ~0.2 MB for a 5,000-item portable export: see serving/README.md)")
     sp.add_argument("--num-versions", type=int, default=1, help="newest versions kept loaded per model")
     sp.add_argument("--max-request-bytes", type=int,
                     help="budget for a request's inputs once decoded, checked on the shapes they declare before "
                          "any is built; more gets INVALID_ARGUMENT (default 64 MiB, the gRPC message cap)")
     sp.add_argument("--max-rest-body-bytes", type=int, help="larger REST bodies get 413 (default 16 MiB)")
+    sp.add_argument("--grace-period", type=float, default=5.0, metavar="SECONDS",
+                    help="on SIGTERM or Ctrl-C, stop accepting requests and give those in flight this long to "
+                         "finish before cancelling them (default 5)")
     sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("config", help="print a packaged config (default, tutorial, cf, scifact)")
@@ -334,7 +348,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _before_tensorflow(argv) -> None:
+    """What must be decided before TensorFlow loads (building the parser loads it): for ``serve``, oneDNN
+    off unless the environment says otherwise, so that a large request's memory goes back to the system
+    once answered (``tfrec_towers/serving/memory.py``)."""
+    if list(argv[:1]) == ["serve"]:
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
 def main(argv=None):
+    _before_tensorflow(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 

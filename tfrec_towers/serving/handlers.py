@@ -1,12 +1,14 @@
 """The servable side of TF Serving's PredictionService and ModelService: Predict, GetModelMetadata and
 GetModelStatus over the versions the version manager serves, each request run by ``request.py``."""
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
+import numpy as np
 import tensorflow as tf
 from google.protobuf import wrappers_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2, predict_pb2
 
 from tfrec_towers.export.layout import METADATA_ASSET
+from tfrec_towers.serving import memory
 from tfrec_towers.serving.request import Limits, invalid, not_found, proto_decoder, run_signature
 from tfrec_towers.serving.versions import VersionManager
 
@@ -27,7 +29,9 @@ class RequestHandler:
         Returns (version that answered, signature name, numpy outputs). Every rejection is a RequestError.
         """
         with self.versions.lease(spec) as version:
-            return run_signature(version, spec, decode, output_filter, self.limits)
+            number, name, outputs = run_signature(version, spec, decode, output_filter, self.limits)
+        memory.after_request(max((np.shape(v)[0] for v in outputs.values() if np.ndim(v)), default=0))
+        return number, name, outputs
 
     def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
         number, name, outputs = self.run(request.model_spec, proto_decoder(request.inputs, self.limits),
@@ -60,10 +64,17 @@ class RequestHandler:
         return response
 
     def model_status(self, spec: model_pb2.ModelSpec) -> Dict[int, int]:
-        """{version: ModelVersionStatus.State} of what is loaded (AVAILABLE) or was unloaded (END)."""
-        loaded, ended, models = self.versions.numbers(spec.name)
-        states = {n: _END for n in ended}
-        states.update({n: _AVAILABLE for n in loaded})
+        """{version: ModelVersionStatus.State} of what is loaded (AVAILABLE) or was unloaded or failed
+        to load (END)."""
+        return {n: state for n, (state, _) in self.version_statuses(spec).items()}
+
+    def version_statuses(self, spec: model_pb2.ModelSpec) -> Dict[int, Tuple[int, Optional[Tuple]]]:
+        """{version: (ModelVersionStatus.State, None or (grpc.StatusCode, message) of a failed load)}, as
+        TF Serving reports a version that failed to load: END with the load's error."""
+        loaded, ended, failed, models = self.versions.numbers(spec.name)
+        states = {n: (_END, None) for n in ended}
+        states.update({n: (_END, error) for n, error in failed.items()})
+        states.update({n: (_AVAILABLE, None) for n in loaded})
         if not states:
             raise not_found(f"model {spec.name!r} has no versions under {self.versions.base_dir}; "
                             f"models: {', '.join(models) or 'none'}")
@@ -76,6 +87,9 @@ class RequestHandler:
 
     def get_model_status(self, request: get_model_status_pb2.GetModelStatusRequest):
         response = get_model_status_pb2.GetModelStatusResponse()
-        for number, state in self.model_status(request.model_spec).items():
-            response.model_version_status.add(version=number, state=state).status.error_message = ""
+        for number, (state, error) in self.version_statuses(request.model_spec).items():
+            status = response.model_version_status.add(version=number, state=state).status
+            status.error_message = ""
+            if error is not None:
+                status.error_code, status.error_message = error[0].value[0], error[1]
         return response

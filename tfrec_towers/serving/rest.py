@@ -3,7 +3,9 @@
 
 JSON becomes numpy here and numpy JSON; everything else (signature, dtypes, shapes, limits) is the
 handler's, so REST answers exactly as gRPC does. This module bounds what only REST has: the body
-(``max_rest_body_bytes``, 413), JSON nesting (``MAX_JSON_DEPTH``) and the Content-Length header.
+(``max_rest_body_bytes``, 413, whether sent with a Content-Length or chunked), JSON nesting
+(``MAX_JSON_DEPTH``) and the framing headers (one Content-Length, 400 when several disagree; 411 with
+neither it nor chunked Transfer-Encoding; 501 for another transfer coding).
 """
 import base64
 import contextlib
@@ -12,6 +14,7 @@ import json
 import re
 import sys
 import threading
+import time
 from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import grpc
@@ -24,7 +27,8 @@ from tfrec_towers.serving.request import RequestError, invalid, mib, not_found, 
 
 #: Default cap on a REST body (413 above it). ``json.loads`` holds up to ~20x the body in Python objects
 #: before anything can be checked, so the body size is the only bound on that memory: 16 MiB admits a
-#: 10,000-row batch (the default max batch) of ~1.6 KB JSON rows and keeps one parse under ~350 MB.
+#: 10,000-row batch of ~1.6 KB JSON rows (ten times the default max batch) and keeps one parse under
+#: ~350 MB.
 MAX_REST_BODY_BYTES = 16 << 20
 #: JSON deeper than this gets 400: it bounds the recursion of decoding, and no signature takes tensors of
 #: anywhere near that rank (rows, a ``{"b64"}`` object and a named input add three levels).
@@ -32,6 +36,8 @@ MAX_JSON_DEPTH = 64
 #: A body over the cap is read and thrown away up to this much after the 413 is sent, so that the
 #: client's unread data does not reset the connection before it reads the answer.
 _DRAIN_BYTES = 1 << 20
+#: Longest chunk-size or trailer line of a chunked body; at most this many trailer lines.
+_MAX_CHUNK_LINE, _MAX_TRAILERS = 4096, 64
 _REST_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
                         r"(?::(?P<verb>\w+))?$")
 
@@ -184,9 +190,76 @@ def _content_length(value: Optional[str], limit: int) -> int:
     length = int(text) if len(text) <= 18 else 10 ** 18  # int() refuses over 4,300 digits
     if length > limit:
         shown = text if len(text) <= 18 else f"over 10^18 ({len(text)} digits)"
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"request body of {shown} bytes is over the server's "
-                           f"max_rest_body_bytes {limit} ({mib(limit)})", http_status=413)
+        raise _too_large(f"request body of {shown} bytes", limit)
     return length
+
+
+def _too_large(what: str, limit: int) -> RequestError:
+    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{what} is over the server's max_rest_body_bytes "
+                        f"{limit} ({mib(limit)})", http_status=413)
+
+
+def _body_framing(headers, limit: int) -> Optional[int]:
+    """How a POST's body is framed: its length (Content-Length), or None for a chunked body.
+
+    400 for Content-Length headers that disagree (one value must win for every reader on the way, or a
+    proxy and this server could split the stream differently) and for Content-Length beside
+    Transfer-Encoding; 501 for a transfer coding other than ``chunked``; 411 without either header
+    (a body of unknown length).
+    """
+    lengths = [v.strip() for v in headers.get_all("Content-Length") or []]
+    encodings = headers.get_all("Transfer-Encoding") or []
+    if encodings:
+        if lengths:
+            raise invalid("the request has both Transfer-Encoding and Content-Length headers; send one")
+        codings = [c.strip().lower() for value in encodings for c in value.split(",") if c.strip()]
+        if codings != ["chunked"]:
+            raise RequestError(grpc.StatusCode.UNIMPLEMENTED, f"Transfer-Encoding {', '.join(codings)[:80]!r} is "
+                               f"not supported: send the body as it is, with Content-Length or chunked",
+                               http_status=501)
+        return None
+    if not lengths:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "a POST needs a Content-Length header (or "
+                           "Transfer-Encoding: chunked)", http_status=411)
+    if len(set(lengths)) > 1:
+        raise invalid(f"the request has {len(lengths)} Content-Length headers that disagree "
+                      f"({', '.join(repr(v[:20]) for v in lengths[:4])}); send one")
+    return _content_length(lengths[0], limit)
+
+
+def _read_chunked(rfile, limit: int) -> bytes:
+    """A chunked body (RFC 9112 section 7.1), at most ``limit`` bytes once joined (413 above); 400 when
+    malformed. Chunk extensions and trailers are read and ignored."""
+
+    def line(what: str) -> bytes:
+        text = rfile.readline(_MAX_CHUNK_LINE + 1)
+        if len(text) > _MAX_CHUNK_LINE:
+            raise invalid(f"malformed chunked body: a {what} line is longer than {_MAX_CHUNK_LINE} bytes")
+        if not text.endswith(b"\n"):
+            raise invalid(f"malformed chunked body: it ends inside a {what} line")
+        return text
+
+    body = bytearray()
+    while True:
+        size_text = line("chunk-size").split(b";", 1)[0].strip()
+        if not size_text or len(size_text) > 16 or size_text.strip(b"0123456789abcdefABCDEF"):
+            raise invalid(f"malformed chunked body: chunk size {size_text[:20].decode('latin-1')!r} is not "
+                          f"a hexadecimal number")
+        size = int(size_text, 16)
+        if size == 0:
+            break
+        if len(body) + size > limit:
+            raise _too_large(f"chunked request body (over {len(body) + size} bytes so far)", limit)
+        chunk = rfile.read(size)
+        if len(chunk) < size:
+            raise invalid(f"malformed chunked body: a chunk of {size} bytes ends after {len(chunk)}")
+        body += chunk
+        if rfile.readline(3) not in (b"\r\n", b"\n"):
+            raise invalid("malformed chunked body: a chunk is not followed by CRLF")
+    for _ in range(_MAX_TRAILERS):
+        if line("trailer") in (b"\r\n", b"\n"):
+            return bytes(body)
+    raise invalid(f"malformed chunked body: more than {_MAX_TRAILERS} trailer lines")
 
 
 def _rest_predict(handler: RequestHandler, path: str, body: bytes) -> Dict:
@@ -212,10 +285,11 @@ def _rest_status(handler: RequestHandler, path: str) -> Dict:
     spec, verb = _rest_target(path)
     if verb is not None:
         raise not_found(f"GET {path}: use POST for :{verb}")
-    states = handler.model_status(spec)
+    states = handler.version_statuses(spec)
     return {"model_version_status": [
         {"version": str(n), "state": get_model_status_pb2.ModelVersionStatus.State.Name(s),
-         "status": {"error_code": "OK", "error_message": ""}} for n, s in states.items()]}
+         "status": {"error_code": error[0].name if error else "OK", "error_message": error[1] if error else ""}}
+        for n, (s, error) in states.items()]}
 
 
 # ---- the HTTP server -------------------------------------------------------------------------------------
@@ -227,6 +301,35 @@ class _RestServer(http.server.ThreadingHTTPServer):
     def __init__(self, address, handler: RequestHandler, max_body_bytes: int, log: Callable):
         super().__init__(address, _RestHandler)
         self.handler, self.max_body_bytes, self.log = handler, max_body_bytes, log
+        self._active, self._idle = 0, threading.Condition()
+
+    # Connections accepted and not yet answered, counted from the accept loop's thread (so none is missed
+    # once ``shutdown()`` has returned) to the end of the connection's thread: what a stop waits for.
+
+    def process_request(self, request, client_address):
+        with self._idle:
+            self._active += 1
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._finished()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._finished()
+
+    def _finished(self) -> None:
+        with self._idle:
+            self._active -= 1
+            self._idle.notify_all()
+
+    def wait_idle(self, deadline: float) -> bool:
+        """Wait until no connection is being served, or until ``deadline`` (time.monotonic()); True if idle."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._active == 0, max(0.0, deadline - time.monotonic()))
 
     def handle_error(self, request, client_address):
         """One log line (e.g. a client that hung up mid-answer) instead of socketserver's traceback."""
@@ -243,14 +346,16 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
         self._reply(lambda: _rest_status(self.server.handler, self.path))
 
     def do_POST(self):
-        try:  # the body is read only once its declared size is known to be within the limit
-            length = _content_length(self.headers.get("Content-Length"), self.server.max_body_bytes)
+        limit = self.server.max_body_bytes
+        try:  # a body is read only once its declared size is known to be within the limit (chunked: as read)
+            length = _body_framing(self.headers, limit)
+            body = _read_chunked(self.rfile, limit) if length is None else self.rfile.read(length)
         except RequestError as e:
+            self.close_connection = True  # the rest of the body, if any, is not read
             self._send(e.http_status, {"error": e.message})
             if e.http_status == 413:
                 self._discard()
             return
-        body = self.rfile.read(length)
         self._reply(lambda: _rest_predict(self.server.handler, self.path, body))
 
     def _discard(self) -> None:

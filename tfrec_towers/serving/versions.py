@@ -4,8 +4,9 @@ It serves TF Serving's layout (``export/layout.py``): every directory ``BASE/NAM
 integer-named children holding a ``saved_model.pb`` are versions (``.tmp-*`` staging directories and
 anything else are ignored). A background thread polls the layout; the policy is TF Serving's
 ``latest {num_versions: N}``. A new version replays its warm-up file (``layout.WARMUP_FILE``, as TF
-Serving does) before it takes traffic; a version that leaves the policy is freed once its last request
-has ended.
+Serving does) before it takes traffic, once the file's framing has been checked (``warmup.py``); a
+version that fails to load is reported by GetModelStatus as END with its error, and one that leaves the
+policy is freed once its last request has ended.
 """
 import contextlib
 import gc
@@ -15,6 +16,7 @@ import threading
 import time
 from typing import Dict, Iterator, List, Optional, Set, Tuple
 
+import grpc
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2, prediction_log_pb2
@@ -22,6 +24,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2, predictio
 from tfrec_towers.export import layout
 from tfrec_towers.serving.request import (Limits, RequestError, invalid, not_found, one_line, proto_decoder,
                                            run_signature)
+from tfrec_towers.serving.warmup import MalformedRecordFile, check_record_framing
 
 
 def import_custom_ops(log=print) -> None:
@@ -76,6 +79,15 @@ def _one_collection() -> Iterator[None]:
         gc.enable()
 
 
+def _check_warmup_file(version_dir: str) -> None:
+    """Refuse a version whose warm-up file is not well-framed (``warmup.check_record_framing``): at most
+    ``layout.MAX_WARMUP_RECORDS`` records (TF Serving's limit), each no larger than the gRPC message cap
+    (``layout.MAX_MESSAGE_BYTES``: no client could send a larger request)."""
+    path = os.path.join(version_dir, layout.WARMUP_FILE)
+    if os.path.exists(path):
+        check_record_framing(path, layout.MAX_MESSAGE_BYTES, layout.MAX_WARMUP_RECORDS)
+
+
 def _read_text(path: str) -> Optional[str]:
     try:
         with open(path, encoding="utf-8") as f:
@@ -117,6 +129,7 @@ class _Model:
         self.name = name
         self.versions: Dict[int, Version] = {}  # served now
         self.failed: Dict[int, Tuple[int, ...]] = {}  # version -> fingerprint of the directory that failed
+        self.errors: Dict[int, Tuple[grpc.StatusCode, str]] = {}  # version in ``failed`` -> why (GetModelStatus)
         self.ended: set = set()  # versions unloaded since start, reported as END
 
 
@@ -180,7 +193,9 @@ class VersionManager:
         with self._lock:
             model = self._models.setdefault(name, _Model(name))
         found = _scan_versions(os.path.join(self.base_dir, name))
-        model.failed = {v: fp for v, fp in model.failed.items() if found.get(v) == fp}
+        with self._lock:
+            model.failed = {v: fp for v, fp in model.failed.items() if found.get(v) == fp}
+            model.errors = {v: error for v, error in model.errors.items() if v in model.failed}
         errors = []
         while True:
             wanted = sorted(v for v in found if v not in model.failed)[-self.num_versions:]
@@ -189,8 +204,10 @@ class VersionManager:
                 break
             error = self._load(model, missing[0])
             if error:
-                model.failed[missing[0]] = found[missing[0]]
-                errors.append(error)
+                with self._lock:
+                    model.failed[missing[0]] = found[missing[0]]
+                    model.errors[missing[0]] = error
+                errors.append(error[1])
         for number in set(model.versions) - set(wanted):
             self._retire(model, number)
         served = ", ".join(map(str, sorted(model.versions))) or "none"
@@ -199,16 +216,27 @@ class VersionManager:
 
     # ---- loading and unloading ------------------------------------------------------------------------
 
-    def _load(self, model: _Model, number: int) -> Optional[str]:
+    def _load(self, model: _Model, number: int) -> Optional[Tuple[grpc.StatusCode, str]]:
         """Load one version, replay its warm-up requests and make it servable; on failure return the
-        message (and serve nothing new)."""
+        status code and message (and serve nothing new).
+
+        The warm-up file's framing is checked first (``warmup.check_record_framing``), before the
+        SavedModel loads and before TensorFlow's record reader sees the file.
+        """
         path = os.path.join(self.base_dir, model.name, str(number))
         try:
+            _check_warmup_file(path)
             with _one_collection():
                 version = Version(model.name, number, path)
             warmed = self._warm_up(version)
         except Exception as e:
-            return f"failed to load model {model.name!r} version {number} from {path}: {one_line(e)}"
+            if isinstance(e, MalformedRecordFile):
+                code = grpc.StatusCode.DATA_LOSS  # as TensorFlow's reader reports a corrupt record
+            elif isinstance(e, tf.errors.OpError):
+                code = next((c for c in grpc.StatusCode if c.value[0] == e.error_code), grpc.StatusCode.UNKNOWN)
+            else:
+                code = grpc.StatusCode.UNKNOWN
+            return code, f"failed to load model {model.name!r} version {number} from {path}: {one_line(e)}"
         with self._lock:
             model.versions[number] = version
             model.ended.discard(number)
@@ -308,10 +336,11 @@ class VersionManager:
                             f"loaded versions: {', '.join(map(str, sorted(model.versions)))}")
         return model.versions[number]
 
-    def numbers(self, name: str) -> Tuple[Set[int], Set[int], List[str]]:
-        """(versions loaded, versions unloaded since start) of model ``name``, and every model's name,
-        read together under the lock (GetModelStatus)."""
+    def numbers(self, name: str) -> Tuple[Set[int], Set[int], Dict[int, Tuple[grpc.StatusCode, str]], List[str]]:
+        """(versions loaded, versions unloaded since start, {version that failed to load: (code, message)})
+        of model ``name``, and every model's name, read together under the lock (GetModelStatus)."""
         with self._lock:
             model = self._models.get(name)
-            loaded, ended = (set(model.versions), set(model.ended)) if model else (set(), set())
-            return loaded, ended, sorted(self._models)
+            if model is None:
+                return set(), set(), {}, sorted(self._models)
+            return set(model.versions), set(model.ended), dict(model.errors), sorted(self._models)
