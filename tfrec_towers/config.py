@@ -1,6 +1,9 @@
 """Run configuration: the feature spec plus data, model, task, training and evaluation options.
 
-Loaded from YAML or JSON; every section and key is checked, so a typo fails naming the key.
+Loaded from YAML or JSON; every section and key is checked, so a typo fails naming the key. Sizes
+that would not fit in the machine's memory (embedding tables, shuffle buffer) are refused when the
+config is loaded, before any data is read (``check_sizes``); those that depend on the data are
+checked again after the statistics pass, before the run directory is written.
 ``tfrec-towers config`` prints the packaged default (``configs/default.yaml``).
 """
 import dataclasses
@@ -11,7 +14,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-from tfrec_towers.features.spec import FeatureSpec, load_mapping
+from tfrec_towers.features import spec as S
+from tfrec_towers.features.spec import FeatureSpec, check_type, load_mapping, load_yaml, quote
 
 PACKAGED = os.path.join(os.path.dirname(__file__), "configs")
 
@@ -180,17 +184,17 @@ class EvalConfig:
 def _build(where: str, cls, values: Dict[str, Any]):
     """A section dataclass from a mapping, every key and value checked (nested sections recursively)."""
     if not isinstance(values, dict):
-        raise ValueError(f"config {where}: expected a mapping, got {values!r}")
+        raise ValueError(f"config {where}: expected a mapping, got {quote(values)}")
     allowed = {f.name for f in dataclasses.fields(cls)}
-    bad = sorted(set(values) - allowed)
+    bad = sorted((k for k in values if k not in allowed), key=str)
     if bad:
-        raise ValueError(f"config section '{where}': unknown key(s) {bad}; allowed: {sorted(allowed)}")
+        raise ValueError(f"config section '{where}': unknown key(s) {quote(bad)}; allowed: {sorted(allowed)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
         kwargs[name] = _check_type(f"{where}.{name}", value, hints[name])
         if (where, name) in CHOICES and value not in CHOICES[where, name]:
-            raise ValueError(f"config {where}.{name}: must be one of {CHOICES[where, name]}, got {value!r}")
+            raise ValueError(f"config {where}.{name}: must be one of {CHOICES[where, name]}, got {quote(value)}")
         if (where, name) in RANGES and value is not None:
             _check_range(f"{where}.{name}", value, *RANGES[where, name])
     return cls(**kwargs)
@@ -201,13 +205,13 @@ def _check_range(where: str, value: Any, text: str, ok) -> None:
     of a list)."""
     for v in value if isinstance(value, list) else [value]:
         if not ok(v):
-            raise ValueError(f"config {where}: must be {text}, got {value!r}")
+            raise ValueError(f"config {where}: must be {text}, got {quote(value)}")
 
 
 def _check_type(where: str, value: Any, hint) -> Any:
     """``value`` if it fits the annotation (int, float, str, bool, Optional, List and nested section
     dataclasses are what config sections use; a nested section is built from its mapping), else
-    ValueError naming ``where``."""
+    ValueError naming ``where`` (``spec.check_type``: the value quoted short)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is typing.Union:
         if value is None and type(None) in args:
@@ -215,15 +219,7 @@ def _check_type(where: str, value: Any, hint) -> Any:
         return _check_type(where, value, next(a for a in args if a is not type(None)))
     if dataclasses.is_dataclass(hint):
         return value if isinstance(value, hint) else _build(where, hint, value or {})
-    if origin in (list, List):
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"config {where}: expected a list, got {value!r}")
-        return [_check_type(where, v, args[0]) for v in value]
-    ok = {bool: isinstance(value, bool), int: isinstance(value, int) and not isinstance(value, bool),
-          float: isinstance(value, (int, float)) and not isinstance(value, bool), str: isinstance(value, str)}
-    if not ok.get(hint, True):
-        raise ValueError(f"config {where}: expected {hint.__name__}, got {value!r}")
-    return value
+    return check_type(f"config {where}", value, hint)
 
 
 #: Losses that train on every event with its label as the target (the others on positives only).
@@ -303,13 +299,17 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "Config":
-        unknown = sorted(set(d) - set(SECTIONS) - {"features"})
+        if not isinstance(d, dict):
+            raise ValueError(f"config: expected a mapping of sections, got {quote(d)}")
+        unknown = sorted((k for k in d if k not in SECTIONS and k != "features"), key=str)
         if unknown:
-            raise ValueError(f"config: unknown section(s) {unknown}; known: features, {', '.join(SECTIONS)}")
+            raise ValueError(f"config: unknown section(s) {quote(unknown)}; known: features, {', '.join(SECTIONS)}")
         if "features" not in d:
             raise ValueError("config: the 'features' section (the feature spec) is required")
         sections = {key: _build(key, section, d.get(key) or {}) for key, section in SECTIONS.items()}
-        return cls(features=FeatureSpec.from_dict(d["features"]), **sections)
+        config = cls(features=FeatureSpec.from_dict(d["features"]), **sections)
+        check_sizes(config)
+        return config
 
     def to_dict(self) -> Dict[str, Any]:
         out = {"features": self.features.to_dict()}
@@ -328,15 +328,21 @@ class Config:
             key, sep, value = assignment.partition("=")
             path = key.split(".")
             if not sep or len(path) < 2:
-                raise ValueError(f"an override is section.key=value, got {assignment!r}")
+                raise ValueError(f"an override is section.key=value, got {quote(assignment)}")
             if path[0] not in SECTIONS:
-                raise ValueError(f"override {assignment!r}: unknown section {path[0]!r}; known: {', '.join(SECTIONS)}")
+                raise ValueError(f"override {quote(assignment)}: unknown section {quote(path[0])}; known: "
+                                 f"{', '.join(SECTIONS)}")
             node = d
-            for part in path[:-1]:
+            for n, part in enumerate(path[:-1]):
                 if node.get(part) is None:
                     node[part] = {}
                 node = node[part]
-            node[path[-1]] = yaml.safe_load(value)
+                if not isinstance(node, dict):
+                    raise ValueError(f"override {quote(assignment)}: {'.'.join(path[:n + 1])} is a value, not a section")
+            try:
+                node[path[-1]] = load_yaml(value)
+            except ValueError as e:
+                raise ValueError(f"override {quote(key)}: {e}") from None
         return Config.from_dict(d)
 
     def to_yaml(self) -> str:
@@ -354,3 +360,153 @@ def packaged(name: str = "default") -> str:
         known = sorted(p[:-5] for p in os.listdir(PACKAGED) if p.endswith(".yaml"))
         raise FileNotFoundError(f"no packaged config {name!r}; known: {known}")
     return path
+
+
+# --- sizes checked against the machine's memory ---------------------------------------------------
+#
+# A size that cannot fit must fail before anything is allocated, naming its key, not after the data
+# pass in a ResourceExhaustedError (or a segfault, where TensorFlow's allocation is refused). The
+# estimates below are floors of what TensorFlow allocates, compared with the machine's memory rather
+# than with fixed ceilings: the largest model a machine can train depends on the machine, and a fixed
+# ceiling would refuse what a large machine can do or admit what a small one cannot. Being floors,
+# they only refuse what cannot fit at all; a size just under the memory may still fail later.
+
+#: Float32 slots the optimizer keeps per trainable weight, beside the weight itself.
+OPTIMIZER_SLOTS = {"adam": 2, "adagrad": 1, "rmsprop": 1, "sgd": 0}
+#: Bytes TensorFlow's shuffle allocates per buffer slot when its iterator starts, before any record
+#: arrives (a std::vector<Tensor> each: data.shuffle_buffer 10^12 asked for 24 TB and segfaulted).
+SHUFFLE_SLOT_BYTES = 24
+#: Float32 copies of the in-batch [B, B + shared negatives] logits alive in a training step: the
+#: logits, their softmax, the gradient, and the masks / corrections applied to them.
+LOGIT_COPIES = 4
+
+
+def memory_budget() -> int:
+    """Bytes of memory of this machine: physical RAM (``os.sysconf`` SC_PHYS_PAGES x SC_PAGE_SIZE),
+    or the cgroup's memory limit where it is lower (a container)."""
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path, encoding="ascii") as f:
+                limit = f.read().strip()
+        except OSError:
+            continue
+        if limit.isdigit() and 0 < int(limit) < total:
+            total = int(limit)
+    return total
+
+
+def _gb(n_bytes: float) -> str:
+    return f"{n_bytes / 1e9:,.0f} GB" if n_bytes >= 1e11 else f"{n_bytes / 1e9:.3g} GB"
+
+
+def embedding_tables(features: FeatureSpec, vocab_size=None) -> List[Dict[str, Any]]:
+    """The embedding tables the encoders build (``EncoderFactory``'s sharing rules): per table the
+    feature named in errors, ``rows``, ``dim`` and ``how`` the rows are counted.
+
+    ``vocab_size(source)``: the size of a vocabulary computed from the data (after the stats pass);
+    without it (at config load) such a table counts ``max_vocab`` + OOV rows where ``max_vocab`` is
+    set (the most it may hold), else one value + OOV rows (the least)."""
+    tables: Dict[tuple, Dict[str, Any]] = {}
+    by_name = features.by_name
+    for f in features.features:
+        if isinstance(f, (S.CategoricalFeature, S.SequenceFeature)):
+            if isinstance(f, S.CategoricalFeature) and not f.tower_input:
+                continue
+            source = f.vocab_source
+            shared = source is not None and getattr(f, "share_embedding", True)
+            key = (source if shared else f.name, f.embedding_dim)
+            if key in tables:
+                continue
+            if f.hash_buckets:
+                rows, how = f.hash_buckets, "hash_buckets"
+            else:
+                src = by_name.get(source, f)
+                if getattr(src, "vocabulary", None):
+                    rows, how = len(src.vocabulary) + src.num_oov, "vocabulary + num_oov"
+                elif vocab_size is not None:
+                    rows, how = vocab_size(source) + src.num_oov, "the training vocabulary + num_oov"
+                elif src.max_vocab is not None:
+                    rows, how = src.max_vocab + src.num_oov, "up to max_vocab + num_oov"
+                else:
+                    rows, how = 1 + src.num_oov, "at least one value + num_oov"
+            tables[key] = {"feature": key[0], "rows": rows, "dim": f.embedding_dim, "how": how}
+        elif isinstance(f, S.TextFeature):
+            tables[(f.name,)] = {"feature": f.name, "rows": f.num_buckets, "dim": f.embedding_dim,
+                                 "how": "num_buckets"}
+        elif isinstance(f, S.TimestampFeature):
+            rows = sum(S.TimestampFeature.BUCKET_SIZES[b] for b in f.buckets)
+            tables[(f.name,)] = {"feature": f.name, "rows": rows, "dim": f.embedding_dim, "how": "calendar buckets"}
+    return list(tables.values())
+
+
+def _encoding_width(f: "S.Feature") -> int:
+    """Width of a feature's encoding in its tower's input (the concatenation the first layer reads)."""
+    if isinstance(f, S.NumericFeature):
+        return 1
+    if isinstance(f, S.TimestampFeature):
+        return f.embedding_dim * len(f.buckets)
+    return f.embedding_dim if f.tower_input else 0
+
+
+def check_sizes(config: "Config", vocab_size=None, examples: Optional[int] = None, records: Optional[int] = None,
+                data_bytes: Optional[int] = None, budget: Optional[int] = None) -> None:
+    """ValueError naming the key (or feature) whose size cannot fit in ``budget`` bytes (default: the
+    machine's memory, ``memory_budget``). Called when a config is loaded, with what the config alone
+    tells, and after the statistics pass with what the data tells:
+
+    * each embedding table, rows x dim floats, and all of them together, with the optimizer's slots;
+    * each tower's first layer, (concatenated feature encodings) x (model.hidden[0] or output_dim);
+    * ``data.shuffle_buffer``: its slots, and (given ``records`` and ``data_bytes``) the records it
+      holds, at least min(buffer, records) x the average record's bytes on disk;
+    * ``train.batch_size`` (given ``examples``): the in-batch logits of a batch of min(batch size,
+      training examples) rows.
+    """
+    budget = budget or memory_budget()
+    machine = f"more than the {_gb(budget)} of memory of this machine"
+    slots = OPTIMIZER_SLOTS.get(config.train.optimizer, 2)
+    per_weight = (1 + slots) * 4
+    with_slots = f" with the {config.train.optimizer} optimizer's {slots} slot(s) per weight" if slots else ""
+
+    tables = embedding_tables(config.features, vocab_size)
+    for t in sorted(tables, key=lambda t: -t["rows"] * t["dim"]):
+        if t["rows"] * t["dim"] * per_weight > budget:
+            raise ValueError(
+                f"feature '{t['feature']}': embedding table of {t['rows']} x {t['dim']} floats ({t['how']}) needs "
+                f"{_gb(t['rows'] * t['dim'] * 4)} ({_gb(t['rows'] * t['dim'] * per_weight)}{with_slots}), {machine}; "
+                "lower its embedding_dim, hash_buckets / num_buckets or max_vocab")
+    total = sum(t["rows"] * t["dim"] for t in tables) * per_weight
+    if total > budget:
+        listed = ", ".join(f"'{t['feature']}' {t['rows']} x {t['dim']}" for t in tables)
+        raise ValueError(f"the embedding tables ({listed}) need {_gb(total)} together{with_slots}, {machine}")
+
+    model = config.model
+    units = model.hidden[0] if model.hidden else model.output_dim
+    for side in S.SIDES:
+        width = sum(_encoding_width(f) for f in config.features.side(side))
+        if units and width * units * per_weight > budget:
+            raise ValueError(
+                f"model: the {side} tower's first layer is a {width} x {units} matrix of floats (its features' "
+                f"encodings, concatenated, into {'model.hidden[0]' if model.hidden else 'model.output_dim'}) "
+                f"and needs {_gb(width * units * per_weight)}{with_slots}, {machine}; lower the features' "
+                "embedding_dim or the layer's width")
+
+    buffer = config.data.shuffle_buffer
+    if buffer * SHUFFLE_SLOT_BYTES > budget:
+        raise ValueError(f"config data.shuffle_buffer: {buffer} slots need {_gb(buffer * SHUFFLE_SLOT_BYTES)} "
+                         f"before any record is read ({SHUFFLE_SLOT_BYTES} bytes each), {machine}")
+    if records and data_bytes is not None:
+        held = min(buffer, records) * (SHUFFLE_SLOT_BYTES + data_bytes / records)
+        if held > budget:
+            raise ValueError(f"config data.shuffle_buffer: {min(buffer, records)} records of {data_bytes / records:.0f} "
+                             f"bytes on average need at least {_gb(held)}, {machine}; lower data.shuffle_buffer")
+    if examples:
+        rows = min(config.train.batch_size, examples)
+        n = config.negatives
+        squares = 1 + (config.task.bidirectional != "none") + {"query": 1, "item": 1, "both": 2}.get(config.task.samtone, 0)
+        logits = rows * (rows * squares + n.uniform + n.popularity) * 4 * LOGIT_COPIES
+        if logits > budget:
+            raise ValueError(
+                f"config train.batch_size: a batch of {rows} examples (the training logs hold {examples}) makes "
+                f"in-batch logits of {rows} x {rows * squares + n.uniform + n.popularity} floats that need "
+                f"{_gb(logits)} in a training step, {machine}; lower train.batch_size")

@@ -19,6 +19,7 @@ import contextlib
 import datetime
 import json
 import os
+import re
 import socket
 import sys
 from typing import Any, Dict, List, Sequence
@@ -123,6 +124,29 @@ def dummy_batch(config: Config) -> Dict[str, tf.Tensor]:
     return config.features.dummy_batch()
 
 
+class DamagedCheckpointError(ValueError):
+    """Saved weights that cannot be read back; the message names the checkpoint and the reason."""
+
+
+def restore_weights(model, path: str):
+    """``model.load_weights(path)`` (the load status returned), where a damaged checkpoint raises
+    DamagedCheckpointError "PATH: damaged checkpoint (REASON)" instead of TensorFlow's own error,
+    which names no file ("Read less bytes than requested" for a truncated or empty data file, "not
+    an sstable" for a truncated index, a missing shard, a CRC mismatch). Every command that reads a
+    run's weights back (evaluate, export, refresh-items, report, mining) comes through here.
+
+    A checkpoint of another model (a variable of another shape) stays Keras' ValueError."""
+    try:
+        return model.load_weights(path)
+    except (tf.errors.OpError, IndexError) as e:
+        reason = getattr(e, "message", None) or str(e) or type(e).__name__
+        reason = re.sub(r"^\{\{[^}]*\}\}\s*", "", reason.strip().splitlines()[0]) if reason.strip() else type(e).__name__
+        if len(reason) > 300:
+            reason = reason[:297] + "..."
+        raise DamagedCheckpointError(f"{path}: damaged checkpoint ({reason}); train the run again, or restore "
+                                     "its weights/ from a copy") from None
+
+
 def load_model(run_dir: str) -> TwoTowerModel:
     """Rebuild a trained model from its run directory (config + stats + final weights)."""
     run = RunDir(run_dir)
@@ -132,5 +156,5 @@ def load_model(run_dir: str) -> TwoTowerModel:
     model = build_model(config, run.stats())
     model.query_tower(dummy_batch(config))
     model.candidate_tower(dummy_batch(config))
-    model.load_weights(run.weights).expect_partial()
+    restore_weights(model, run.weights).expect_partial()
     return model

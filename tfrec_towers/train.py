@@ -10,10 +10,9 @@ from typing import Optional
 import tensorflow as tf
 import tf_keras as keras
 
-from tfrec_towers.config import Config
+from tfrec_towers.config import Config, ValidationConfig
 from tfrec_towers.data import reader
-from tfrec_towers.config import ValidationConfig
-from tfrec_towers.data.inputs import compute_stats, make_input, parse_spec, user_histories
+from tfrec_towers.data.inputs import check_training_sizes, compute_stats, make_input, parse_spec, user_histories
 from tfrec_towers.evaluate import evaluate_run, evaluate_users
 from tfrec_towers.mining import mine_hard_negatives
 from tfrec_towers.model import build_model, learning_rate_schedule, make_optimizer
@@ -210,6 +209,7 @@ def _train_locked(run: RunDir, config: Config, strategy, files, train_pattern, e
         if not stats.num_examples:
             raise ValueError(f"no training records in {train_pattern}: {scan_summary}"
                              + (f" (none with {config.data.label} >= 1)" if config.data.label and report.records else ""))
+        check_training_sizes(config, stats, files)  # vocabulary-sized tables, batch, buffer: before any run file
         # Written only now, after a complete pass, and run.json last: it marks the run as resumable.
         write_atomic(run / "config.yaml", config.to_yaml())
         write_atomic(run / "scan.txt", scan_summary)

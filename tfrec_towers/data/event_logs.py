@@ -142,9 +142,14 @@ def read_rows(path: str) -> Iterator[Dict]:
         for row in pq.read_table(path).to_pylist():
             yield {k: v for k, v in row.items() if v is not None}
     elif ".tfrecord" in path or path.endswith(".tfr"):
+        from tfrec_towers.data import reader
+
         compression = "GZIP" if path.endswith(".gz") else ""
-        for raw in tf.data.TFRecordDataset(path, compression_type=compression):
+        for raw in reader.record_dataset(path, compression):  # stops before a damaged frame header
             yield _example_row(raw.numpy())
+        damaged = reader.frame_error(path, compression)
+        if damaged is not None:
+            raise reader.CorruptRecordError(path, damaged[0], f"{damaged[1]}; the rest of the file is unreadable")
     else:
         raise ValueError(f"{path}: unknown format (expected .csv[.gz], .parquet or .tfrecord[.gz])")
 

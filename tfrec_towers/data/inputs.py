@@ -10,7 +10,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import tensorflow as tf
 
-from tfrec_towers.config import POINTWISE_LOSSES, Config
+from tfrec_towers.config import POINTWISE_LOSSES, Config, check_sizes
 from tfrec_towers.data import reader
 from tfrec_towers.features.spec import NumericFeature
 from tfrec_towers.features.stats import FeatureStats, StatsAccumulator
@@ -53,12 +53,40 @@ def compute_stats(config: Config, files, progress=print, items_pattern: Optional
     if from_items and not items_pattern:
         raise ValueError("data.idf_from: items computes the tfidf IDF over the catalog, but no items files "
                          "were given (--items)")
-    report = reader.scan(files, parse_spec(config), acc, config.data.compression, config.data.corrupt_records,
+    # Sequences are cut to their max_len first: the accumulator's label filter and counts then cost
+    # what max_len allows, however long a record's history (the model never sees more of it).
+    report = reader.scan(files, parse_spec(config), lambda parsed: acc(config.features.cut_sequences(parsed)),
+                         config.data.compression, config.data.corrupt_records,
                          check_finite=numeric_to_check(config), progress=progress)
     if from_items:
         scan_logs(config, reader.list_files(items_pattern), config.features.parse_spec("candidate"),
                   acc.add_catalog_texts, progress=progress)
     return acc.result(), report
+
+
+def check_training_sizes(config: Config, stats: FeatureStats, files) -> None:
+    """``config.check_sizes`` with what the stats pass found: the vocabularies' sizes (embedding
+    tables), the training examples (in-batch logits) and records with their bytes on disk (the shuffle
+    buffer). Called before the run directory is written: a size that cannot fit leaves no run behind."""
+    def vocab_size(source):
+        return len(stats.vocabulary(source))
+
+    examples = stats.num_examples
+    records = examples + (stats.num_filtered or 0)
+    if config.task.loss in POINTWISE_LOSSES:  # every event trains
+        examples = records
+    check_sizes(config, vocab_size, examples=examples, records=records,
+                data_bytes=sum(tf.io.gfile.stat(f).length for f in files))
+
+
+def _at_most_records(size: int, stats: Optional[FeatureStats]) -> int:
+    """``size`` (a batch or shuffle buffer), at most the records of the files ``stats`` describes:
+    the same batches and the same order (a buffer holding every record shuffles them alike whatever
+    its size), without TensorFlow allocating slots for records that do not exist (a batch size of
+    10^8 took 10 GB and minutes before the first batch)."""
+    if stats is None or stats.num_filtered is None:
+        return size
+    return max(1, min(size, stats.num_examples + stats.num_filtered))
 
 
 def make_input(config: Config, files, training: bool, batch_size: Optional[int] = None,
@@ -71,16 +99,17 @@ def make_input(config: Config, files, training: bool, batch_size: Optional[int] 
     unfiltered = (stats is not None and stats.num_filtered == 0) or (training and config.task.loss in POINTWISE_LOSSES)
     keep = None if unfiltered else positives(config)
     spec = parse_spec(config, *(batch_keys(config) if training else []))
+    batch_size = _at_most_records(batch_size or config.train.batch_size, stats)
     if d.in_memory and training:
         columns, _ = reader.load_examples(files, spec, d.compression, d.corrupt_records, keep,
                                           batch_size=config.eval.batch_size)
-        return reader.in_memory_dataset(columns, config.features.prepare, batch_size or config.train.batch_size,
+        return reader.in_memory_dataset(columns, config.features.prepare, batch_size,
                                         shuffle=d.shuffle_buffer > 0, seed=config.train.seed)
     return reader.make_dataset(
-        files, spec, config.features.prepare, batch_size or config.train.batch_size,
+        files, spec, config.features.prepare, batch_size,
         compression=d.compression, policy=d.corrupt_records,
-        shuffle_buffer=d.shuffle_buffer if training else 0, seed=config.train.seed, keep=keep,
-        cache=d.cache, num_parallel_reads=d.num_parallel_reads)
+        shuffle_buffer=_at_most_records(d.shuffle_buffer, stats) if training and d.shuffle_buffer else 0,
+        seed=config.train.seed, keep=keep, cache=d.cache, num_parallel_reads=d.num_parallel_reads)
 
 
 def first_occurrences(ids: np.ndarray) -> np.ndarray:

@@ -15,13 +15,24 @@ reader moves to the next file, and the report says so. TensorFlow's reader also 
 a GZIP/ZLIB stream is cut short (a truncated shard reads as a shorter, valid one), so the scan checks
 each compressed file's stream to its end (trailer and CRC included) and reports a cut one the same way:
 "the GZIP stream ends after record N".
+
+TensorFlow's reader of an uncompressed file allocates a buffer of the length a frame's header
+declares before it reads the data: a damaged header declaring 2^40 bytes crashes the process
+(std::bad_alloc, a segfault), whatever the policy. So no uncompressed file reaches TensorFlow before
+``frame_error`` has walked its frame headers (length, length CRC, and the declared length against
+what is left of the file; the data is seeked over, not read): ``scan`` and ``make_dataset`` read
+only the frames before a damaged one (``fail`` names file and record; ``skip`` counts the rest of
+the file as lost).
 """
 import dataclasses
+import functools
 import glob
 import gzip
+import os
 import re
+import struct
 import zlib
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -81,6 +92,107 @@ def compression_of(path: str, compression: str = "auto") -> str:
     return compression
 
 
+# --- TFRecord framing -----------------------------------------------------------------------------
+
+def _crc32c_table() -> List[int]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def masked_crc32c(data: bytes) -> int:
+    """TFRecord's masked CRC-32C (Castagnoli) of ``data``: rotate right by 15, add 0xa282ead8.
+
+    Pure Python, table-driven: the scan applies it to the 8 length bytes of each frame only (the data
+    CRC is TensorFlow's to check, once a frame's length is known to be safe)."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    crc ^= 0xFFFFFFFF
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def frame_error(path: str, compression: str = "", limit: Optional[int] = None) -> Optional[Tuple[int, str]]:
+    """(record number, reason) of the first frame of an uncompressed TFRecord file whose header
+    TensorFlow must not be given, or None when every frame (the first ``limit`` ones) is sound.
+
+    A frame is ``uint64 length, uint32 masked_crc32c(length), data, uint32 masked_crc32c(data)``.
+    TensorFlow allocates ``length`` bytes before reading the data, so a header declaring more than the
+    file holds (a damaged length, or a file cut inside the frame) is refused here: only headers are
+    read, the data is seeked over, so a file costs one 12-byte read per record (buffered). Compressed
+    files are not walked (None): their stream is checked by ``stream_error``. Cached by path, size
+    and modification time, so the scan and the training pipeline walk a file once.
+    """
+    if compression:
+        return None
+    if "://" in path:
+        stat = tf.io.gfile.stat(path)
+        size, mtime = stat.length, stat.mtime_nsec
+    else:
+        stat = os.stat(path)
+        size, mtime = stat.st_size, stat.st_mtime_ns
+    return _frame_error(path, size, mtime, limit)
+
+
+@functools.lru_cache(maxsize=4096)
+def _frame_error(path: str, size: int, mtime: int, limit: Optional[int]) -> Optional[Tuple[int, str]]:
+    del mtime  # part of the cache key only
+    opened = tf.io.gfile.GFile(path, "rb") if "://" in path else open(path, "rb", buffering=1 << 16)
+    with opened as f:
+        record = offset = 0
+        while offset < size and (limit is None or record < limit):
+            left = size - offset
+            if left < 12:
+                return record, (f"damaged frame: the file ends {left} byte(s) into the record's 12-byte header "
+                                "(cut short)")
+            f.seek(offset)
+            header = f.read(12)
+            if len(header) < 12:  # the file shrank while it was read
+                return record, "damaged frame: the file ends inside the record's header (cut short)"
+            length, crc = struct.unpack("<QI", header)
+            if masked_crc32c(header[:8]) != crc:
+                hint = ""
+                if offset == 0 and header[:2] == b"\x1f\x8b":
+                    hint = " (the file starts like a GZIP stream: is it compressed? data.compression: GZIP)"
+                return record, "damaged frame: the length header fails its CRC" + hint
+            if length > left - 16:
+                return record, (f"damaged frame: the header declares {length} bytes of data, but only "
+                                f"{max(left - 16, 0)} are left in the file (damaged length, or the file is cut short)")
+            offset += 16 + length
+            record += 1
+    return None
+
+
+def _frame_limits(files: Sequence[str], comp: str, policy: str) -> List[int]:
+    """Per file, how many records TensorFlow may read (-1: all): those before a damaged frame. Under
+    ``policy="fail"`` a damaged frame raises CorruptRecordError instead."""
+    limits = []
+    for path in files:
+        damaged = frame_error(path, comp)
+        if damaged is not None and policy == "fail":
+            raise CorruptRecordError(path, damaged[0], f"{damaged[1]}; the rest of the file is unreadable")
+        limits.append(-1 if damaged is None else damaged[0])
+    return limits
+
+
+def record_dataset(path: str, compression: str = "auto", limit: Optional[int] = None) -> tf.data.Dataset:
+    """``tf.data.TFRecordDataset(path)`` (at most ``limit`` records) that stops before a damaged frame
+    of an uncompressed file: for quick looks at a file's first records (schema, dtype, samples), where
+    the scan reports the damage."""
+    comp = compression_of(path, compression)
+    damaged = frame_error(path, comp, limit)
+    ds = tf.data.TFRecordDataset(path, compression_type=comp)
+    stops = [n for n in (limit, damaged[0] if damaged else None) if n is not None]
+    return ds.take(min(stops)) if stops else ds
+
+
 # --- schema check ---------------------------------------------------------------------------------
 
 _KIND = {tf.string: "bytes_list", tf.int64: "int64_list", tf.float32: "float_list"}
@@ -92,7 +204,8 @@ def check_schema(files: Sequence[str], parse_spec: Dict, compression: str = "aut
 
     Raises ValueError listing every feature that is missing (where required) or of another kind, once
     per feature and file, with the first record where it was seen and how many of the checked records
-    share the problem.
+    share the problem. A damaged frame (``frame_error``) ends a file's check there (the scan reports it
+    under the corrupt-record policy), unless no file has a record to check before one.
     """
     problems: Dict[tuple, list] = {}  # (file, feature, problem) -> [first record, count, detail]
 
@@ -100,9 +213,12 @@ def check_schema(files: Sequence[str], parse_spec: Dict, compression: str = "aut
         seen = problems.setdefault((path, name, problem), [record, 0, detail])
         seen[1] += 1
 
-    checked = {}
+    checked, damaged = {}, []
     for path in files:
-        ds = tf.data.TFRecordDataset(path, compression_type=compression_of(path, compression)).take(records)
+        frame = frame_error(path, compression_of(path, compression), records)
+        if frame is not None:
+            damaged.append(f"{path}: record {frame[0]}: {frame[1]}")
+        ds = record_dataset(path, compression, records)
         try:
             raws = [r.numpy() for r in ds]
         except tf.errors.OpError as e:  # the scan will say where; the schema check looks no further
@@ -124,6 +240,8 @@ def check_schema(files: Sequence[str], parse_spec: Dict, compression: str = "aut
                 kind = present[name].WhichOneof("kind")
                 if kind is not None and kind != _KIND[feat.dtype]:
                     note(path, name, f"{kind} but the spec expects {_KIND[feat.dtype]} ({feat.dtype.name})", i)
+    if damaged and not sum(checked.values()):
+        raise ValueError("no readable record to check against the feature spec:\n  " + "\n  ".join(damaged[:20]))
     lines = []
     for (path, name, problem), (first, count, detail) in problems.items():
         where = f"{path} (record {first}" + (f", and {count - 1} more of the first {checked[path]})" if count > 1 else ")")
@@ -225,8 +343,12 @@ def scan(files: Sequence[str], parse_spec: Dict, on_batch: Optional[Callable[[Di
     for n, path in enumerate(files):
         comp = compression_of(path, compression)
         done, broken = 0, None
+        damaged = frame_error(path, comp)  # TensorFlow reads only the frames before a damaged one
+        records = tf.data.TFRecordDataset(path, compression_type=comp)
+        if damaged is not None:
+            records = records.take(damaged[0])
         try:
-            for raws in tf.data.TFRecordDataset(path, compression_type=comp).batch(batch_size):
+            for raws in records.batch(batch_size):
                 consume(path, done, raws)
                 done += len(raws)
         except tf.errors.OpError as e:
@@ -234,7 +356,7 @@ def scan(files: Sequence[str], parse_spec: Dict, on_batch: Optional[Callable[[Di
                 raise
             # The batch holding the broken frame was lost: re-read it one record at a time, up to the
             # broken frame, and consume the good records in batches (one callback per record is slow).
-            reader = iter(tf.data.TFRecordDataset(path, compression_type=comp).skip(done))
+            reader = iter(records.skip(done))
             pending = []
             while broken is None:
                 try:
@@ -256,15 +378,21 @@ def scan(files: Sequence[str], parse_spec: Dict, on_batch: Optional[Callable[[Di
             bad(path, done, f"the {comp} stream ends {last}: {cut}; the rest of the file is lost")
         elif broken is not None:
             bad(path, done, f"{_reason(broken)} (the rest of the file is unreadable)")
+        elif damaged is not None:
+            bad(path, done, f"{damaged[1]}; the rest of the file is unreadable")
         if progress:
             progress(f"scanned {path}: {done} records ({n + 1}/{len(files)} files)")
     return report
 
 
 def select(parsed: Dict, mask: tf.Tensor) -> Dict:
-    """The rows of a parsed batch (dense or ragged features) where ``mask`` is true."""
-    return {k: tf.ragged.boolean_mask(v, mask) if isinstance(v, tf.RaggedTensor) else tf.boolean_mask(v, mask)
-            for k, v in parsed.items()}
+    """The rows of a parsed batch (dense or ragged features) where ``mask`` is true.
+
+    A gather of the selected rows, costing what they hold: ``tf.ragged.boolean_mask`` with a [batch]
+    mask builds a [batch, longest row] dense mask, 4 GB for one record of 10^6 values in a batch of 4096.
+    """
+    rows = tf.where(mask)[:, 0]
+    return {k: tf.gather(v, rows) for k, v in parsed.items()}
 
 
 # --- the tf.data pipeline -------------------------------------------------------------------------
@@ -287,14 +415,21 @@ def make_dataset(files: Sequence[str], parse_spec: Dict, prepare: Callable[[Dict
     if len(comps) > 1:
         raise ValueError(f"files mix compressions {sorted(comps)}; give one glob per compression")
     comp = comps.pop()
-    ds = tf.data.Dataset.from_tensor_slices(list(files))
+    # Each file's frames are checked before TensorFlow reads it: only those before a damaged frame
+    # are read (skip), or the damage is named now (fail).
+    # (The pipeline is the plain one, a dataset of file names, unless some file is damaged.)
+    limits = _frame_limits(files, comp, policy)
+    damaged = any(n >= 0 for n in limits)
+    ds = tf.data.Dataset.from_tensor_slices((list(files), tf.constant(limits, tf.int64)) if damaged else list(files))
     if shard:
         ds = ds.shard(*shard)
     if shuffle_buffer:
         ds = ds.shuffle(len(files), seed=seed)
 
-    def read(path):
+    def read(path, limit=None):
         records = tf.data.TFRecordDataset(path, compression_type=comp)
+        if limit is not None:
+            records = records.take(limit)
         return records.ignore_errors() if policy == "skip" else records
 
     ds = ds.interleave(read, cycle_length=max(1, min(len(files), num_parallel_reads)),

@@ -82,7 +82,7 @@ def _sample_records(pattern: Optional[str], spec: Dict, compression: str, count:
     except FileNotFoundError:
         return records
     for path in files:
-        dataset = tf.data.TFRecordDataset(path, compression_type=reader.compression_of(path, compression))
+        dataset = reader.record_dataset(path, compression)  # stops before a damaged frame
         try:
             for raw in dataset.take(4 * count):
                 try:

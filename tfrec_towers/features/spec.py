@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import reprlib
+import typing
 from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
@@ -25,6 +27,137 @@ import yaml
 
 SIDES = ("query", "candidate")
 _DTYPES = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}
+
+
+# --- checking what a config file holds ------------------------------------------------------------
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple, _REPR.maxset = 2, 4, 4, 4, 4
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 40, 40, 30
+
+
+def quote(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for every error that quotes a value from a config
+    or spec. Bounded work too (``reprlib``: a few items per level, two levels), so a value that YAML
+    aliases expand to a billion strings is quoted in microseconds instead of exhausting memory."""
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def check_type(where: str, value: Any, hint) -> Any:
+    """``value`` if it fits the annotation ``hint`` (bool, int, float, str, Any, Optional, List and
+    Tuple of those), else ValueError "WHERE: expected TYPE, got VALUE" (the value quoted short).
+    A float option takes an int; bool is not an int."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        return check_type(where, value, next(a for a in args if a is not type(None)))
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {quote(value)}")
+        item = args[0] if args else Any
+        return [check_type(where, v, item) for v in value]
+    ok = {bool: isinstance(value, bool), int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool), str: isinstance(value, str)}
+    if not ok.get(hint, True):
+        raise ValueError(f"{where}: expected {hint.__name__}, got {quote(value)}")
+    return value
+
+
+#: Limits of a config document: how deep its nesting goes, and how many nodes YAML aliases may add
+#: to it once expanded (a config's own structure is 6 levels deep and uses few aliases, if any).
+MAX_DEPTH = 64
+MAX_ALIAS_EXPANSION = 100_000
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader refusing documents nested deeper than ``MAX_DEPTH`` (the composer recurses
+    once per level: 50,000 levels were a RecursionError) and documents whose aliases expand them by
+    more than ``MAX_ALIAS_EXPANSION`` nodes (a "billion laughs" document: 9 levels of 9 aliases parse
+    in microseconds into 9^9 strings that any walk over the value then expands). Both are checked on
+    the composed node graph, before any Python value is built."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise ValueError(f"nested deeper than {MAX_DEPTH} levels (line {mark.line + 1}, column {mark.column + 1})")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_data(self):
+        node = self.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        return self.construct_document(node)
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """ValueError if aliases make the document's tree (each alias counted as the nodes it stands for)
+    larger than its distinct nodes by more than ``MAX_ALIAS_EXPANSION``, or make it recursive."""
+    def children(node):
+        if isinstance(node, yaml.SequenceNode):
+            return node.value
+        if isinstance(node, yaml.MappingNode):
+            return [n for pair in node.value for n in pair]
+        return ()
+
+    sizes: Dict[int, int] = {}
+    open_nodes = set()
+    stack = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            open_nodes.discard(key)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children(node))
+            continue
+        if key in sizes:
+            continue
+        if key in open_nodes:
+            raise ValueError(f"a recursive alias (line {node.start_mark.line + 1}): a config is a tree")
+        open_nodes.add(key)
+        stack.append((node, True))
+        for child in children(node):
+            if id(child) in open_nodes:
+                raise ValueError(f"a recursive alias (line {child.start_mark.line + 1}): a config is a tree")
+            if id(child) not in sizes:
+                stack.append((child, False))
+    expanded, distinct = sizes[id(root)], len(sizes)
+    if expanded - distinct > MAX_ALIAS_EXPANSION:
+        raise ValueError(f"its aliases expand it from {distinct} to {expanded} values, more than "
+                         f"{MAX_ALIAS_EXPANSION} added (a 'billion laughs' document?)")
+
+
+def _depth(data: Any) -> int:
+    """How deep lists and mappings nest in ``data`` (iterative: no recursion limit to hit)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (list, dict)):
+            deepest = max(deepest, depth)
+            if depth <= MAX_DEPTH:
+                stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return deepest
+
+
+def load_yaml(text_or_stream) -> Any:
+    """``yaml.safe_load`` with the limits of ``_ConfigLoader``; a YAML error becomes a ValueError."""
+    try:
+        return yaml.load(text_or_stream, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:  # its message quotes a short snippet of the document
+        text = str(e)
+        raise ValueError(f"not valid YAML: {text if len(text) <= 400 else text[:397] + '...'}") from None
 
 
 @dataclasses.dataclass
@@ -159,7 +292,7 @@ class NumericFeature(Feature):
 
     def __post_init__(self):
         if self.impute not in (None, "mean"):
-            raise ValueError(f"feature '{self.name}': impute must be null or 'mean', got {self.impute!r}")
+            raise ValueError(f"feature '{self.name}': impute must be null or 'mean', got {quote(self.impute)}")
         if self.default is not None:
             self.default = int(self.default) if self.dtype == "int64" else float(self.default)
 
@@ -189,7 +322,7 @@ class TimestampFeature(Feature):
         self.buckets = tuple(self.buckets)
         unknown = [b for b in self.buckets if b not in self.BUCKET_SIZES]
         if unknown or not self.buckets:
-            raise ValueError(f"feature '{self.name}': buckets must be among {sorted(self.BUCKET_SIZES)}, got {unknown}")
+            raise ValueError(f"feature '{self.name}': buckets must be among {sorted(self.BUCKET_SIZES)}, got {quote(unknown)}")
 
     @property
     def input_dtype(self):
@@ -222,7 +355,7 @@ class SequenceFeature(Feature):
 
     def __post_init__(self):
         if self.pooling not in self.POOLINGS:
-            raise ValueError(f"feature '{self.name}': pooling must be one of {self.POOLINGS}, got {self.pooling!r}")
+            raise ValueError(f"feature '{self.name}': pooling must be one of {self.POOLINGS}, got {quote(self.pooling)}")
         if self.max_len <= 0:
             raise ValueError(f"feature '{self.name}': max_len must be positive")
 
@@ -231,6 +364,15 @@ class SequenceFeature(Feature):
         if self.hash_buckets:
             return None
         return self.vocab_from or self.name
+
+    def cut(self, parsed):
+        """The last ``max_len`` values of each row of a parsed (ragged) batch: what the encoder keeps,
+        taken before anything dense is built, so that one record of 10^6 values costs what ``max_len``
+        allows (a dense [batch, longest row] tensor would cost batch x 10^6). Dense input passes."""
+        return parsed[:, -self.max_len:] if isinstance(parsed, tf.RaggedTensor) else parsed
+
+    def prepare(self, parsed):
+        return super().prepare(self.cut(parsed))
 
 
 @dataclasses.dataclass
@@ -261,7 +403,7 @@ class TextFeature(Feature):
 
     def __post_init__(self):
         if self.combiner not in self.COMBINERS:
-            raise ValueError(f"feature '{self.name}': combiner must be one of {self.COMBINERS}, got {self.combiner!r}")
+            raise ValueError(f"feature '{self.name}': combiner must be one of {self.COMBINERS}, got {quote(self.combiner)}")
         if self.num_buckets <= 0 or self.embedding_dim <= 0:
             raise ValueError(f"feature '{self.name}': num_buckets and embedding_dim must be positive")
 
@@ -271,17 +413,29 @@ FEATURE_TYPES = {cls.type: cls for cls in (IdFeature, CategoricalFeature, Numeri
 
 
 def feature_from_dict(d: Dict[str, Any]) -> Feature:
+    """A feature from its mapping, every option's type checked (naming feature and option)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"a feature is a mapping with 'name' and 'type', got {quote(d)}")
     d = dict(d)
     if "name" not in d or "type" not in d:
-        raise ValueError(f"each feature needs 'name' and 'type', got {d}")
+        raise ValueError(f"each feature needs 'name' and 'type', got {quote(d)}")
+    name = check_type("feature name", d["name"], str)
     kind = d.pop("type")
-    if kind not in FEATURE_TYPES:
-        raise ValueError(f"feature '{d['name']}': unknown type {kind!r}; known: {sorted(FEATURE_TYPES)}")
+    if not isinstance(kind, str) or kind not in FEATURE_TYPES:
+        raise ValueError(f"feature '{name}': unknown type {quote(kind)}; known: {sorted(FEATURE_TYPES)}")
     cls = FEATURE_TYPES[kind]
     allowed = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - allowed)
+    unknown = sorted((k for k in d if k not in allowed), key=str)
     if unknown:
-        raise ValueError(f"feature '{d['name']}' ({kind}): unknown option(s) {unknown}; allowed: {sorted(allowed)}")
+        raise ValueError(f"feature '{name}' ({kind}): unknown option(s) {quote(unknown)}; allowed: {sorted(allowed)}")
+    hints = typing.get_type_hints(cls)
+    for option, value in d.items():
+        where = f"feature '{name}' ({kind}): {option}"
+        if option == "default":  # the field's raw dtype decides: a string, an integer or a number
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int, float))):
+                raise ValueError(f"{where}: expected a string or a number, got {quote(value)}")
+        else:
+            d[option] = check_type(where, value, hints[option])
     return cls(**d)
 
 
@@ -306,7 +460,7 @@ class FeatureSpec:
         by_name = self.by_name
         for f in self.features:
             if f.dtype not in _DTYPES:
-                raise ValueError(f"feature '{f.name}': dtype must be one of {sorted(_DTYPES)}, got {f.dtype!r}")
+                raise ValueError(f"feature '{f.name}': dtype must be one of {sorted(_DTYPES)}, got {quote(f.dtype)}")
             src = getattr(f, "vocab_from", None)
             if src and src not in by_name:
                 raise ValueError(f"feature '{f.name}': vocab_from names unknown feature '{src}'")
@@ -333,6 +487,11 @@ class FeatureSpec:
         out.update(extra or {})
         return out
 
+    def cut_sequences(self, parsed: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        """A parsed batch with each sequence feature cut to its last ``max_len`` values (``SequenceFeature.cut``)."""
+        by_name = self.by_name
+        return {k: by_name[k].cut(v) if isinstance(by_name.get(k), SequenceFeature) else v for k, v in parsed.items()}
+
     def prepare(self, parsed: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         """Parsed batch -> model inputs (features the spec does not name pass through unchanged)."""
         by_name = self.by_name
@@ -356,12 +515,15 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "FeatureSpec":
-        unknown = sorted(set(d) - {"query", "candidate", "item_id"})
+        if not isinstance(d, dict):
+            raise ValueError(f"feature spec: expected a mapping (query, candidate, item_id), got {quote(d)}")
+        unknown = sorted((k for k in d if k not in ("query", "candidate", "item_id")), key=str)
         if unknown:
-            raise ValueError(f"feature spec: unknown key(s) {unknown}; expected query, candidate, item_id")
-        return cls(query=[feature_from_dict(f) for f in d.get("query") or []],
-                   candidate=[feature_from_dict(f) for f in d.get("candidate") or []],
-                   item_id=d.get("item_id", "item_id"))
+            raise ValueError(f"feature spec: unknown key(s) {quote(unknown)}; expected query, candidate, item_id")
+        sides = {side: check_type(f"feature spec: {side}", d.get(side) or [], List[Any]) for side in SIDES}
+        return cls(query=[feature_from_dict(f) for f in sides["query"]],
+                   candidate=[feature_from_dict(f) for f in sides["candidate"]],
+                   item_id=check_type("feature spec: item_id", d.get("item_id", "item_id"), str))
 
     @classmethod
     def load(cls, path: str) -> "FeatureSpec":
@@ -369,11 +531,23 @@ class FeatureSpec:
 
 
 def load_mapping(path: str) -> Dict[str, Any]:
-    """A YAML (.yaml/.yml) or JSON file -> dict."""
+    """A YAML (.yaml/.yml) or JSON file -> dict.
+
+    Refused with a ValueError naming the file: invalid YAML/JSON, a document nested deeper than
+    ``MAX_DEPTH`` levels, YAML whose aliases expand it by more than ``MAX_ALIAS_EXPANSION`` nodes
+    (``_ConfigLoader``), a top level that is not a mapping.
+    """
     with open(path, encoding="utf-8") as f:
-        data = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+        try:
+            data = json.load(f) if path.endswith(".json") else load_yaml(f)
+        except RecursionError:  # json's decoder recurses once per level
+            raise ValueError(f"{path}: nested deeper than {MAX_DEPTH} levels") from None
+        except ValueError as e:  # json.JSONDecodeError and load_yaml's errors are ValueErrors
+            raise ValueError(f"{path}: {e}") from None
+    if _depth(data) > MAX_DEPTH:
+        raise ValueError(f"{path}: nested deeper than {MAX_DEPTH} levels")
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
+        raise ValueError(f"{path}: expected a mapping at the top level, got {quote(data)}")
     return data
 
 

@@ -19,7 +19,7 @@ from tfrec_towers.negatives.catalog import ItemCatalog, KeyedItems
 def field_kind(files, field: str, compression: str) -> tf.dtypes.DType:
     """The dtype of ``field`` in the first record that has it (int64, float32 or string)."""
     for path in files:
-        for raw in tf.data.TFRecordDataset(path, compression_type=reader.compression_of(path, compression)).take(20):
+        for raw in reader.record_dataset(path, compression, limit=20):
             feature = tf.train.Example.FromString(raw.numpy()).features.feature.get(field)
             if feature is not None:
                 return {"int64_list": tf.int64, "float_list": tf.float32,
