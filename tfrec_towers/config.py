@@ -372,7 +372,7 @@ def packaged(name: str = "default") -> str:
 # they only refuse what cannot fit at all; a size just under the memory may still fail later.
 
 #: Float32 slots the optimizer keeps per trainable weight, beside the weight itself.
-OPTIMIZER_SLOTS = {"adam": 2, "adagrad": 1, "rmsprop": 1, "sgd": 0}
+OPTIMIZER_SLOTS = {"adam": 2, "lazy_adam": 2, "adagrad": 1, "rmsprop": 1, "sgd": 0}
 #: Bytes TensorFlow's shuffle allocates per buffer slot when its iterator starts, before any record
 #: arrives (a std::vector<Tensor> each: data.shuffle_buffer 10^12 asked for 24 TB and segfaulted).
 SHUFFLE_SLOT_BYTES = 24
