@@ -16,6 +16,7 @@ import tensorflow as tf
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference_masked_crc32c
 
 from cli_helpers import cli, subprocess_env
+from tfrec_towers.record_crc import masked_crc32c
 from tfrec_towers.data import reader
 from tfrec_towers.data.writer import write_tfrecords
 
@@ -112,7 +113,7 @@ def append(path, data):
 
 def test_masked_crc32c_matches_tensorflow_framing():
     for data in (b"", b"\x00" * 8, struct.pack("<Q", 2 ** 40), bytes(range(256))):
-        assert reader.masked_crc32c(data) == reference_masked_crc32c(data)
+        assert masked_crc32c(data) == reference_masked_crc32c(data)
 
 
 @pytest.mark.parametrize("length", [2 ** 30, 2 ** 63, 2 ** 64 - 1])  # 2^40: in a subprocess below

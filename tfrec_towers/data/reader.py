@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec_towers.config import COMPRESSIONS, CORRUPT_RECORD_POLICIES
+from tfrec_towers.record_crc import masked_crc32c
 
 POLICIES = CORRUPT_RECORD_POLICIES
 
@@ -93,31 +94,6 @@ def compression_of(path: str, compression: str = "auto") -> str:
 
 
 # --- TFRecord framing -----------------------------------------------------------------------------
-
-def _crc32c_table() -> List[int]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
-
-
-_CRC32C = _crc32c_table()
-
-
-def masked_crc32c(data: bytes) -> int:
-    """TFRecord's masked CRC-32C (Castagnoli) of ``data``: rotate right by 15, add 0xa282ead8.
-
-    Pure Python, table-driven: the scan applies it to the 8 length bytes of each frame only (the data
-    CRC is TensorFlow's to check, once a frame's length is known to be safe)."""
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    crc ^= 0xFFFFFFFF
-    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
-
 
 def frame_error(path: str, compression: str = "", limit: Optional[int] = None) -> Optional[Tuple[int, str]]:
     """(record number, reason) of the first frame of an uncompressed TFRecord file whose header

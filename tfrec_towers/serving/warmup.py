@@ -10,12 +10,11 @@ record, a header that is cut short or whose checksum does not match, a record ov
 past the end of the file, and more records than allowed. The data checksums stay TensorFlow's to check
 (a mismatch there is an ordinary DataLossError, not a crash).
 
-Self-contained on purpose (no TensorFlow, pure-Python CRC-32C over the 8-byte lengths only): any reader
-of untrusted TFRecord files can run it first.
+No TensorFlow (the CRC is ``tfrec_towers.record_crc``'s, over the 8-byte lengths only).
 """
 import os
 import struct
-from typing import List
+from tfrec_towers.record_crc import masked_crc32c
 
 _HEADER = struct.Struct("<QI")  # length, masked crc32c of the length's 8 bytes
 _FOOTER_BYTES = 4  # masked crc32c of the data
@@ -23,33 +22,6 @@ _FOOTER_BYTES = 4  # masked crc32c of the data
 
 class MalformedRecordFile(ValueError):
     """A TFRecord file whose framing is invalid; the message names the file and the record."""
-
-
-def _crc32c_table() -> List[int]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
-
-
-_TABLE = _crc32c_table()
-
-
-def crc32c(data: bytes) -> int:
-    """CRC-32C (Castagnoli), as TFRecord uses it; pure Python, meant for short inputs such as headers."""
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = _TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-def masked_crc32c(data: bytes) -> int:
-    """TFRecord's masked checksum: the CRC rotated right by 15 bits plus 0xa282ead8 (mod 2^32)."""
-    crc = crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def check_record_framing(path: str, max_record_bytes: int, max_records: int) -> int:
