@@ -125,3 +125,22 @@ def test_real_gowalla_histories_never_hold_the_target(tmp_path_factory, log_read
             assert set(history) == train_sets[user]
         else:
             assert len(history) == 50
+
+
+def test_train_without_config_takes_the_cf_config_the_metadata_names(small, tmp_path, capsys):
+    import argparse
+
+    from tfrec_towers.cli import _config
+
+    train, valid, test = small
+    out = str(tmp_path / "out")
+    meta = convert_user_item_lists([train, valid], test, out, history_len=3, progress=None)
+    assert meta["config"] == "cf"
+    args = argparse.Namespace(config=None, set=["train.epochs=1"], train=meta["files"]["train"])
+    config = _config(args)
+    assert config.task.loss == "bsl" and config.model.user_gate is not None and config.train.epochs == 1
+    assert f"the packaged 'cf', named by {os.path.join(out, 'metadata.json')}" in capsys.readouterr().out
+    args = argparse.Namespace(config="default", set=[], train=meta["files"]["train"])
+    assert _config(args).task.loss == "softmax"     # --config wins
+    args = argparse.Namespace(config=None, set=[], train=str(tmp_path / "nothing-*"))
+    assert _config(args).task.loss == "softmax"     # no metadata: default
