@@ -50,6 +50,8 @@ from tfrec_towers.data.inputs import compute_stats, make_input  # noqa: E402
 from tfrec_towers.train import build_trainable  # noqa: E402
 
 RESULTS = os.path.join(REPO, "benchmarks", "results")
+#: The packaged Gowalla model before LazyAdam (2026-11-30), with Adam and with LazyAdam: the optimizer's share.
+OLD = os.path.join(REPO, "benchmarks", "configs", "gowalla_2026-11-30")
 
 
 def log(msg: str):
@@ -199,8 +201,8 @@ def markdown(doc: dict) -> str:
     return "\n".join(out)
 
 
-WHAT = {"default": "gowalla.yaml: user ID + 50-item history, 1024 uniform negatives, logQ, accidental hits, Adam",
-        "best": "gowalla.py's best: history only, 256-d, 1024 uniform negatives, logQ, accidental hits, Adam",
+WHAT = {"default": "cf.yaml: gated user ID + 50-item history, 256-d, BSL over 800 uniform negatives, LazyAdam",
+        "best": "gowalla.py's best (cf.yaml since 2026-12-06)",
         "package_basic": "the TFRS basic model's structure: user ID, item ID, in-batch softmax, Adagrad; data.in_memory"}
 
 
@@ -218,7 +220,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", default="/tmp/gw/bench", help="gowalla.py's workdir (converted data in data/<split>)")
     p.add_argument("--split", default="valid", choices=["valid", "test"])
-    p.add_argument("--configs", default="default,package_basic",
+    p.add_argument("--configs", default=f"{OLD}_adam.yaml,{OLD}_lazy_adam.yaml,default,package_basic",
                    help="comma-separated: gowalla.py's default / best / package_basic, packaged config names or YAML paths")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override for every configuration but package_basic")
@@ -237,7 +239,8 @@ def main(argv=None):
         keras.backend.clear_session()
         keras.utils.set_random_seed(config.train.seed)
         log(f"--- {name} ---")
-        profiles.append({"name": name, "what": WHAT.get(name), "config": config.to_dict(),
+        label = os.path.splitext(os.path.basename(name))[0] if os.path.exists(name) else name
+        profiles.append({"name": label, "what": WHAT.get(name), "config": config.to_dict(),
                          **profile(config, files, items, args.steps, args.warmup, args.rounds)})
     first = profiles[0]
     doc = {"provenance": provenance(f"Training-step profile, Gowalla ({args.split} split)", started)
