@@ -11,17 +11,19 @@ train.txt and evaluates on valid.txt (tuning); ``--split test`` is for the final
   coordinate search from implicit's defaults (``ALS_SEARCH``), then refitted for the test split;
 * ``tfrs_basic``: the TFRS basic-retrieval model's structure (user-ID and item-ID embeddings, dot
   product, ``tfrs.tasks.Retrieval()``: in-batch softmax, Adagrad 0.1 as in the tutorial) at the
-  embedding size, batch size and epochs of ``gowalla.yaml``, trained from the pairs in memory;
+  embedding size, batch size and epochs of ``cf.yaml``, trained from the pairs in memory;
 * ``package_basic``: this package configured as ``tfrs_basic`` (user-ID query, item-ID candidate, no
   history, no projection, dot product, in-batch softmax only: no temperature, logQ, accidental-hit
   removal or sampled negatives; Adagrad 0.1; same embedding size, batch size and epochs), trained
   through ``train`` from the TFRecords with ``data.in_memory`` (parsed once before ``fit``, as
   ``tfrs_basic``'s pairs are read before its timer; every epoch a new permutation of all examples):
   the apples-to-apples speed comparison (target >= 1.0x);
-* ``default``: this package with ``tfrec_towers/configs/gowalla.yaml``, trained from the TFRecords
-  written by ``tfrec-towers user-item-lists``;
-* ``best``: the best configuration found on valid: ``gowalla.yaml`` without the query features in
-  ``BEST_DROP_QUERY``, plus the ``BEST`` overrides.
+* ``default``: this package with ``tfrec_towers/configs/cf.yaml`` (the config ``user-item-lists`` data
+  gets by default), trained from the TFRecords written by ``tfrec-towers user-item-lists``; on the valid
+  split it validates itself every ``train.validation.every`` epochs (``valid_curve``: Recall@20 by epoch
+  and by minute of training; ``--no-curve`` to skip);
+* ``best``: the best configuration found on valid: ``cf.yaml`` without the query features in
+  ``BEST_DROP_QUERY``, plus the ``BEST`` overrides (both empty now: ``best`` is ``default``).
 
 ``--set`` overrides go to ``default`` and ``best`` (not to ``package_basic``) (e.g. the objective/negative-source ablation:
 ``--models best --set task.samtone=query``). Every model is scored by
@@ -294,7 +296,7 @@ def run_tfrs_basic(data: Split, seed: int, args) -> dict:
             "train_peak_rss_mb": train_peak, "eval_peak_rss_mb": peak_rss_mb()}
 
 
-#: ``package_basic``: gowalla.yaml made the TFRS basic-retrieval model (see the module docstring).
+#: ``package_basic``: cf.yaml made the TFRS basic-retrieval model (see the module docstring).
 PACKAGE_BASIC = ["model.hidden=[]", "model.output_dim=0", "model.normalize=false", "model.user_gate=null",
                  "task.temperature=null", "task.loss=softmax", "task.logq=false", "task.remove_accidental_hits=false",
                  "task.batch_recall_k=[]", "negatives.in_batch=true", "negatives.uniform=0", "train.optimizer=adagrad",
@@ -303,8 +305,8 @@ PACKAGE_BASIC = ["model.hidden=[]", "model.output_dim=0", "model.normalize=false
 
 
 def package_config(model: str, seed: int, overrides, embedding_dim: int = None) -> Config:
-    """gowalla.yaml (``default``), the best configuration (``BEST_DROP_QUERY``, ``BEST``) + ``overrides``,
-    or ``package_basic`` (gowalla.yaml's user and item IDs only, ``PACKAGE_BASIC``; no overrides).
+    """cf.yaml (``default``), the best configuration (``BEST_DROP_QUERY``, ``BEST``) + ``overrides``,
+    or ``package_basic`` (cf.yaml's user and item IDs only, ``PACKAGE_BASIC``; no overrides).
     ``embedding_dim`` replaces ``BEST_EMBEDDING_DIM`` (every embedding and the output) in ``best``."""
     d = Config.load(packaged("cf")).to_dict()
     if model == "package_basic":
