@@ -403,7 +403,7 @@ def _fmt(mean, std, digits=4, suffix=""):
     return (f"{mean:.{digits}f} ± {std:.{digits}f}" if std else f"{mean:.{digits}f}") + suffix
 
 
-def markdown(results: dict, split: str) -> str:
+def markdown(results: dict, split: str, anchors: bool = True) -> str:
     models = pooled(results.get(split, {}))
     lines = [f"| model | Recall@{K} | NDCG@{K} | seeds | train s | examples/s | speed vs tfrs_basic (CPU) | "
              "eval s | peak RSS train / eval (MiB) |", "|---|---|---|---|---|---|---|---|---|"]
@@ -420,7 +420,7 @@ def markdown(results: dict, split: str) -> str:
                      f"{[x['seed'] for x in r['seeds']]} | {_fmt(m['train_seconds'], s['train_seconds'], 0)} | "
                      f"{_fmt(m['examples_per_s'], s['examples_per_s'], 0)} | {speed} | "
                      f"{_fmt(m['eval_seconds'], s['eval_seconds'], 1)} | {rss} |")
-    for name, recall, ndcg in ANCHORS if split == "test" else []:  # the anchors are test figures
+    for name, recall, ndcg in ANCHORS if split == "test" and anchors else []:  # the anchors are test figures
         lines.append(f"| *{name}* | *{recall:.4f}* | *{ndcg:.4f}* | | | | | | |")
     return "\n".join(lines) + "\n"
 
@@ -460,6 +460,8 @@ def parse_args(argv=None):
     p.add_argument("--als-params", type=json.loads, default=None,
                    help='skip the ALS search: JSON like {"factors": 128, "regularization": 0.01, "alpha": 5.0}')
     p.add_argument("--data-dir", default=None, help=f"Gowalla folder (default: ${ENV_VAR} or <repo>/../shared/datasets/gowalla)")
+    p.add_argument("--dataset-name", default="Gowalla (LightGCN split)",
+                   help="the results' title; another name also leaves out Gowalla's published anchors")
     p.add_argument("--workdir", help="converted data and runs (default: a temporary directory, removed)")
     p.add_argument("--output-json", default=os.path.join(REPO, "benchmarks", "results", "gowalla.json"))
     p.add_argument("--output-md", default=os.path.join(REPO, "benchmarks", "results", "gowalla.md"))
@@ -470,6 +472,7 @@ def parse_args(argv=None):
                    help=f"best: every embedding and the output at this size instead of {BEST_EMBEDDING_DIM}")
     args = p.parse_args(argv)
     args.models, args.seeds = _list(args.models), _list(args.seeds, int)
+    args.anchors, args.catalog_size = args.dataset_name == "Gowalla (LightGCN split)", None
     bad = [m for m in args.models if m not in MODELS]
     if bad:
         p.error(f"unknown model(s) {bad}; known: {MODELS}")
@@ -487,10 +490,10 @@ def header(doc: dict) -> str:
     dates = sorted({r["date"][:10] for r in doc["runs"] if r["date"][:4].isdigit()})
     commits = sorted({r["commit"] for r in doc["runs"] if r.get("commit")}) or ["not recorded"]
     m = doc["machine"]
-    return (f"Gowalla (LightGCN split), {' to '.join(dict.fromkeys([dates[0], dates[-1]]))}, commit "
-            f"{', '.join(commits)}, {m['platform']}, {m['cpu_count']} CPUs, TensorFlow {m['tensorflow']}, "
-            f"implicit {m.get('implicit')}; per-user Recall@20 / NDCG@20 over all 40,981 items, training items "
-            "removed (italics: anchors, not run here)")
+    return (f"{doc.get('dataset', 'Gowalla (LightGCN split)')}, {' to '.join(dict.fromkeys([dates[0], dates[-1]]))}, "
+            f"commit {', '.join(commits)}, {m['platform']}, {m['cpu_count']} CPUs, TensorFlow {m['tensorflow']}, "
+            f"implicit {m.get('implicit')}; per-user Recall@20 / NDCG@20 over all {doc.get('catalog_size', 40981):,} "
+            "items, training items removed" + (" (italics: anchors, not run here)" if doc.get("anchors", True) else ""))
 
 
 def write_outputs(args, mine: dict, run_info: dict, machine: dict) -> str:
@@ -513,6 +516,7 @@ def write_outputs(args, mine: dict, run_info: dict, machine: dict) -> str:
     if run_info["date"] not in [r["date"] for r in runs]:
         runs.append(run_info)
     doc["machine"] = machine
+    doc.update(dataset=args.dataset_name, catalog_size=args.catalog_size, anchors=args.anchors)
     doc.setdefault("pooled_best", {})[args.split] = pooled(doc["results"][args.split]).get("best")
     for path in (args.output_json, args.output_md):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -522,7 +526,7 @@ def write_outputs(args, mine: dict, run_info: dict, machine: dict) -> str:
     for split in ("test", "valid"):
         if doc["results"].get(split):
             text += [f"### split `{split}`" + (" (train+valid -> test: the published protocol)" if split == "test"
-                                                else " (train -> valid: tuning)"), "", markdown(doc["results"], split)]
+                                                else " (train -> valid: tuning)"), "", markdown(doc["results"], split, doc["anchors"])]
     with open(args.output_md, "w", encoding="utf-8") as f:
         f.write("\n".join(text))
     return "\n".join(text)
@@ -551,6 +555,7 @@ def main(argv=None):
     mine = {}
     try:
         data = Split(args.split, data_dir, args.workdir)
+        args.catalog_size = len(data.catalog)
         valid = data if args.split == "valid" else None
         if "als" in args.models and args.als_params is None and valid is None:
             log("=== converting train -> valid for the ALS search ===")
