@@ -27,11 +27,11 @@ from typing import Dict
 
 import tensorflow as tf
 
+from tfrec_towers.export.layout import ALLOWED_INPUT, EXCLUDE_INPUT, K_INPUT
 from tfrec_towers.features.spec import FeatureSpec
 
 
 #: The inputs the filtered signatures add to the query features (names no query feature may take).
-K_INPUT, EXCLUDE_INPUT, ALLOWED_INPUT = "k", "exclude_item_ids", "allowed_item_ids"
 FILTER_INPUTS = (K_INPUT, EXCLUDE_INPUT, ALLOWED_INPUT)
 #: The filtered signatures: name -> whether it takes ``allowed_item_ids``.
 FILTERED_SIGNATURES = {"filtered": False, "filtered_allowed": True}
