@@ -138,7 +138,7 @@ def test_per_row_k_padding_unknown_ids_and_allowed_sets(index):
     assert sorted(positions(ids, got.astype(str))[2]) == [0, 1, 2]
     for b in range(3):
         assert (got[b, count[b]:] == b"").all() and np.isneginf(s[b, count[b]:]).all()
-        row = positions(ids, got[b, :count[b]].astype(str))
+        row = positions(ids, [got[b, :count[b]].astype(str)])[0]
         np.testing.assert_allclose(s[b, :count[b]], scores[b, row], atol=1e-5)
         if index == "brute":
             assert row == list(want[b])
@@ -149,7 +149,7 @@ def test_per_row_k_padding_unknown_ids_and_allowed_sets(index):
                                                tf.constant(np.array(allowed, dtype=object).astype(bytes)))]
     assert count.tolist() == [4, 4, 4]  # of item5, item9, item3, item250 (item17 excluded)
     for b, w in enumerate(exact_filtered(scores, [4] * 3, [[17]] * 3, [[5, 9, 17, 3, 250]] * 3)):
-        assert positions(ids, got[b, :4].astype(str)) == list(w)
+        assert positions(ids, [got[b, :4].astype(str)])[0] == list(w)
     per_row = padded([["item1", "item2"], ["item8"], []])
     s, got, count = [v.numpy() for v in search(tf.constant(q), tf.constant([2, 2, 2]), tf.constant(padded([[], [], []])),
                                                tf.constant(per_row))]
@@ -166,11 +166,11 @@ def test_the_graph_itself_rejects_bad_k_and_allowed_naming_them():
         tf.TensorSpec(None, tf.string)])
     q, none = tf.constant(x[:2]), tf.constant([[b""], [b""]])
     everything = tf.constant(np.array([str(i) for i in range(8)], dtype=object).astype(bytes))
-    for k, allowed, words in [(0, everything, ["'k'", ">= 1"]), (5, everything, ["'k'", "<= 4", "--max-k"]),
-                              (-3, everything, ["'k'"]), ([1, 2, 3], everything, ["'k'", "3", "2"]),
-                              ([[1], [1]], everything, ["'k'", "scalar"]),
-                              (2, tf.constant([[[b"1"]]]), ["'allowed_item_ids'"]),
-                              (2, tf.constant([[b"1"]] * 3), ["'allowed_item_ids'", "3"])]:
+    for k, allowed, words in [(0, everything, ["`k`", ">= 1"]), (5, everything, ["`k`", "<= 4", "--max-k"]),
+                              (-3, everything, ["`k`"]), ([1, 2, 3], everything, ["`k`", "3", "2"]),
+                              ([[1], [1]], everything, ["`k`", "scalar"]),
+                              (2, tf.constant([[[b"1"]]]), ["`allowed_item_ids`"]),
+                              (2, tf.constant([[b"1"]] * 3), ["`allowed_item_ids`", "3"])]:
         with pytest.raises(tf.errors.InvalidArgumentError) as caught:
             search(q, tf.constant(k, tf.int32), none, allowed)
         assert all(w in caught.value.message for w in words), (k, caught.value.message)
@@ -315,7 +315,7 @@ def test_bad_filtered_requests_are_rejected_naming_the_input(exported, server):
         example.features.feature["k"].int64_list.value.append(0)
         with pytest.raises(ServingError) as caught:
             client.predict({"examples": np.array([example.SerializeToString()], dtype=object)}, "filtered_examples")
-        assert caught.value.code() == Code.INVALID_ARGUMENT and "'k'" in caught.value.details()
+        assert caught.value.code() == Code.INVALID_ARGUMENT and "`k` must be >= 1" in caught.value.details()
         # the client refuses what it can check itself, naming the argument
         for kwargs, words in [(dict(k=0), ["k", ">= 1"]), (dict(k=-1), ["k"]), (dict(k=[3, 3, 3]), ["k", "3 values"]),
                               (dict(k=2.5), ["k", "integer"]), (dict(exclude=[["a"]]), ["k", "required"]),

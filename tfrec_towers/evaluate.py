@@ -267,7 +267,8 @@ def saved_model_answers(version_dir: str, config: Config, eval_pattern: str, his
             K_INPUT: tf.constant(max_k, tf.int32), EXCLUDE_INPUT: tf.constant(padded)})
         users.append(batch_users)
         targets.append(batch_targets)
-        answers.append(decode(out["item_ids"].numpy()))
+        item_ids = out["item_ids"].numpy()
+        answers.append(decode(item_ids.ravel()).reshape(item_ids.shape))
 
     scan_logs(config, reader.list_files(eval_pattern), parse_spec(config, user_key), on_batch,
               keep=positives(config), progress=progress)

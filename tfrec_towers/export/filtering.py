@@ -29,13 +29,13 @@ def check_k(k: tf.Tensor, batch: tf.Tensor, max_k: int) -> tf.Tensor:
     k = tf.cast(k, tf.int64)  # checked before any narrowing, so 2**32 + 1 is not taken for 1
     rank, size = tf.rank(k), tf.size(k, out_type=tf.int32)
     checks = [
-        tf.debugging.Assert(rank <= 1, ["input 'k' must be a scalar or a vector [B] (one k per row); got rank", rank]),
+        tf.debugging.Assert(rank <= 1, ["input `k` must be a scalar or a vector [B] (one k per row); got rank", rank]),
         tf.debugging.Assert(tf.logical_or(tf.equal(rank, 0), tf.equal(size, batch)),
-                            ["input 'k' must be a scalar or have one value per row: got", size, "values for", batch,
+                            ["input `k` must be a scalar or have one value per row: got", size, "values for", batch,
                              "rows"]),
-        tf.debugging.Assert(tf.reduce_all(k >= 1), ["input 'k' must be >= 1; got min", tf.reduce_min(k)]),
+        tf.debugging.Assert(tf.reduce_all(k >= 1), ["input `k` must be >= 1; got min", tf.reduce_min(k)]),
         tf.debugging.Assert(tf.reduce_all(k <= max_k), [
-            f"input 'k' must be <= {max_k}, the export's maximum (export --max-k); got max", tf.reduce_max(k)]),
+            f"input `k` must be <= {max_k}, the export's maximum (export --max-k); got max", tf.reduce_max(k)]),
     ]
     with tf.control_dependencies(checks):
         flat = tf.reshape(k, [-1])
@@ -48,9 +48,9 @@ def check_allowed(allowed: tf.Tensor, batch: tf.Tensor) -> tf.Tensor:
     rank = tf.rank(allowed)
     checks = [
         tf.debugging.Assert(tf.logical_or(tf.equal(rank, 1), tf.equal(rank, 2)),
-                            ["input 'allowed_item_ids' must be [A] (shared) or [B, A] (per row); got rank", rank]),
+                            ["input `allowed_item_ids` must be [A] (shared) or [B, A] (per row); got rank", rank]),
         tf.debugging.Assert(tf.logical_or(tf.equal(rank, 1), tf.equal(tf.shape(allowed)[0], batch)), [
-            "input 'allowed_item_ids' of rank 2 must have one row per query row: got", tf.shape(allowed)[0],
+            "input `allowed_item_ids` of rank 2 must have one row per query row: got", tf.shape(allowed)[0],
             "rows for", batch]),
     ]
     with tf.control_dependencies(checks):

@@ -81,9 +81,10 @@ def _k_array(k, batch: int) -> np.ndarray:
 
 def _id_rows(rows, what: str, batch: Optional[int]) -> np.ndarray:
     """Lists of item IDs (str or bytes), one per row, ragged allowed -> [B, M] bytes right-padded with ""."""
-    if isinstance(rows, (str, bytes)) or np.ndim(rows) == 0:
+    if not isinstance(rows, (list, tuple, np.ndarray)) or (isinstance(rows, np.ndarray) and rows.ndim == 0):
         raise ValueError(f"{what} must be one list of item IDs per row, got {rows!r:.80}")
-    rows = [list(row) if not isinstance(row, (str, bytes)) and np.ndim(row) == 1 else row for row in rows]
+    rows = [row.tolist() if isinstance(row, np.ndarray) and row.ndim == 1 else
+            list(row) if isinstance(row, tuple) else row for row in rows]
     if batch is not None and len(rows) != batch:
         raise ValueError(f"{what} has {len(rows)} rows for a batch of {batch} rows")
     out = np.full((len(rows), max([len(r) for r in rows if isinstance(r, list)] + [0])), b"", dtype=object)
