@@ -23,19 +23,26 @@ import tensorflow as tf
 NEG_INF = float("-inf")
 
 
+def _text(value: tf.Tensor) -> tf.Tensor:
+    """A number as a string tensor: an ``Assert`` whose data are only strings and int32 runs unguarded
+    (other dtypes wrap it in a conditional, a function call per request)."""
+    return tf.strings.as_string(value)
+
+
 def check_k(k: tf.Tensor, batch: tf.Tensor, max_k: int) -> tf.Tensor:
     """``k`` (a scalar or [B], any integer dtype) -> int32 [B]; an InvalidArgumentError naming ``k`` unless
     it is a scalar or has B values, each in [1, max_k]."""
     k = tf.cast(k, tf.int64)  # checked before any narrowing, so 2**32 + 1 is not taken for 1
     rank, size = tf.rank(k), tf.size(k, out_type=tf.int32)
+    low, high = tf.reduce_min(k), tf.reduce_max(k)
     checks = [
         tf.debugging.Assert(rank <= 1, ["input `k` must be a scalar or a vector [B] (one k per row); got rank", rank]),
         tf.debugging.Assert(tf.logical_or(tf.equal(rank, 0), tf.equal(size, batch)),
                             ["input `k` must be a scalar or have one value per row: got", size, "values for", batch,
                              "rows"]),
-        tf.debugging.Assert(tf.reduce_all(k >= 1), ["input `k` must be >= 1; got min", tf.reduce_min(k)]),
-        tf.debugging.Assert(tf.reduce_all(k <= max_k), [
-            f"input `k` must be <= {max_k}, the export's maximum (export --max-k); got max", tf.reduce_max(k)]),
+        tf.debugging.Assert(low >= 1, ["input `k` must be >= 1; got", _text(low)]),
+        tf.debugging.Assert(high <= max_k, [
+            f"input `k` must be <= {max_k}, the export's maximum (export --max-k); got", _text(high)]),
     ]
     with tf.control_dependencies(checks):
         flat = tf.reshape(k, [-1])
@@ -95,16 +102,19 @@ def kth_score(best: tf.Tensor, count: tf.Tensor, k: tf.Tensor) -> tf.Tensor:
     return tf.where(count >= k, kth, NEG_INF)
 
 
-def finish(scores: tf.Tensor, positions: tf.Tensor, k: tf.Tensor, max_k: int):
-    """[B, C] candidate scores (-inf or NaN: not a candidate) and positions -> ([B, max_k] scores, [B, max_k]
-    positions, [B] count): best first, ``count`` = min(k_b, candidates), past it score -inf and position -1."""
-    scores = tf.where(tf.math.is_nan(scores), NEG_INF, scores)
-    width = tf.minimum(tf.shape(scores)[1], max_k)
-    best, at = tf.math.top_k(scores, k=width)
-    positions = tf.gather(positions, at, batch_dims=1)
-    pad = [[0, 0], [0, max_k - width]]
-    best = tf.pad(best, pad, constant_values=NEG_INF)
-    positions = tf.pad(positions, pad, constant_values=-1)
+def finish(scores: tf.Tensor, positions: tf.Tensor, k: tf.Tensor, max_k: int, ranked: bool = False):
+    """[B, C] candidate scores (-inf: not a candidate) and positions -> ([B, max_k] scores, [B, max_k]
+    positions, [B] count): best first, ``count`` = min(k_b, candidates), past it score -inf and position -1.
+    ``ranked``: the candidates are already [B, max_k] best first (no second top-k)."""
+    if not ranked:
+        width = tf.minimum(tf.shape(scores)[1], max_k)
+        best, at = tf.math.top_k(scores, k=width)
+        positions = tf.gather(positions, at, batch_dims=1)
+        pad = [[0, 0], [0, max_k - width]]
+        best = tf.pad(best, pad, constant_values=NEG_INF)
+        positions = tf.pad(positions, pad, constant_values=-1)
+    else:
+        best = scores
     found = tf.reduce_sum(tf.cast(tf.math.is_finite(best), tf.int32), axis=1)
     count = tf.minimum(k, found)
     keep = tf.range(max_k)[None, :] < count[:, None]
@@ -152,10 +162,18 @@ class DepthSchedule:
         self.depths, self.probes, self.num_partitions = depths, np.minimum(probes, num_partitions), int(num_partitions)
 
     def probe(self, depth: tf.Tensor) -> tf.Tensor:
-        """[B] depths -> [B] int32 partitions to probe."""
-        at = tf.searchsorted(tf.constant(self.depths), tf.cast(depth, tf.int32), side="left", out_type=tf.int32)
-        table = tf.constant(np.append(self.probes, self.num_partitions).astype(np.int32))
-        return tf.gather(table, at)
+        """[B] depths -> [B] int32 partitions to probe: interpolated between the grid's entries and rounded,
+        so a depth a few items past the first entry's (a couple of excluded items among the top k, the common
+        case) keeps the unfiltered probe count; past the last entry every partition."""
+        depth = tf.cast(depth, tf.float32)
+        grid = tf.constant(self.depths.astype(np.float32))
+        probes = tf.constant(self.probes.astype(np.float32))
+        at = tf.clip_by_value(tf.searchsorted(grid, depth, side="right", out_type=tf.int32), 1, len(self.depths) - 1)
+        low, high = tf.gather(grid, at - 1), tf.gather(grid, at)
+        share = tf.clip_by_value((depth - low) / tf.maximum(high - low, 1.0), 0.0, 1.0)
+        between = tf.gather(probes, at - 1) + share * (tf.gather(probes, at) - tf.gather(probes, at - 1))
+        need = tf.cast(tf.round(between), tf.int32)
+        return tf.where(depth > grid[-1], self.num_partitions, tf.where(depth <= grid[0], int(self.probes[0]), need))
 
     def to_dict(self) -> dict:
         return {"depths": self.depths.tolist(), "probes": self.probes.tolist()}

@@ -58,7 +58,7 @@ class BruteForceIndex(Index):
         scores = filtering.mask_positions(tf.matmul(queries, self.embeddings_t), excluded)
         best, idx = (split_top_k(scores, self.max_k) if self.split_filtered
                      else tf.math.top_k(scores, k=self.max_k))
-        return filtering.finish(best, tf.cast(idx, tf.int64), k, self.max_k)
+        return filtering.finish(best, tf.cast(idx, tf.int64), k, self.max_k, ranked=True)
 
 
 SCANN_EXTRA = "pip install 'tfrec_towers[scann]'"
@@ -135,8 +135,8 @@ class ScannIndex(Index):
                                                      pre_reorder_num_neighbors=tf.maximum(pre_reorder, fetch),
                                                      leaves_to_search=leaves)
             positions, scores = tf.cast(found.indices, tf.int64), found.distances  # padding: NaN scores
-            scores = tf.where(tf.math.is_nan(scores), float("-inf"), scores)
             dropped = filtering.is_excluded(excluded, positions)
+            scores = tf.where(tf.math.is_nan(scores), float("-inf"), scores)
             return tf.where(dropped, float("-inf"), scores), positions, tf.where(dropped, scores, float("-inf"))
 
         scores, positions, excluded_scores = search(queries, excluded, base, rerank)

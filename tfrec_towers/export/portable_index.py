@@ -226,26 +226,35 @@ class PortableIndex(Index):
     def vectors(self, positions):
         return tf.gather(self.embeddings, positions)
 
+    def _exclusion_cells(self, probes, excluded):
+        """[B, M'] cell of each excluded item (sorted storage positions, -1: none) among its row's probed items
+        (the concatenation ``_masked_shortlist`` scores), found from its partition (``offsets``) and that
+        partition's place in the row's probe list: O(M + P) per row, batched. Items not probed get the
+        row's spare cell (its number of probed items)."""
+        batch, width = tf.shape(probes)[0], tf.shape(probes)[1]
+        num_partitions = self.params["num_partitions"]
+        sizes = tf.gather(self.offsets[1:] - self.offsets[:-1], probes)  # [B, p]
+        first_cell = tf.math.cumsum(sizes, axis=1, exclusive=True)
+        part = tf.minimum(tf.searchsorted(tf.broadcast_to(self.offsets[1:], [batch, num_partitions]), excluded,
+                                          side="right", out_type=tf.int32), num_partitions - 1)
+        rows = tf.broadcast_to(tf.range(batch)[:, None], [batch, width])
+        slot = tf.tensor_scatter_nd_update(tf.fill([batch, num_partitions], -1), tf.stack([rows, probes], axis=2),
+                                           tf.broadcast_to(tf.range(width)[None, :], [batch, width]))
+        j = tf.gather(slot, part, batch_dims=1)
+        cell = tf.gather(first_cell, tf.maximum(j, 0), batch_dims=1) + excluded - tf.gather(self.offsets, part)
+        spare = tf.broadcast_to(tf.reduce_sum(sizes, axis=1, keepdims=True), tf.shape(cell))
+        return tf.where(tf.logical_and(excluded >= 0, j >= 0), cell, spare)
+
     def _masked_shortlist(self, args):
-        """``_shortlist`` with one row's excluded items (sorted storage positions, -1: none) scored -inf
-        before the shortlist is cut: each excluded item is located among the probed items from its
-        partition (``offsets``) and the partition's place in the probe list, O(M + P), not O(probed x M)."""
-        query, probe, excluded = args
-        num_rerank, num_partitions = self.params["num_rerank"], self.params["num_partitions"]
-        starts, ends = tf.gather(self.offsets[:-1], probe), tf.gather(self.offsets[1:], probe)
-        rows = tf.ragged.range(starts, ends).flat_values
+        """``_shortlist`` with one row's excluded items (``_exclusion_cells``) scored -inf before the
+        shortlist is cut, so that they never take a re-rank slot."""
+        query, probe, cells = args
+        num_rerank = self.params["num_rerank"]
+        rows = tf.ragged.range(tf.gather(self.offsets[:-1], probe), tf.gather(self.offsets[1:], probe)).flat_values
         approx = tf.linalg.matvec(tf.cast(tf.gather(self.codes, rows), tf.float32), query * self.scale)
         probed = tf.shape(rows)[0]
-        part = tf.minimum(tf.searchsorted(self.offsets[1:], excluded, side="right", out_type=tf.int32),
-                          num_partitions - 1)  # the partition holding each excluded position
-        slot = tf.tensor_scatter_nd_update(tf.fill([num_partitions], -1), probe[:, None],
-                                           tf.range(tf.shape(probe)[0]))  # its place in the probe list, -1: not probed
-        j = tf.gather(slot, part)
-        first_row = tf.math.cumsum(ends - starts, exclusive=True)  # where each probed partition's items start
-        at = tf.gather(first_row, tf.maximum(j, 0)) + excluded - tf.gather(self.offsets, part)
-        at = tf.where(tf.logical_and(excluded >= 0, j >= 0), at, tf.cast(probed, tf.int64))  # else: a spare cell
-        approx = tf.tensor_scatter_nd_update(tf.pad(approx, [[0, 1]]), at[:, None],
-                                             tf.fill(tf.shape(at), float("-inf")))[:probed]
+        approx = tf.tensor_scatter_nd_update(tf.pad(approx, [[0, 1]]), cells[:, None],
+                                             tf.fill(tf.shape(cells), float("-inf")))[:probed]
         pad = tf.maximum(num_rerank - probed, 0)
         approx = tf.pad(approx, [[0, pad]], constant_values=float("-inf"))
         rows = tf.pad(rows, [[0, pad]])
@@ -254,7 +263,8 @@ class PortableIndex(Index):
 
     def _candidates(self, queries, probes, excluded):
         """Exact scores and positions [B, num_rerank] of the shortlists of ``probes`` [B, p] (-inf: none)."""
-        shortlist, approx = tf.map_fn(self._masked_shortlist, (queries, probes, excluded), parallel_iterations=4,
+        cells = self._exclusion_cells(probes, excluded)
+        shortlist, approx = tf.map_fn(self._masked_shortlist, (queries, probes, cells), parallel_iterations=4,
                                       fn_output_signature=(tf.TensorSpec([None], tf.int64),
                                                            tf.TensorSpec([None], tf.float32)))
         exact = tf.einsum("bd,brd->br", queries, tf.gather(self.embeddings, shortlist))
