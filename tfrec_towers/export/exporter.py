@@ -7,7 +7,8 @@ is unchanged, the index rebuilt, and no version ever mixes two models.
 
 Metadata (``assets/tfrec_towers.json``, also served by the ``metadata`` signature): model name and
 version, the run directory and a fingerprint of its weights, the feature spec, the index type and
-parameters, k, and the item catalog (files, size, fingerprint of ids and embeddings).
+parameters, k, max-k (the filtered signatures' largest k) and, for the approximate indexes, the probe
+schedule of filtered requests, and the item catalog (files, size, fingerprint of ids and embeddings).
 
 Warm-up (``assets.extra/tf_serving_warmup_requests``): PredictionLog records of real requests, built
 from the run's eval (else train) examples and the catalog, which TF Serving and ``tfrec-towers serve``
