@@ -31,18 +31,17 @@ def _text(value: tf.Tensor) -> tf.Tensor:
 
 def check_k(k: tf.Tensor, batch: tf.Tensor, max_k: int) -> tf.Tensor:
     """``k`` (a scalar or [B], any integer dtype) -> int32 [B]; an InvalidArgumentError naming ``k`` unless
-    it is a scalar or has B values, each in [1, max_k]."""
+    it is a scalar or has B values, each in [1, max_k]. Two checks, few ops: they run on every request."""
     k = tf.cast(k, tf.int64)  # checked before any narrowing, so 2**32 + 1 is not taken for 1
     rank, size = tf.rank(k), tf.size(k, out_type=tf.int32)
     low, high = tf.reduce_min(k), tf.reduce_max(k)
     checks = [
-        tf.debugging.Assert(rank <= 1, ["input `k` must be a scalar or a vector [B] (one k per row); got rank", rank]),
-        tf.debugging.Assert(tf.logical_or(tf.equal(rank, 0), tf.equal(size, batch)),
-                            ["input `k` must be a scalar or have one value per row: got", size, "values for", batch,
-                             "rows"]),
-        tf.debugging.Assert(low >= 1, ["input `k` must be >= 1; got", _text(low)]),
-        tf.debugging.Assert(high <= max_k, [
-            f"input `k` must be <= {max_k}, the export's maximum (export --max-k); got", _text(high)]),
+        tf.debugging.Assert(tf.logical_and(rank <= 1, tf.logical_or(tf.equal(rank, 0), tf.equal(size, batch))), [
+            "input `k` must be a scalar or a vector [B] (one k per row); got rank", rank, "with", size,
+            "values for", batch, "rows"]),
+        tf.debugging.Assert(tf.logical_and(low >= 1, high <= max_k), [
+            f"input `k` must be >= 1 and <= {max_k}, the export's maximum (export --max-k); got min", _text(low),
+            "max", _text(high)]),
     ]
     with tf.control_dependencies(checks):
         flat = tf.reshape(k, [-1])
@@ -161,19 +160,18 @@ class DepthSchedule:
                              f"{depths.tolist()} / {probes.tolist()}")
         self.depths, self.probes, self.num_partitions = depths, np.minimum(probes, num_partitions), int(num_partitions)
 
+    def table(self) -> np.ndarray:
+        """Partitions to probe for every depth 0 .. last grid depth, then every partition: interpolated
+        between the grid's entries and rounded, so a depth a few items past the first entry's (a couple of
+        excluded items among the top k, the common case) keeps the unfiltered probe count."""
+        depths = np.arange(int(self.depths[-1]) + 1)
+        probes = np.round(np.interp(depths, self.depths, self.probes)).astype(np.int32)
+        return np.append(probes, self.num_partitions).astype(np.int32)
+
     def probe(self, depth: tf.Tensor) -> tf.Tensor:
-        """[B] depths -> [B] int32 partitions to probe: interpolated between the grid's entries and rounded,
-        so a depth a few items past the first entry's (a couple of excluded items among the top k, the common
-        case) keeps the unfiltered probe count; past the last entry every partition."""
-        depth = tf.cast(depth, tf.float32)
-        grid = tf.constant(self.depths.astype(np.float32))
-        probes = tf.constant(self.probes.astype(np.float32))
-        at = tf.clip_by_value(tf.searchsorted(grid, depth, side="right", out_type=tf.int32), 1, len(self.depths) - 1)
-        low, high = tf.gather(grid, at - 1), tf.gather(grid, at)
-        share = tf.clip_by_value((depth - low) / tf.maximum(high - low, 1.0), 0.0, 1.0)
-        between = tf.gather(probes, at - 1) + share * (tf.gather(probes, at) - tf.gather(probes, at - 1))
-        need = tf.cast(tf.round(between), tf.int32)
-        return tf.where(depth > grid[-1], self.num_partitions, tf.where(depth <= grid[0], int(self.probes[0]), need))
+        """[B] depths -> [B] int32 partitions to probe (``table``: one lookup)."""
+        table = self.table()
+        return tf.gather(tf.constant(table), tf.minimum(tf.cast(depth, tf.int32), len(table) - 1))
 
     def to_dict(self) -> dict:
         return {"depths": self.depths.tolist(), "probes": self.probes.tolist()}
