@@ -104,16 +104,18 @@ def depth_schedule(ranks: np.ndarray, k: int, base_probe: int, num_partitions: i
     ranks [d - k, d): the entry for d is the quantile of their partition ranks (the adversarial case: the
     excluded items are exactly the top d - k), at least ``base_probe`` (the unfiltered setting) and
     non-decreasing. The quantile is ``recall_target``, or the share of the top k that ``base_probe``
-    partitions hold on these samples less half a point when that is higher: the probe count is an integer,
-    so the unfiltered search often does better than the target (98.7% at 2 of 1,000 partitions on the
-    benchmark's tighter 1M catalog), and a filtered row must stay within a point of it.
+    partitions hold on these samples plus one point when that is higher (at most 99%): the probe count is
+    an integer, so the unfiltered search often does better than the target, and a filtered row must stay
+    within a point of it. The point above covers queries that are not catalog items: on the benchmark's
+    tighter 1M catalog, 2 of 1,000 partitions hold 97.7% of the samples' top 100 but 99.1% of the
+    benchmark queries'; aiming at 97.2% for ranks 500-600 gave 96.8% there, against 99.1% unfiltered.
     """
     depths = depth_grid(k, max(k, ranks.shape[1]))
-    if ranks.size:  # aim at the recall the unfiltered probe count reaches, less half a point, if above the target
+    if ranks.size:  # aim a point above the share the unfiltered probe count reaches on these samples
         reached = float(np.mean(ranks[:, :k] < base_probe))
-        recall_target = max(recall_target, min(reached - 0.005, 0.999))
-    probes = [probe_quantile(ranks[:, max(0, d - k):d], recall_target) for d in depths]
-    probes = np.maximum.accumulate(np.maximum(probes, base_probe))
+        recall_target = max(recall_target, min(reached + 0.01, 0.99))
+    probes = [base_probe] + [probe_quantile(ranks[:, max(0, d - k):d], recall_target) for d in depths[1:]]
+    probes = np.maximum.accumulate(np.maximum(probes, base_probe))  # depth k: the unfiltered search itself
     return DepthSchedule(depths, probes, num_partitions)
 
 
