@@ -15,9 +15,17 @@
 6. Index scaling on synthetic clustered 64-d unit vectors (``--scaling-sizes``, default 100K and 1M
    items): build time, batch-1 and batch-64 latency p50/p99 and queries/s, recall@100 against exact,
    the NumPy floor of an exact scan, and the issue's targets at the largest catalog (met or not).
+7. Filtered retrieval (issue 26) on the same catalogs and indexes: latency p50/p99 of ``index.filtered``
+   (what the ``filtered`` signature runs after the user tower) against the unfiltered search, batch 1
+   and 64, with M = 0, 50 and 500 excluded items per query drawn at random from the catalog, and M = 500
+   that are the query's own exact top 500 (adversarial: its answers are then the unfiltered ranks
+   500-600); recall@100 against the exact filtered ranking; the targets (p50 +20% at most at M = 500,
+   recall within 1 point of unfiltered) checked at the largest catalog.
 
     python benchmarks/serving.py                               # trains first (a few minutes)
     python benchmarks/serving.py --run-dir RUN --seconds 10    # an existing ML-100K run
+    python benchmarks/serving.py --only-scaling --scaling-sizes 20000 --output-json /tmp/s.json --output-md /tmp/s.md
+                                                               # parts 6-7 alone, a small catalog (development)
 
 ML-100K is read by path from ``$TFREC_TOWERS_ML100K`` (default ``<repo>/../shared/datasets/ml-100k``).
 """
@@ -52,6 +60,8 @@ from tfrec_towers.train import train  # noqa: E402
 
 INDEXES = ("brute", "portable", "scann")
 K = 100
+#: Filtered variants of part 7: (name, M excluded items per query, how they are drawn).
+FILTERED = (("M=0", 0, "random"), ("M=50", 50, "random"), ("M=500", 500, "random"), ("M=500 top", 500, "top"))
 
 
 def test_queries(run_dir: str, limit: int):
@@ -175,11 +185,12 @@ def clustered_unit_vectors(counts, dim: int, rng, clusters: int = 1000, spread: 
 
 
 def exact_top_k(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
-    """Exact top-k item positions of each query (NumPy, in query chunks to bound memory)."""
+    """Exact top-k item positions of each query, best first (NumPy, in query chunks to bound memory)."""
     out = []
     for i in range(0, len(q), 64):
         s = q[i:i + 64] @ x.T
-        out.append(np.argpartition(-s, k - 1, axis=1)[:, :k])
+        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        out.append(np.take_along_axis(part, np.argsort(-np.take_along_axis(s, part, 1), axis=1), 1))
     return np.concatenate(out)
 
 
@@ -198,22 +209,50 @@ def summary(lat_ms: np.ndarray, batch: int) -> dict:
             "qps": float(batch * 1000 / lat_ms.mean())}
 
 
+def exclusions(variant, ranked: np.ndarray, n: int, rng) -> list:
+    """Per query, the item positions a filtered variant excludes: M at random, or its exact top M."""
+    _, m, how = variant
+    if how == "top":
+        return [row[:m] for row in ranked]
+    return [rng.choice(n, m, replace=False) for _ in ranked]
+
+
+def exact_filtered(ranked: np.ndarray, excluded: list, k: int) -> list:
+    """Exact filtered top-k: the first k of each query's exact ranking (top k + M) not excluded."""
+    return [row[~np.isin(row, drop)][:k] for row, drop in zip(ranked, excluded)]
+
+
+def id_rows(ids: np.ndarray, rows: list, start: int, stop: int) -> tf.Tensor:
+    width = max([len(r) for r in rows[start:stop]] + [0])
+    out = np.full((stop - start, width), b"", dtype=object)
+    for i, row in enumerate(rows[start:stop]):
+        out[i, :len(row)] = ids[row]
+    return tf.constant(out, tf.string)
+
+
 def index_scaling(sizes, spread: float = 1.5, dim: int = 64, num_queries: int = 1000, single: int = 300,
                   rounds: int = 3, seed: int = 0, log=print):
     """Each index type over ``clustered_unit_vectors``: build s, batch-1 and batch-64 latency p50/p99
-    and queries/s, recall@100 against exact, and the NumPy floor of an exact scan (``E @ q``).
-    Latencies are taken in ``rounds`` interleaved rounds (NumPy, brute, portable, scann, again...), so
-    that the machine's drift hits every method alike."""
+    and queries/s, recall@100 against exact, and the NumPy floor of an exact scan (``E @ q``); then the
+    filtered search (``FILTERED`` variants): latency p50/p99 at batch 1 and 64 and recall@100 against the
+    exact filtered ranking. Latencies are taken in ``rounds`` interleaved rounds (NumPy, brute, portable,
+    scann, each variant, again...), so that the machine's drift hits every method alike."""
     from tfrec_towers.export.indexes import build_index
 
     rng = np.random.default_rng(seed)
     out = {}
     for n in sizes:
         x, q = clustered_unit_vectors([n, num_queries], dim, rng, spread=spread)  # queries: the items' mixture
-        exact = exact_top_k(x, q, K)
-        ids = np.array([str(i) for i in range(n)])
+        deepest = max(m for _, m, _ in FILTERED)
+        ranked = exact_top_k(x, q, K + deepest)  # exact ranking deep enough for every filtered variant
+        exact = ranked[:, :K]
+        ids = np.array([str(i) for i in range(n)]).astype(object).astype(bytes)
+        variants = {v[0]: exclusions(v, ranked, n, np.random.default_rng(seed + 1)) for v in FILTERED}
         ones = [q[i:i + 1] for i in range(single)]
         batches = [q[i:i + 64] for i in range(0, num_queries - 63, 64)]
+        excluded_inputs = {name: {"batch1": [id_rows(ids, rows, i, i + 1) for i in range(single)],
+                                  "batch64": [id_rows(ids, rows, i, i + 64) for i in range(0, num_queries - 63, 64)]}
+                           for name, rows in variants.items()}
         searches, row = {"numpy_floor": lambda v: x @ v[0]}, {}
         for kind in INDEXES:
             start = time.perf_counter()
@@ -223,11 +262,32 @@ def index_scaling(sizes, spread: float = 1.5, dim: int = 64, num_queries: int = 
             got = np.concatenate([search(tf.constant(b))[1].numpy() for b in np.array_split(q, 8)]).astype(int)
             searches[kind] = lambda v, search=search: search(tf.constant(v))
             row[kind] = {"build_s": built, "params": dict(getattr(index, "params", {})),
-                         "recall@100": float(np.mean([len(set(g) & set(e)) / K for g, e in zip(got, exact)]))}
-            log(f"{n:,} items (spread {spread}), {kind}: built in {built:.1f} s, recall@100 {row[kind]['recall@100']:.3f}")
+                         "recall@100": float(np.mean([len(set(g) & set(e)) / K for g, e in zip(got, exact)])),
+                         "filtered": {}}
+            filtered = tf.function(index.filtered, input_signature=[
+                tf.TensorSpec([None, dim], tf.float32), tf.TensorSpec(None, tf.int32),
+                tf.TensorSpec([None, None], tf.string)])
+            k = tf.constant(K, tf.int32)
+            for name, rows in variants.items():
+                got = [filtered(tf.constant(q[i:i + 64]), k, id_rows(ids, rows, i, min(i + 64, num_queries)))
+                       for i in range(0, num_queries, 64)]
+                got = np.concatenate([g[1].numpy() for g in got]).astype(int)
+                want = exact_filtered(ranked, rows, K)
+                leaked = sum(len(set(g) & set(r)) for g, r in zip(got, rows))
+                row[kind]["filtered"][name] = {
+                    "recall@100": float(np.mean([len(set(g) & set(w)) / K for g, w in zip(got, want)])),
+                    "excluded_returned": int(leaked)}
+                searches[(kind, name)] = (lambda v, filtered=filtered, k=k: filtered(tf.constant(v[0]), k, v[1]))
+            log(f"{n:,} items (spread {spread}), {kind}: built in {built:.1f} s, recall@100 {row[kind]['recall@100']:.3f}, "
+                f"filtered {({v: r['recall@100'] for v, r in row[kind]['filtered'].items()})}")
         lat = {name: {"batch1": [], "batch64": []} for name in searches}
         for r in range(rounds):
             for name, fn in searches.items():
+                if isinstance(name, tuple):
+                    inputs = excluded_inputs[name[1]]
+                    lat[name]["batch1"].append(latencies_ms(fn, list(zip(ones, inputs["batch1"]))[r::rounds]))
+                    lat[name]["batch64"].append(latencies_ms(fn, list(zip(batches, inputs["batch64"]))[r::rounds]))
+                    continue
                 lat[name]["batch1"].append(latencies_ms(fn, ones[r::rounds]))
                 if name != "numpy_floor":
                     lat[name]["batch64"].append(latencies_ms(fn, batches[r::rounds]))
@@ -235,6 +295,10 @@ def index_scaling(sizes, spread: float = 1.5, dim: int = 64, num_queries: int = 
         for kind in INDEXES:
             row[kind].update(batch1=summary(np.concatenate(lat[kind]["batch1"]), 1),
                              batch64=summary(np.concatenate(lat[kind]["batch64"]), 64))
+            for name in variants:
+                row[kind]["filtered"][name].update(
+                    batch1=summary(np.concatenate(lat[(kind, name)]["batch1"]), 1),
+                    batch64=summary(np.concatenate(lat[(kind, name)]["batch64"]), 64))
             log(f"{n:,} items (spread {spread}), {kind}: {row[kind]}")
         out[str(n)] = row
     return out
@@ -268,12 +332,57 @@ def targets(result, spread: str) -> list:
                     f"{r['recall@100']:.3f} at {ratio:.1f}x", r["recall@100"] >= 0.95 and ratio >= speed))
     floor = brute / row["numpy_floor"]["p50_ms"]
     out.append(("exact brute force within 1.5x of the NumPy floor", f"{floor:.2f}x", floor <= 1.5))
-    g = result["grpc"]["overhead_p50_ms"]
-    out.append(("gRPC overhead <= 2 ms p50", f"{g:.2f} ms", g <= 2))
+    if "grpc" in result:
+        g = result["grpc"]["overhead_p50_ms"]
+        out.append(("gRPC overhead <= 2 ms p50", f"{g:.2f} ms", g <= 2))
     return out
 
 
+def filtered_targets(result, spread: str) -> list:
+    """Issue 26's targets at the largest catalog of one spread: (name, measured, met)."""
+    scaling = result["scaling"][spread]
+    row = scaling[max(scaling, key=int)]
+    out = []
+    for kind in INDEXES:
+        r = row[kind]
+        for variant in ("M=500", "M=500 top"):
+            f = r["filtered"][variant]
+            ratios = [f[b]["p50_ms"] / r[b]["p50_ms"] for b in ("batch1", "batch64")]
+            out.append((f"{kind}, {variant}: filtering adds <= 20% to p50 (batch 1 / 64)",
+                        " / ".join(f"{100 * (x - 1):+.0f}%" for x in ratios), all(x <= 1.2 for x in ratios)))
+            out.append((f"{kind}, {variant}: recall@100 within 1 point of unfiltered",
+                        f"{f['recall@100']:.3f} vs {r['recall@100']:.3f}", f["recall@100"] >= r["recall@100"] - 0.01))
+    return out
+
+
+def filtered_markdown(spread: str, scaling: dict, result: dict) -> list:
+    lines = ["", f"Filtered retrieval (issue 26; the same catalogs, spread {spread}, and indexes, k = 100): "
+             "`index.filtered` with M excluded items per query (the `filtered` signature's search, after the user "
+             "tower), at random from the catalog or the query's own exact top M (`top`: adversarial, the answers are "
+             "then its unfiltered ranks M to M + 100); recall@100 against the exact filtered ranking over 1,000 "
+             "queries; latency as above, the ratio to the unfiltered search of the same run:", "",
+             "| items | index | excluded | batch 1 p50 / p99 ms | vs unfiltered p50 | batch 64 p50 / p99 ms "
+             "| vs unfiltered p50 | recall@100 (unfiltered) | excluded items returned |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for n, row in scaling.items():
+        for kind in INDEXES:
+            r = row[kind]
+            for variant, f in r["filtered"].items():
+                b1, b64 = f["batch1"], f["batch64"]
+                lines.append(f"| {int(n):,} | {kind} | {variant} | {b1['p50_ms']:.2f} / {b1['p99_ms']:.2f} "
+                             f"| {b1['p50_ms'] / r['batch1']['p50_ms']:.2f}x | {b64['p50_ms']:.1f} / {b64['p99_ms']:.1f} "
+                             f"| {b64['p50_ms'] / r['batch64']['p50_ms']:.2f}x | {f['recall@100']:.3f} "
+                             f"({r['recall@100']:.3f}) | {f['excluded_returned']} |")
+    lines += ["", f"Targets of issue 26 (spread {spread}, largest catalog):", "", "| target | measured | met |",
+              "|---|---|---|"]
+    lines += [f"| {name} | {measured} | {'yes' if met else 'no'} |" for name, measured, met in filtered_targets(result, spread)]
+    return lines
+
+
 def markdown(result) -> str:
+    if "indexes" not in result:  # --only-scaling
+        lines = [f"Index scaling and filtered retrieval only (`--only-scaling`), {result['date']}, {result['machine']}."]
+        return "\n".join(scaling_markdown(result, lines)) + "\n"
     lines = [f"Export and serving on MovieLens-100K (`tfrs` protocol), {result['date']}, {result['machine']}; "
              f"{result['queries']} test queries, catalog of {result['catalog']} items, k = {K}.", "",
              "| index | HR@10 | HR@50 | HR@100 | overlap@10 with exact | overlap@100 | batch 1 ms | batch 256 ms "
@@ -290,6 +399,10 @@ def markdown(result) -> str:
               f"gRPC round trip (127.0.0.1, brute export, one client, batch 1): p50 {g['grpc_p50_ms']:.2f} ms, "
               f"p99 {g['grpc_p99_ms']:.2f} ms; the same signature in process p50 {g['in_process_p50_ms']:.2f} ms; "
               f"overhead p50 {g['overhead_p50_ms']:.2f} ms."]
+    return "\n".join(scaling_markdown(result, lines)) + "\n"
+
+
+def scaling_markdown(result, lines) -> list:
     for spread, scaling in result["scaling"].items():
         lines += ["", f"Index scaling (`clustered_unit_vectors`: 1,000 clusters, spread {spread}, D = 64; k = 100; "
                   "in-process `tf.function`; recall@100 against exact over 1,000 queries; batch 1 over 300 queries, "
@@ -309,7 +422,8 @@ def markdown(result) -> str:
                              f"| {r['recall@100']:.3f} | {row['brute']['batch1']['p50_ms'] / b1['p50_ms']:.2f}x | {params} |")
         lines += ["", f"Targets (spread {spread}, largest catalog):", "", "| target | measured | met |", "|---|---|---|"]
         lines += [f"| {name} | {measured} | {'yes' if met else 'no'} |" for name, measured, met in targets(result, spread)]
-    return "\n".join(lines) + "\n"
+        lines += filtered_markdown(spread, scaling, result)
+    return lines
 
 
 def main(argv=None):
@@ -326,11 +440,19 @@ def main(argv=None):
     p.add_argument("--scaling-spreads", default="1.5,1.0",
                    help="cluster spreads of the synthetic catalogs: 1.5 is calibrated to the issue's probe, "
                         "1.0 gives tighter clusters")
+    p.add_argument("--only-scaling", action="store_true",
+                   help="run parts 6-7 only (no ML-100K training, exports or gRPC): for development")
     p.add_argument("--output-json", default=os.path.join(REPO, "benchmarks", "results", "serving.json"))
     p.add_argument("--output-md", default=os.path.join(REPO, "benchmarks", "results", "serving.md"))
     args = p.parse_args(argv)
     import_custom_ops()
 
+    sizes = [int(n) for n in args.scaling_sizes.split(",") if n]
+    if args.only_scaling:
+        scaling = {spread: index_scaling(sizes, float(spread)) for spread in args.scaling_spreads.split(",") if sizes}
+        write({"date": datetime.date.today().isoformat(), "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
+               "scaling": scaling}, args)
+        return
     workdir = os.path.abspath(args.workdir)
     run_dir = args.run_dir
     if not run_dir:
@@ -354,12 +476,15 @@ def main(argv=None):
             w.write(r.numpy())
     grpc = grpc_overhead(versions["brute"], base, "brute", queries)
     load = load_test(base, "portable", queries, args.threads, args.seconds, catalog)
-    sizes = [int(n) for n in args.scaling_sizes.split(",") if n]
     scaling = {spread: index_scaling(sizes, float(spread)) for spread in args.scaling_spreads.split(",") if sizes}
     result = {"date": datetime.date.today().isoformat(), "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
               "run_dir": run_dir, "queries": len(targets),
               "catalog": read_metadata(versions["brute"])["catalog"]["num_items"],
               "indexes": indexes, "grpc": grpc, "load_test": load, "scaling": scaling}
+    write(result, args)
+
+
+def write(result, args):
     os.makedirs(os.path.dirname(args.output_json), exist_ok=True)
     with open(args.output_json, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)

@@ -27,7 +27,8 @@ from tfrec_towers.run import RunDir, load_model
 
 K = 10
 SIGNATURES = {"serving_default", "user_embedding", "item_embedding", "score", "serving_default_examples",
-              "user_embedding_examples", "item_embedding_examples", "score_examples", "metadata"}
+              "user_embedding_examples", "item_embedding_examples", "score_examples", "metadata",
+              "filtered", "filtered_examples", "filtered_allowed", "filtered_allowed_examples"}
 
 # Runs in a fresh interpreter with plain TensorFlow (+ the custom-op libraries a server imports):
 # the export must not need tfrec_towers to load and answer.
@@ -85,6 +86,14 @@ def reference(trained):
             "model": model}
 
 
+def with_filters(record, k, exclude):
+    """A query tf.Example with the filtered signatures' fields (issue 26)."""
+    example = tf.train.Example.FromString(record)
+    example.features.feature["k"].int64_list.value.append(int(k))
+    example.features.feature["exclude_item_ids"].bytes_list.value.extend(str(i).encode() for i in exclude)
+    return example.SerializeToString()
+
+
 def call_in_fresh_process(export_dir, calls, tmp_path):
     io_path = str(tmp_path / "io.pkl")
     with open(io_path, "wb") as f:
@@ -115,6 +124,11 @@ def test_fresh_process_reload_gives_the_in_memory_top_k(trained, reference, inde
         "score_examples": ("score_examples", {"user_example": ref["records"][3:4].astype(bytes),
                                               "item_examples": ref["item_records"].astype(bytes)}),
         "metadata": ("metadata", {}),
+        # issue 26: k per row, each row's own exact best 3 items excluded
+        "filtered": ("filtered", {**ref["query"], "k": np.arange(len(ref["records"]), dtype=np.int32) % K + 1,
+                                  "exclude_item_ids": ref["top_ids"][:, :3].astype(object).astype(bytes)}),
+        "filtered_examples": ("filtered_examples", {"examples": np.array([with_filters(
+            r, i % K + 1, ref["top_ids"][i, :3]) for i, r in enumerate(ref["records"])], dtype=object).astype(bytes)}),
     }
     got = call_in_fresh_process(version_dir, calls, tmp_path)
     assert set(got["signatures"]) == SIGNATURES
@@ -142,6 +156,16 @@ def test_fresh_process_reload_gives_the_in_memory_top_k(trained, reference, inde
         np.testing.assert_allclose(out["top_k"]["scores"], ref["top_scores"], atol=1e-5)
     else:
         assert recall >= 0.9, recall
+
+    # filtered: exclusions honoured, k per row, the examples variant reads the same fields
+    filtered = out["filtered"]
+    ks = np.arange(len(ref["records"])) % K + 1
+    assert filtered["item_ids"].shape == (len(ref["records"]), K) and filtered["count"].tolist() == ks.tolist()
+    np.testing.assert_array_equal(out["filtered_examples"]["item_ids"], filtered["item_ids"])
+    for row, k, excluded, best in zip(filtered["item_ids"].astype(str), ks, ref["top_ids"][:, :3], ref["top_ids"]):
+        assert not set(row) & set(excluded) and (row[k:] == "").all()
+        if index == "brute":
+            assert row[:min(k, K - 3)].tolist() == best[3:3 + min(k, K - 3)].tolist()
 
     meta = json.loads(out["metadata"]["metadata"])
     assert meta == read_metadata(version_dir)

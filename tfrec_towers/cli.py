@@ -49,6 +49,13 @@ def cmd_train(args):
 
 
 def cmd_evaluate(args):
+    if args.saved_model:
+        from tfrec_towers.evaluate import evaluate_saved_model
+
+        evaluate_saved_model(args.saved_model, args.eval, args.run_dir, args.history, args.output)
+        return
+    if not args.run_dir:
+        raise ValueError("--run-dir is required (or --saved-model EXPORT_DIR)")
     from tfrec_towers.evaluate import evaluate_run
 
     evaluate_run(args.run_dir, args.eval, args.items, args.history, args.output)
@@ -130,14 +137,14 @@ def cmd_export(args):
     from tfrec_towers.export.exporter import export_run
 
     export_run(args.run_dir, args.base_dir, args.name, index=args.index, k=args.k, items=args.items,
-               index_params=_index_params(args))
+               index_params=_index_params(args), max_k=args.max_k)
 
 
 def cmd_refresh_items(args):
     from tfrec_towers.export.exporter import refresh_items
 
     refresh_items(args.base_dir, args.name, args.items, run_dir=args.run_dir, index=args.index, k=args.k,
-                  index_params=_index_params(args))
+                  index_params=_index_params(args), max_k=args.max_k)
 
 
 def cmd_ops(args):
@@ -214,12 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--run-dir", required=True)
     sp.set_defaults(func=cmd_train)
 
-    sp = sub.add_parser("evaluate", help="full-catalog metrics of a trained run, as JSON")
-    sp.add_argument("--run-dir", required=True)
+    sp = sub.add_parser("evaluate", help="full-catalog metrics of a trained run (or of an export's filtered "
+                                         "signature, --saved-model), as JSON")
+    sp.add_argument("--run-dir", help="the trained run (required unless --saved-model, whose run it defaults to)")
     sp.add_argument("--eval", required=True, help="glob of eval TFRecords")
     sp.add_argument("--items", help="item catalog glob (default: the run's)")
     sp.add_argument("--history", help="glob whose items are excluded per user (default: the run's training logs)")
-    sp.add_argument("--output", help="metrics JSON path (default: RUN/metrics.json)")
+    sp.add_argument("--saved-model", metavar="EXPORT_DIR",
+                    help="evaluate this export version (or BASE/NAME: its latest) in process instead: its `filtered` "
+                         "signature with each user's history as exclude_item_ids; HR@K for K <= its max-k")
+    sp.add_argument("--output", help="metrics JSON path (default: RUN/metrics.json; --saved-model: "
+                                     "RUN/saved_model_metrics.json)")
     sp.set_defaults(func=cmd_evaluate)
 
     sp = sub.add_parser("report", help="embedding-space report: 2-D map and same/cross-tower similarities")
@@ -296,7 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="portable: stock TF ops (loads in stock TF Serving); scann: ScaNN custom ops; "
                              "brute: exact" + (f" (default: {default})" if default else
                                                " (default: the latest version's)"))
-        sp.add_argument("--k", type=int, default=100 if default else None, help="items per query")
+        sp.add_argument("--k", type=int, default=100 if default else None, help="items per query (serving_default)")
+        sp.add_argument("--max-k", type=int, help="largest k of the filtered signatures, their output width "
+                                                  "(default: --k" + ("" if default else ", else the latest version's") + ")")
         sp.add_argument("--num-partitions", type=int, help="index partitions/leaves (default ~sqrt(catalog))")
         sp.add_argument("--num-probe", type=int, help="partitions searched per query (default: tuned)")
         sp.add_argument("--num-rerank", type=int, help="exactly re-ranked shortlist (default max(4k, 100); scann max(15k, 100))")

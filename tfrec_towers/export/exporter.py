@@ -7,7 +7,8 @@ is unchanged, the index rebuilt, and no version ever mixes two models.
 
 Metadata (``assets/tfrec_towers.json``, also served by the ``metadata`` signature): model name and
 version, the run directory and a fingerprint of its weights, the feature spec, the index type and
-parameters, k, and the item catalog (files, size, fingerprint of ids and embeddings).
+parameters, k, max-k (the filtered signatures' largest k) and, for the approximate indexes, the probe
+schedule of filtered requests, and the item catalog (files, size, fingerprint of ids and embeddings).
 
 Warm-up (``assets.extra/tf_serving_warmup_requests``): PredictionLog records of real requests, built
 from the run's eval (else train) examples and the catalog, which TF Serving and ``tfrec-towers serve``
@@ -31,7 +32,8 @@ from tfrec_towers.data import reader
 from tfrec_towers.embeddings import embed_catalog
 from tfrec_towers.export.indexes import build_index, index_class
 from tfrec_towers.export.layout import METADATA_ASSET, METADATA_FILE, WARMUP_FILE, latest_version
-from tfrec_towers.export.retrieval_module import RetrievalModule
+from tfrec_towers.export.retrieval_module import (ALLOWED_INPUT, EXCLUDE_INPUT, FILTERED_SIGNATURES, K_INPUT,
+                                                  RetrievalModule)
 from tfrec_towers.export.versions import staged_version
 from tfrec_towers.features.spec import FeatureSpec
 from tfrec_towers.run import RunDir, load_model
@@ -44,6 +46,8 @@ WARMUP_ROWS = 8
 #: Signatures warmed up, by the side whose examples feed them. Not ``score`` or ``metadata``: with TF
 #: Serving's --enable_batching they fail (serving/README.md), and a failing warm-up fails the load.
 WARMUP_SIGNATURES = {"query": ("serving_default", "user_embedding"), "candidate": ("item_embedding",)}
+#: Items each filtered warm-up row excludes (its own best ones, so the deeper second pass runs too) and allows.
+WARMUP_EXCLUDED, WARMUP_ALLOWED = 8, 16
 
 
 def weights_fingerprint(run_dir: str) -> str:
@@ -119,10 +123,33 @@ def _predict_log(model_name: str, signature: str, inputs: Dict[str, np.ndarray])
     return prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
 
 
-def warmup_requests(features: FeatureSpec, model_name: str, samples: Dict[str, Sequence[bytes]]
-                    ) -> List[prediction_log_pb2.PredictionLog]:
+def _with_filters(record: bytes, k: int, exclude: Sequence[bytes], allowed: Optional[Sequence[bytes]]) -> bytes:
+    """A query tf.Example with the filtered signatures' fields added (``retrieval_module.filter_parse_spec``)."""
+    example = tf.train.Example.FromString(record)
+    fields = example.features.feature
+    fields[K_INPUT].CopyFrom(tf.train.Feature(int64_list=tf.train.Int64List(value=[k])))
+    fields[EXCLUDE_INPUT].CopyFrom(tf.train.Feature(bytes_list=tf.train.BytesList(value=list(exclude))))
+    if allowed is not None:
+        fields[ALLOWED_INPUT].CopyFrom(tf.train.Feature(bytes_list=tf.train.BytesList(value=list(allowed))))
+    return example.SerializeToString()
+
+
+def _padded(rows: Sequence[Sequence[bytes]]) -> np.ndarray:
+    out = np.full((len(rows), max([len(r) for r in rows] + [1])), b"", dtype=object)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out
+
+
+def warmup_requests(features: FeatureSpec, model_name: str, samples: Dict[str, Sequence[bytes]],
+                    filters: Optional[Dict] = None) -> List[prediction_log_pb2.PredictionLog]:
     """TF Serving warm-up records: for each side's serialized examples (``samples``: query, candidate), a
-    one-row and a full request to each of its signatures and their ``_examples`` variants."""
+    one-row and a full request to each of its signatures and their ``_examples`` variants.
+
+    ``filters`` (``max_k``, ``exclude``: a function of the query rows' inputs -> their excluded IDs, and
+    ``allowed``: IDs) adds the same requests to the filtered signatures, in the form TF Serving's batching
+    accepts (``k`` [B], ``allowed_item_ids`` [B, A]: every input batched).
+    """
     logs = []
     for side, signatures in WARMUP_SIGNATURES.items():
         records = list(samples.get(side) or []) or [_blank_example(features, side)]
@@ -132,7 +159,19 @@ def warmup_requests(features: FeatureSpec, model_name: str, samples: Dict[str, S
             for signature in signatures:
                 logs.append(_predict_log(model_name, signature, inputs))
                 logs.append(_predict_log(model_name, f"{signature}_examples", {"examples": np.array(rows, object)}))
-    return logs  # 12 records, far below TF Serving's MAX_WARMUP_RECORDS
+            if side != "query" or not filters:
+                continue
+            exclude = filters["exclude"](inputs)
+            allowed = list(filters["allowed"])
+            for signature, with_allowed in FILTERED_SIGNATURES.items():
+                extra = {K_INPUT: np.full([len(rows)], filters["max_k"], np.int32), EXCLUDE_INPUT: _padded(exclude)}
+                if with_allowed:
+                    extra[ALLOWED_INPUT] = _padded([allowed] * len(rows))
+                logs.append(_predict_log(model_name, signature, {**inputs, **extra}))
+                examples = [_with_filters(r, filters["max_k"], e, allowed if with_allowed else None)
+                            for r, e in zip(rows, exclude)]
+                logs.append(_predict_log(model_name, f"{signature}_examples", {"examples": np.array(examples, object)}))
+    return logs  # 20 records, far below TF Serving's MAX_WARMUP_RECORDS
 
 
 def write_warmup(version_dir: str, logs: Sequence[prediction_log_pb2.PredictionLog]) -> str:
@@ -146,12 +185,15 @@ def write_warmup(version_dir: str, logs: Sequence[prediction_log_pb2.PredictionL
 
 def export_run(run_dir: str, base_dir: str, name: str, index: str = "portable", k: int = 100,
                items: Optional[str] = None, index_params: Optional[Dict] = None, log=print,
-               refreshed_from: Optional[int] = None, catalog: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> str:
+               refreshed_from: Optional[int] = None, catalog: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+               max_k: Optional[int] = None) -> str:
     """Export ``run_dir`` as a new version of BASE/NAME; returns the version directory.
 
     Args:
       index: ``portable`` (default: stock TF ops, loads in stock TF Serving), ``scann`` or ``brute``.
       k: items returned per query by ``serving_default`` (at most the catalog size).
+      max_k: the largest ``k`` a request to the filtered signatures may ask for, and their output width
+        (default: k; at most the catalog size). The index is tuned for max(k, max_k).
       items: item-catalog TFRecord glob; default: the run's ``items`` files.
       index_params: num_partitions / num_probe / num_rerank overrides (``portable``, ``scann``).
       refreshed_from: the version whose model this re-exports over a new catalog (``refresh_items``).
@@ -161,6 +203,8 @@ def export_run(run_dir: str, base_dir: str, name: str, index: str = "portable", 
     index_class(index)  # an unknown type fails now, not after embedding the catalog
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if max_k is not None and max_k < 1:
+        raise ValueError(f"max_k must be >= 1, got {max_k}")
     run = RunDir(run_dir)
     info = run.info()
     items = items or info.get("items")
@@ -175,11 +219,12 @@ def export_run(run_dir: str, base_dir: str, name: str, index: str = "portable", 
     else:
         ids, embeddings = np.asarray(catalog[0]), np.asarray(catalog[1], np.float32)
     log(f"building the {index} index over {len(ids)} items")
-    built = build_index(index, ids, embeddings, k, **(index_params or {}))
+    built = build_index(index, ids, embeddings, k, max_k=max_k, **(index_params or {}))
     metadata = {
         "model_name": name, "run_dir": run.path, "weights_fingerprint": fingerprint,
         "feature_spec": config.features.to_dict(), "embedding_dim": int(embeddings.shape[1]),
-        "index": {"type": index, "k": built.k, "requested_k": k, "params": built.params},
+        "index": {"type": index, "k": built.k, "requested_k": k, "max_k": built.max_k, "requested_max_k": max_k,
+                  "params": built.params, **({"probe_schedule": built.schedule.to_dict()} if built.schedule else {})},
         "catalog": {"items": items, "num_items": len(ids), "fingerprint": catalog_fingerprint(ids, embeddings)},
         "tfrec_towers": tfrec_towers.__version__, "tensorflow": tf.__version__,
     }
@@ -189,9 +234,15 @@ def export_run(run_dir: str, base_dir: str, name: str, index: str = "portable", 
     def sample(pattern, side):
         return _sample_records(pattern, config.features.parse_spec(side), config.data.compression, WARMUP_ROWS)
 
+    def best_ids(inputs):  # each warm-up row excludes its own best items
+        _, top = built(model.query_tower({key: tf.constant(value) for key, value in inputs.items()}, training=False))
+        return [[i for i in row if i][:WARMUP_EXCLUDED] for row in top.numpy().tolist()]
+
     warmup = warmup_requests(config.features, name, {
         "query": sample(info.get("eval"), "query") or sample(info.get("train"), "query"),
-        "candidate": sample(items, "candidate")})
+        "candidate": sample(items, "candidate")},
+        filters={"max_k": built.max_k, "exclude": best_ids,
+                 "allowed": [str(i).encode() for i in ids[:WARMUP_ALLOWED]]})
     with staged_version(base_dir, name, log) as (tmp, version), tempfile.TemporaryDirectory() as meta_dir:
         metadata.update(version=version, created=datetime.datetime.now(datetime.timezone.utc).isoformat())
         meta_path = os.path.join(meta_dir, METADATA_FILE)
@@ -205,18 +256,19 @@ def export_run(run_dir: str, base_dir: str, name: str, index: str = "portable", 
         log(f"writing {len(warmup)} warm-up requests to {WARMUP_FILE}")
         write_warmup(tmp, warmup)
     out = os.path.join(os.path.abspath(base_dir), name, str(version))
-    log(f"wrote {out} ({index} index, {len(ids)} items, k={built.k})")
+    log(f"wrote {out} ({index} index, {len(ids)} items, k={built.k}, max-k={built.max_k})")
     return out
 
 
 def refresh_items(base_dir: str, name: str, items: str, run_dir: Optional[str] = None, index: Optional[str] = None,
                   k: Optional[int] = None, index_params: Optional[Dict] = None, log=print,
-                  catalog: Optional[Tuple[np.ndarray, np.ndarray]] = None, from_version: Optional[int] = None) -> str:
+                  catalog: Optional[Tuple[np.ndarray, np.ndarray]] = None, from_version: Optional[int] = None,
+                  max_k: Optional[int] = None) -> str:
     """A new version of BASE/NAME: the latest version's model over the catalog ``items``.
 
     The run directory defaults to the one recorded in the latest version; its weights must still be
     the ones that version was built from, else this refuses (use ``export_run`` for a new model).
-    Index type and k default to the latest version's; partition parameters are re-tuned to the new
+    Index type, k and max_k default to the latest version's; partition parameters are re-tuned to the new
     catalog size unless given. ``catalog``: precomputed (ids, embeddings), as in ``export_run``;
     ``from_version``: the version they were computed with, which must still be the latest.
     """
@@ -237,4 +289,5 @@ def refresh_items(base_dir: str, name: str, items: str, run_dir: Optional[str] =
             "rebuilds the index; use `tfrec-towers export` to publish a new model")
     return export_run(run_dir, base_dir, name, index=index or previous["index"]["type"],
                       k=k or previous["index"]["requested_k"], items=items, index_params=index_params, log=log,
-                      refreshed_from=latest, catalog=catalog)
+                      refreshed_from=latest, catalog=catalog,
+                      max_k=max_k or previous["index"].get("requested_max_k"))

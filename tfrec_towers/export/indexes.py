@@ -1,4 +1,5 @@
-"""The three index types of an export, each ``index(queries [B, D]) -> (scores [B, k], ids [B, k])``.
+"""The three index types of an export, each ``index(queries [B, D]) -> (scores [B, k], ids [B, k])``
+and ``index.filtered(queries, k, exclude_item_ids[, allowed_item_ids])`` (``index.py``, ``filtering.py``).
 
 * ``brute``: exact scores against every item (stock ops; best up to ~1e5-1e6 items per query batch);
 * ``portable``: IVF + int8 + exact re-rank in stock ops (``portable_index.py``), loadable by stock
@@ -13,9 +14,11 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
+from tfrec_towers.export import filtering
 from tfrec_towers.export.index import Index
 from tfrec_towers.export.layout import INDEX_TYPES
-from tfrec_towers.export.portable_index import RECALL_TARGET, PortableIndex, partition, tuned_params
+from tfrec_towers.export.portable_index import (EXTRA_DEPTH, RECALL_TARGET, PortableIndex, linear_schedule,
+                                                partition, tuned_params)
 from tfrec_towers.export.top_k import SPLITS, split_top_k
 
 
@@ -30,17 +33,32 @@ class BruteForceIndex(Index):
     kind = "brute"
     MIN_SPLIT_ITEMS = 1 << 16  # below this one TopK is fast enough
 
-    def __init__(self, ids: np.ndarray, embeddings: np.ndarray, k: int, name: str = "brute_force_index"):
-        super().__init__(ids, embeddings, k, name)
+    def __init__(self, ids: np.ndarray, embeddings: np.ndarray, k: int, name: str = "brute_force_index",
+                 max_k: Optional[int] = None):
+        super().__init__(ids, embeddings, k, name, max_k=max_k)
         self.split = len(ids) >= max(self.MIN_SPLIT_ITEMS, SPLITS * self.k)
+        self.split_filtered = len(ids) >= max(self.MIN_SPLIT_ITEMS, SPLITS * self.max_k)
         self.embeddings_t = tf.Variable(np.ascontiguousarray(np.asarray(embeddings, np.float32).T),
                                         trainable=False, name="embeddings_t")
         self.ids = self.id_variable(ids)
+        self.position_table(ids)
 
     def __call__(self, queries):
         scores = tf.matmul(queries, self.embeddings_t)
         best, idx = split_top_k(scores, self.k) if self.split else tf.math.top_k(scores, k=self.k)
         return best, tf.gather(self.ids, idx)
+
+    def vectors(self, positions):
+        flat = tf.reshape(positions, [-1])
+        columns = tf.transpose(tf.gather(self.embeddings_t, flat, axis=1))  # [X, D]
+        return tf.reshape(columns, tf.concat([tf.shape(positions, out_type=tf.int32), [-1]], axis=0))
+
+    def _exclude_top_k(self, queries, k, excluded, distinct):
+        """Exact: the excluded items' scores are set to -inf (a scatter, O(M)) before the top-k."""
+        scores = filtering.mask_positions(tf.matmul(queries, self.embeddings_t), excluded)
+        best, idx = (split_top_k(scores, self.max_k) if self.split_filtered
+                     else tf.math.top_k(scores, k=self.max_k))
+        return filtering.finish(best, tf.cast(idx, tf.int64), k, self.max_k, ranked=True)
 
 
 SCANN_EXTRA = "pip install 'tfrec_towers[scann]'"
@@ -66,27 +84,75 @@ class ScannIndex(Index):
     kind = "scann"
 
     def __init__(self, ids: np.ndarray, embeddings: np.ndarray, k: int, num_partitions: Optional[int] = None,
-                 num_probe: Optional[int] = None, num_rerank: Optional[int] = None, name: str = "scann_index"):
-        super().__init__(ids, embeddings, k, name)
+                 num_probe: Optional[int] = None, num_rerank: Optional[int] = None, name: str = "scann_index",
+                 max_k: Optional[int] = None):
+        super().__init__(ids, embeddings, k, name, max_k=max_k)
         require_scann()
         import tensorflow_recommenders as tfrs  # after scann: TFRS builds its ScaNN layer only when scann imports
 
-        n = len(ids)
+        n, k = len(ids), self.tuned_k
         embeddings = np.asarray(embeddings, np.float32)
         # ScaNN's asymmetric hashing (4 bits per 2 dimensions) ranks more coarsely than int8: at 1M x 64
         # (benchmarks/serving.py) it re-ranks 15k items and still loses ~1.3% of the top-100 that the
         # probed k-means partitions hold, so its probe count aims 1.5% higher than portable's.
-        num_rerank = num_rerank or max(15 * self.k, 100)
-        self.params = params = (tuned_params(n, self.k, num_partitions, num_probe, num_rerank) if num_probe else
-                                partition(embeddings, self.k, num_partitions, None, num_rerank,
-                                          recall_target=min(1.0, RECALL_TARGET + 0.015))[0])
+        num_rerank = num_rerank or max(15 * k, 100)
+        if num_probe:
+            self.params = params = tuned_params(n, k, num_partitions, num_probe, num_rerank)
+            self.schedule = linear_schedule(k, params["num_probe"], params["num_partitions"], k + EXTRA_DEPTH)
+        else:
+            self.params, _, _, self.schedule = partition(embeddings, k, num_partitions, None, num_rerank,
+                                                         recall_target=min(1.0, RECALL_TARGET + 0.015))
+            params = self.params
         self.layer = tfrs.layers.factorized_top_k.ScaNN(
             k=self.k, num_leaves=params["num_partitions"], num_leaves_to_search=params["num_probe"],
             num_reordering_candidates=params["num_rerank"], dimensions_per_block=2)
         self.layer.index(tf.constant(embeddings, tf.float32), tf.constant(np.asarray(ids, dtype=object).astype(bytes)))
+        self.ids = self.layer._identifiers
+        self.dim = embeddings.shape[1]
+        self.position_table(ids)
 
     def __call__(self, queries):
         return self.layer(queries)
+
+    def vectors(self, positions):
+        """From the searcher's own float copy of the catalog (kept for its re-ranking): no second copy."""
+        dataset = tf.reshape(self.layer._serialized_searcher.dataset, [-1, self.dim])
+        return tf.gather(dataset, positions)
+
+    def _exclude_top_k(self, queries, k, excluded, distinct):
+        """Over-fetch: ScaNN's best max_k + M (the row's distinct exclusions, batch max) of the catalog,
+        excluded ones dropped. Rows whose answers lie deeper than the searched leaves reach (``DepthSchedule``,
+        from the excluded items found above their k-th answer) are searched again with more leaves and a
+        re-rank shortlist grown in proportion."""
+        from scann.scann_ops.py import scann_ops
+
+        searcher = scann_ops.searcher_from_module(self.layer._serialized_searcher)
+        base, rerank, max_k = self.params["num_probe"], self.params["num_rerank"], self.max_k
+        fetch = tf.minimum(self.num_items, max_k + tf.reduce_max(distinct))
+
+        def search(queries, excluded, leaves, pre_reorder):
+            found = searcher.search_batched_parallel(queries, final_num_neighbors=fetch,
+                                                     pre_reorder_num_neighbors=tf.maximum(pre_reorder, fetch),
+                                                     leaves_to_search=leaves)
+            positions, scores = tf.cast(found.indices, tf.int64), found.distances  # padding: NaN scores
+            dropped = filtering.is_excluded(excluded, positions)
+            scores = tf.where(tf.math.is_nan(scores), float("-inf"), scores)
+            return tf.where(dropped, float("-inf"), scores), positions, tf.where(dropped, scores, float("-inf"))
+
+        scores, positions, excluded_scores = search(queries, excluded, base, rerank)
+        first = filtering.finish(scores, positions, k, max_k)
+        need, depth = filtering.deeper_probes(self.schedule, k, first[0], first[2], excluded_scores, distinct,
+                                       self.num_items)
+        rows = tf.cast(tf.where(need > base)[:, 0], tf.int32)
+
+        def deeper():
+            leaves = tf.reduce_max(tf.gather(need, rows))
+            deepest = tf.reduce_max(tf.gather(depth, rows))  # re-rank as many per answer as unfiltered
+            pre_reorder = tf.minimum(self.num_items, tf.cast(tf.math.ceil(rerank * deepest / self.tuned_k), tf.int32))
+            scores2, positions2, _ = search(tf.gather(queries, rows), tf.gather(excluded, rows), leaves, pre_reorder)
+            return filtering.scatter_rows(first, rows, filtering.finish(scores2, positions2, tf.gather(k, rows), max_k))
+
+        return tf.cond(tf.size(rows) > 0, deeper, lambda: first)
 
 
 #: index type (``--index``) -> its class.
@@ -102,11 +168,14 @@ def index_class(kind: str) -> type:
     return INDEXES[kind]
 
 
-def build_index(kind: str, ids: np.ndarray, embeddings: np.ndarray, k: int, **params) -> Index:
-    """An index of type ``kind`` over (ids, embeddings); ``params`` override the tuned defaults."""
+def build_index(kind: str, ids: np.ndarray, embeddings: np.ndarray, k: int, max_k: Optional[int] = None,
+                **params) -> Index:
+    """An index of type ``kind`` over (ids, embeddings); ``params`` override the tuned defaults. ``max_k``
+    (default k): the widest answer of the filtered signatures; the index is tuned for max(k, max_k)."""
     cls = index_class(kind)
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "ids", "embeddings", "k", "name")]
+    allowed = [p for p in inspect.signature(cls.__init__).parameters
+               if p not in ("self", "ids", "embeddings", "k", "name", "max_k")]
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise ValueError(f"the {kind} index takes {allowed or 'no parameters'}, got {unknown}")
-    return cls(ids, embeddings, k, **params)
+    return cls(ids, embeddings, k, max_k=max_k, **params)

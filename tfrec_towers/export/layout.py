@@ -22,6 +22,10 @@ WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000
 #: gRPC's message cap, for the server (the largest request it reads at all) and the client (both ways).
 MAX_MESSAGE_BYTES = 64 << 20
+#: The inputs the filtered signatures add to the query features (``export/retrieval_module.py``), and the
+#: output whose width is the export's max-k: named here so that the server checks them without TensorFlow.
+K_INPUT, EXCLUDE_INPUT, ALLOWED_INPUT = "k", "exclude_item_ids", "allowed_item_ids"
+ITEM_IDS_OUTPUT = "item_ids"
 #: The index types (``--index``), in the order of ``export.indexes.INDEXES``, which checks it against this.
 INDEX_TYPES = ("scann", "portable", "brute")
 

@@ -14,7 +14,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
 
-from tfrec_towers.export.layout import MAX_MESSAGE_BYTES
+from tfrec_towers.export.layout import ALLOWED_INPUT, EXCLUDE_INPUT, K_INPUT, MAX_MESSAGE_BYTES
 
 
 class ServingError(grpc.RpcError):
@@ -36,6 +36,8 @@ class TopK(NamedTuple):
     item_ids: np.ndarray  # str [B, K]
     scores: np.ndarray  # float [B, K]
     version: int
+    #: Filtered requests only: [B] items in each row (the rest of the row is padding: "" and -inf).
+    count: Optional[np.ndarray] = None
 
 
 def _as_bytes(value) -> bytes:
@@ -54,6 +56,47 @@ def _to_array(value) -> np.ndarray:
 
 def _text(array: np.ndarray) -> np.ndarray:
     return np.vectorize(lambda b: b.decode("utf-8"), otypes=[str])(array)
+
+
+def _batch_size(features: Dict) -> int:
+    sizes = {name: len(np.asarray(value)) for name, value in features.items() if np.ndim(value) >= 1}
+    if not sizes or len(set(sizes.values())) > 1:
+        raise ValueError(f"the query features must share one batch size, got {sizes or 'no batched feature'}")
+    return sizes.popitem()[1]
+
+
+def _k_array(k, batch: int) -> np.ndarray:
+    """``k``: an int (every row) or one per row -> int32, each >= 1 (the server checks the export's max-k)."""
+    array = np.asarray(k)
+    if array.dtype.kind not in "iu" or array.ndim > 1:
+        raise ValueError(f"k ({K_INPUT}) must be an integer or one integer per row, got {k!r}")
+    if array.ndim == 1 and len(array) != batch:
+        raise ValueError(f"k ({K_INPUT}) has {len(array)} values for a batch of {batch} rows: give one per row, "
+                         "or one int")
+    if array.size and (array.min() < 1 or array.max() > np.iinfo(np.int32).max):
+        raise ValueError(f"k ({K_INPUT}) must be >= 1 (and at most the export's max-k), got "
+                         f"{array.min() if array.min() < 1 else array.max()}")
+    return array.astype(np.int32)
+
+
+def _id_rows(rows, what: str, batch: Optional[int]) -> np.ndarray:
+    """Lists of item IDs (str or bytes), one per row, ragged allowed -> [B, M] bytes right-padded with ""."""
+    if not isinstance(rows, (list, tuple, np.ndarray)) or (isinstance(rows, np.ndarray) and rows.ndim == 0):
+        raise ValueError(f"{what} must be one list of item IDs per row, got {rows!r:.80}")
+    rows = [row.tolist() if isinstance(row, np.ndarray) and row.ndim == 1 else
+            list(row) if isinstance(row, tuple) else row for row in rows]
+    if batch is not None and len(rows) != batch:
+        raise ValueError(f"{what} has {len(rows)} rows for a batch of {batch} rows")
+    out = np.full((len(rows), max([len(r) for r in rows if isinstance(r, list)] + [0])), b"", dtype=object)
+    for i, row in enumerate(rows):
+        if not isinstance(row, list):
+            raise ValueError(f"{what}: row {i} must be a list of item IDs, got {type(row).__name__} {row!r:.80}")
+        for j, item in enumerate(row):
+            if not isinstance(item, (str, bytes, np.str_, np.bytes_)):
+                raise ValueError(f"{what}: row {i} item {j} is {type(item).__name__} {item!r:.40}; item IDs are "
+                                 "strings (str or bytes)")
+            out[i, j] = _as_bytes(item)
+    return out
 
 
 class RetrievalClient:
@@ -107,9 +150,37 @@ class RetrievalClient:
         outputs = {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
         return outputs, response.model_spec.version.value
 
-    def top_k(self, features: Dict, version: Optional[int] = None) -> TopK:
-        outputs, answered = self.predict(features, version=version)
-        return TopK(_text(outputs["item_ids"]), outputs["scores"], answered)
+    def top_k(self, features: Dict, version: Optional[int] = None, k=None, exclude=None, allowed=None) -> TopK:
+        """The best items per query row: without ``k``/``exclude``/``allowed``, ``serving_default`` (the
+        export's k over the whole catalog); with them, the filtered signatures:
+
+        * ``k``: an int, or one per row (1 <= k <= the export's max-k);
+        * ``exclude``: one list of item IDs per row (ragged is fine: padded with ""), e.g. the user's history;
+          unknown IDs are ignored;
+        * ``allowed``: one list of item IDs for every row, or one list per row: only those are candidates.
+
+        A filtered answer is max-k wide: ``count[b]`` items in row b (k_b, fewer only when fewer candidates
+        are left), then padding ("" and -inf). Bad arguments raise ValueError naming them, before any call.
+        """
+        if k is None and exclude is None and allowed is None:
+            outputs, answered = self.predict(features, version=version)
+            return TopK(_text(outputs["item_ids"]), outputs["scores"], answered)
+        if k is None:
+            raise ValueError(f"k ({K_INPUT}) is required with exclude or allowed")
+        batch = _batch_size(features)
+        inputs = dict(features)
+        inputs[K_INPUT] = _k_array(k, batch)
+        inputs[EXCLUDE_INPUT] = _id_rows([[]] * batch if exclude is None else exclude,
+                                         f"exclude ({EXCLUDE_INPUT})", batch)
+        signature = "filtered"
+        if allowed is not None:
+            shared = not isinstance(allowed, (str, bytes)) and all(
+                isinstance(a, (str, bytes, np.str_, np.bytes_)) for a in allowed)
+            rows = _id_rows([allowed] if shared else allowed, f"allowed ({ALLOWED_INPUT})", None if shared else batch)
+            inputs[ALLOWED_INPUT] = rows[0] if shared else rows
+            signature = "filtered_allowed"
+        outputs, answered = self.predict(inputs, signature, version)
+        return TopK(_text(outputs["item_ids"]), outputs["scores"], answered, outputs["count"])
 
     def user_embedding(self, features: Dict, version: Optional[int] = None) -> Tuple[np.ndarray, int]:
         outputs, answered = self.predict(features, "user_embedding", version)

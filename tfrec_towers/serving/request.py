@@ -15,6 +15,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2
 
+from tfrec_towers.export.layout import ALLOWED_INPUT, EXCLUDE_INPUT, ITEM_IDS_OUTPUT, K_INPUT
+
 DEFAULT_SIGNATURE = "serving_default"
 #: Default budget for one request's inputs once decoded, checked on the declared shapes before any
 #: tensor is built. A TensorProto may declare far more elements than it carries (the last value is
@@ -74,6 +76,7 @@ def run_signature(version, spec: model_pb2.ModelSpec, decode: Callable, output_f
         raise invalid(f"{where}: output_filter names unknown output {unknown[0]!r}; "
                       f"outputs: {', '.join(output_names)}")
     feeds = _validate(decode(specs, where), specs, where, limits)
+    _check_k_values(feeds, fn.structured_outputs, where)
     try:
         outputs = fn(**feeds)
     except tf.errors.OpError as e:
@@ -138,6 +141,8 @@ def _check_request(shapes: Dict[str, List[int]], sizes: Dict[str, int], specs: D
     if len(set(batches.values())) > 1:
         raise invalid(f"{where}: inputs have different batch sizes: "
                       + ", ".join(f"{name}={size}" for name, size in batches.items()))
+    if EXCLUDE_INPUT in specs:  # a filtered signature
+        _check_filter_shapes(shapes, next(iter(batches.values()), None), where)
     if batches and max(batches.values()) > limits.max_batch_size:
         name = max(batches, key=batches.get)
         raise invalid(f"{where}: input {name!r}: batch of {batches[name]} rows exceeds the server's "
@@ -148,6 +153,41 @@ def _check_request(shapes: Dict[str, List[int]], sizes: Dict[str, int], specs: D
         raise invalid(f"{where}: the inputs would take {mib(total)} once decoded ({name!r} alone "
                       f"{mib(sizes[name])}: shape {list(shapes[name])}), over the server's max_request_bytes "
                       f"{limits.max_request_bytes} ({mib(limits.max_request_bytes)})")
+
+
+def _check_filter_shapes(shapes: Dict[str, List[int]], batch: Optional[int], where: str) -> None:
+    """The filtered signatures' inputs of open rank (``export/retrieval_module.py``): ``k`` a scalar or one
+    value per row, ``allowed_item_ids`` [A] (shared) or [B, A] (per row). Checked on the declared shapes."""
+    if K_INPUT in shapes:
+        shape = shapes[K_INPUT]
+        if len(shape) > 1:
+            raise invalid(f"{where}: input {K_INPUT!r} must be a scalar or [B] (one k per row), got shape {shape}")
+        if len(shape) == 1 and batch is not None and shape[0] != batch:
+            raise invalid(f"{where}: input {K_INPUT!r} has {shape[0]} values for a batch of {batch} rows: "
+                          "send one k per row, or a scalar")
+    if ALLOWED_INPUT in shapes:
+        shape = shapes[ALLOWED_INPUT]
+        if len(shape) not in (1, 2):
+            raise invalid(f"{where}: input {ALLOWED_INPUT!r} must be [A] (one list for every row) or [B, A] "
+                          f"(one per row), got shape {shape}")
+        if len(shape) == 2 and batch is not None and shape[0] != batch:
+            raise invalid(f"{where}: input {ALLOWED_INPUT!r} has {shape[0]} rows for a batch of {batch} rows")
+
+
+def _check_k_values(feeds: Dict[str, tf.Tensor], outputs: Dict, where: str) -> None:
+    """1 <= k <= the export's max-k (the width of its ``item_ids`` output), before the signature runs."""
+    if K_INPUT not in feeds or EXCLUDE_INPUT not in feeds:
+        return
+    output = outputs.get(ITEM_IDS_OUTPUT) if isinstance(outputs, dict) else None
+    max_k = output.shape[1] if output is not None and output.shape.rank == 2 else None
+    k = np.asarray(feeds[K_INPUT].numpy()).ravel()
+    if not k.size:
+        return
+    low, high = int(k.min()), int(k.max())
+    if low < 1 or (max_k is not None and high > max_k):
+        bad = low if low < 1 else high
+        bound = f"between 1 and {max_k}, the export's maximum (export --max-k)" if max_k is not None else ">= 1"
+        raise invalid(f"{where}: input {K_INPUT!r} must be {bound}; got {bad}")
 
 
 def _declared(proto, name: str, where: str) -> Tuple[tf.DType, List[int], int]:
