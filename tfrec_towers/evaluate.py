@@ -220,12 +220,7 @@ def evaluate_run(run_dir: str, eval_pattern: str, items_pattern: Optional[str] =
     metrics = catalog_metrics(query, item_ids, item_emb, users, targets, history, config.eval.ks)
     metrics.update({"eval": eval_pattern, "items": items_pattern, "history": history_pattern,
                     "seconds": round(time.time() - start, 2)})
-    output = output or run / "metrics.json"
-    with open(output, "w", encoding="utf-8") as f:
-        json.dump(metrics, f, indent=2)
-    progress(format_metrics(metrics))
-    progress(f"metrics written to {output}")
-    return metrics
+    return _write_metrics(metrics, output or run / "metrics.json", progress)
 
 
 def export_version_dir(path: str) -> str:
@@ -307,12 +302,16 @@ def evaluate_saved_model(export_dir: str, eval_pattern: str, run_dir: Optional[s
            "catalog_size": meta["catalog"]["num_items"], "export": version_dir, "index": meta["index"]["type"],
            "max_k": max_k, "saved_model": metrics, "eval": eval_pattern, "history": history_pattern,
            "seconds": round(time.time() - start, 2)}
-    output = output or run / "saved_model_metrics.json"
+    return _write_metrics(out, output or run / "saved_model_metrics.json", progress)
+
+
+def _write_metrics(metrics: Dict, output: str, progress) -> Dict:
+    """Write ``metrics`` as JSON to ``output``, print them; returns them."""
     with open(output, "w", encoding="utf-8") as f:
-        json.dump(out, f, indent=2)
-    progress(format_metrics(out))
+        json.dump(metrics, f, indent=2)
+    progress(format_metrics(metrics))
     progress(f"metrics written to {output}")
-    return out
+    return metrics
 
 
 def format_metrics(metrics: Dict) -> str:

@@ -167,7 +167,9 @@ def train(config: Config, train_pattern: str, run_dir: str, eval_pattern: Option
     if task:
         run_dir, eval_pattern, valid_pattern = os.path.join(run_dir, "workers", task), None, None
     if valid_pattern and config.train.validation is None:
-        config = dataclasses.replace(config, train=dataclasses.replace(config.train, validation=ValidationConfig()))
+        # a learning-rate schedule sets the rate at every step: no decay on plateau beside it
+        defaults = ValidationConfig(decay=1.0) if config.train.lr_schedule != "constant" else ValidationConfig()
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, validation=defaults))
     run = RunDir(run_dir)
     files = reader.list_files(train_pattern)
     if not reader.check_schema(files, parse_spec(config), config.data.compression):
