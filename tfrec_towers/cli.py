@@ -13,6 +13,11 @@ def _config(args, data_dir=None):
     from tfrec_towers.config import Config, packaged
 
     name = args.config
+    if not name and getattr(args, "warm_start", None):
+        path = os.path.join(args.warm_start, "config.yaml")
+        if os.path.exists(path):
+            print(f"config: the one of the run it continues, {path} (--config to choose another)")
+            return Config.load(path).with_overrides(getattr(args, "set", None) or [])
     if not name:
         name, source = _suggested_config(data_dir or os.path.dirname(os.path.dirname(_first_match(args.train))))
         if name:
@@ -45,7 +50,8 @@ def _suggested_config(data_dir: str):
 def cmd_train(args):
     from tfrec_towers.train import train
 
-    train(_config(args), args.train, args.run_dir, args.eval, args.items, valid_pattern=args.valid)
+    train(_config(args), args.train, args.run_dir, args.eval, args.items, valid_pattern=args.valid,
+          warm_start=args.warm_start)
 
 
 def cmd_evaluate(args):
@@ -211,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                         help="override one config value, e.g. train.epochs=3 (repeatable)")
 
-    sp = sub.add_parser("train", help="train a model from TFRecord logs (resumes a killed run)")
+    sp = sub.add_parser("train", help="train a model from TFRecord logs (resumes a killed run; --warm-start continues a finished one)")
     config_args(sp)
     sp.add_argument("--train", required=True, help="glob(s) of training TFRecords, comma-separated")
     sp.add_argument("--eval", help="glob of eval TFRecords: evaluated over the catalog after training")
@@ -219,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "decay on plateau, early stopping, best epoch kept (train.validation)")
     sp.add_argument("--items", help="glob of the item catalog TFRecords (default: items of the training logs)")
     sp.add_argument("--run-dir", required=True)
+    sp.add_argument("--warm-start", metavar="PREV_RUN",
+                    help="continue the finished run PREV_RUN on these (new) logs: its vocabularies extended, its "
+                         "weights and optimizer state copied, its config unless --config; PREV_RUN is not modified")
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("evaluate", help="full-catalog metrics of a trained run (or of an export's filtered "

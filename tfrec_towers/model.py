@@ -246,9 +246,23 @@ def build_model(config: Config, stats: FeatureStats, negatives=None) -> TwoTower
                          config.negatives.cross_replica)
 
 
-def learning_rate_schedule(config: Config, num_examples: int):
+class _Shifted(keras.optimizers.schedules.LearningRateSchedule):
+    """``schedule(step - start)``: a schedule that starts again at a warm start's step ``start``."""
+
+    def __init__(self, schedule, start: int):
+        self.schedule, self.start = schedule, start
+
+    def __call__(self, step):
+        return self.schedule(tf.maximum(tf.cast(step, tf.int64) - self.start, 0))
+
+    def get_config(self):
+        return {"schedule": keras.optimizers.schedules.serialize(self.schedule), "start": self.start}
+
+
+def learning_rate_schedule(config: Config, num_examples: int, start_step: int = 0):
     """``train.learning_rate``, or for ``lr_schedule: cosine`` the schedule lr (1 + cos(pi t / T)) / 2 over
-    T = epochs x steps per epoch (from the training examples, or ``steps_per_epoch``)."""
+    T = epochs x steps per epoch (from the training examples, or ``steps_per_epoch``). ``start_step``: the
+    optimizer's step counter at a warm start (it carries over; the schedule starts again there)."""
     t = config.train
     if t.lr_schedule == "constant":
         return t.learning_rate
@@ -256,7 +270,8 @@ def learning_rate_schedule(config: Config, num_examples: int):
         raise ValueError("train.lr_schedule cosine sets the learning rate at every step: set "
                          "train.validation.decay to 1 (no decay on plateau)")
     steps = t.steps_per_epoch or -(-max(num_examples, 1) // t.batch_size)
-    return keras.optimizers.schedules.CosineDecay(t.learning_rate, decay_steps=steps * t.epochs)
+    schedule = keras.optimizers.schedules.CosineDecay(t.learning_rate, decay_steps=steps * t.epochs)
+    return _Shifted(schedule, start_step) if start_step else schedule
 
 
 def make_optimizer(name: str, learning_rate):

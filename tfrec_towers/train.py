@@ -17,7 +17,9 @@ from tfrec_towers.evaluate import evaluate_run, evaluate_users
 from tfrec_towers.mining import mine_hard_negatives
 from tfrec_towers.model import build_model, learning_rate_schedule, make_optimizer
 from tfrec_towers.negatives import build_negatives
+from tfrec_towers.features.stats import continue_stats
 from tfrec_towers.run import RunDir, dummy_batch, file_fingerprints, write_atomic
+from tfrec_towers.warm_start import WarmStartError, config_changes, copy_previous, previous_run, previous_step
 
 
 def worker_task() -> Optional[str]:
@@ -153,8 +155,11 @@ class PruneCheckpoints(keras.callbacks.Callback):
 
 def train(config: Config, train_pattern: str, run_dir: str, eval_pattern: Optional[str] = None,
           items_pattern: Optional[str] = None, verbose="auto", progress=print,
-          valid_pattern: Optional[str] = None) -> dict:
+          valid_pattern: Optional[str] = None, warm_start: Optional[str] = None) -> dict:
     """Train (or resume) a run; evaluate on ``eval_pattern`` if given. Returns the metrics (or {}).
+
+    ``warm_start``: a finished run that this one continues on ``train_pattern`` (``tfrec_towers.warm_start``);
+    it is checked (exists, finished, idle, compatible config) before anything else and never written to.
 
     ``valid_pattern``: validation logs, evaluated after epochs as ``train.validation`` says (its defaults
     when the config has none): learning-rate decay on plateau, early stopping, best weights restored.
@@ -171,19 +176,29 @@ def train(config: Config, train_pattern: str, run_dir: str, eval_pattern: Option
         defaults = ValidationConfig(decay=1.0) if config.train.lr_schedule != "constant" else ValidationConfig()
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, validation=defaults))
     run = RunDir(run_dir)
+    previous = None
+    if warm_start:
+        previous = previous_run(warm_start)
+        if previous.path == run.path:
+            raise WarmStartError(f"--warm-start {previous.path} is the --run-dir; a warm start writes a new run")
+        config_changes(previous.config(), config, previous.path)
     files = reader.list_files(train_pattern)
     if not reader.check_schema(files, parse_spec(config), config.data.compression):
         raise ValueError(f"no training records in {train_pattern} ({len(files)} file(s), all empty)")
     with run.lock():
         return _train_locked(run, config, strategy, files, train_pattern, eval_pattern, items_pattern,
-                             verbose, progress, valid_pattern)
+                             verbose, progress, valid_pattern, previous)
 
 
 def _train_locked(run: RunDir, config: Config, strategy, files, train_pattern, eval_pattern, items_pattern,
-                  verbose, progress, valid_pattern=None) -> dict:
+                  verbose, progress, valid_pattern=None, previous: Optional[RunDir] = None) -> dict:
     fingerprints = file_fingerprints(files)
     if os.path.exists(run / "run.json"):  # a run whose stats pass completed: resume or evaluate it
         info = run.info()
+        if (info.get("warm_start") or {}).get("from") != (previous.path if previous else None):
+            raise ValueError(f"{run.path} holds a run " + (f"warm-started from {info['warm_start']['from']}" if
+                             info.get("warm_start") else "trained from scratch") + "; resume it the same way "
+                             "or use a new run directory")
         if run.config().to_dict() != config.to_dict():
             raise ValueError(f"{run.path} holds a run with a different config; resume with the same config "
                              "or use a new run directory")
@@ -211,16 +226,31 @@ def _train_locked(run: RunDir, config: Config, strategy, files, train_pattern, e
         if not stats.num_examples:
             raise ValueError(f"no training records in {train_pattern}: {scan_summary}"
                              + (f" (none with {config.data.label} >= 1)" if config.data.label and report.records else ""))
+        warm = None
+        if previous is not None:
+            stats, vocabularies = continue_stats(previous.stats(), stats)
+            warm = {"from": previous.path, "generation": stats.generation, "start_step": previous_step(previous),
+                    "config_changes": config_changes(previous.config(), config, previous.path),
+                    "vocabularies": vocabularies}
+            for source, v in vocabularies.items():
+                progress(f"vocabulary '{source}': {v['old_size']} -> {v['size']} values ({v['added']} new"
+                         + (f", {len(v['evicted'])} evicted: max_vocab" if v["evicted"] else "") + ")")
         check_training_sizes(config, stats, files)  # vocabulary-sized tables, batch, buffer: before any run file
         # Written only now, after a complete pass, and run.json last: it marks the run as resumable.
         write_atomic(run / "config.yaml", config.to_yaml())
         write_atomic(run / "scan.txt", scan_summary)
         stats.save(run / "feature_stats.json")
-        run.write_info(train=train_pattern, eval=eval_pattern, items=items_pattern, train_files=fingerprints)
+        run.write_info(train=train_pattern, eval=eval_pattern, items=items_pattern, train_files=fingerprints,
+                       **({"warm_start": warm} if warm else {}))
+        info = run.info()
     progress(scan_summary)
     progress(f"{stats.num_examples} training examples, {len(stats.item_counts)} distinct items")
 
-    model = build_trainable(config, stats, files, items_pattern, strategy, progress)
+    warm = info.get("warm_start")
+    model = build_trainable(config, stats, files, items_pattern, strategy, progress,
+                            start_step=warm["start_step"] if warm else 0)
+    if warm and not os.path.isdir(run / "backup"):  # (a resumed run's backup holds its own state)
+        copy_previous(model, previous, warm["vocabularies"], progress)
     dataset = make_input(config, files, training=True, stats=stats)
     validation = None
     if valid_pattern:
@@ -244,9 +274,11 @@ def _train_locked(run: RunDir, config: Config, strategy, files, train_pattern, e
     return _evaluate(run, eval_pattern, items_pattern, model, progress)
 
 
-def build_trainable(config: Config, stats, files, items_pattern: Optional[str], strategy=None, progress=print):
+def build_trainable(config: Config, stats, files, items_pattern: Optional[str], strategy=None, progress=print,
+                    start_step: int = 0):
     """The compiled model that ``train`` fits (seeded, every variable created), without its data:
-    also what ``benchmarks/profile_training.py`` times step by step."""
+    also what ``benchmarks/profile_training.py`` times step by step. ``start_step``: a warm start's
+    optimizer step (its learning-rate schedule starts again there)."""
     strategy = strategy or tf.distribute.get_strategy()
     keras.utils.set_random_seed(config.train.seed)
     with strategy.scope():
@@ -256,7 +288,8 @@ def build_trainable(config: Config, stats, files, items_pattern: Optional[str], 
         model.query_tower(dummy_batch(config))
         model.candidate_tower(dummy_batch(config))
         model.built = True
-        model.compile(optimizer=make_optimizer(config.train.optimizer, learning_rate_schedule(config, stats.num_examples)))
+        model.compile(optimizer=make_optimizer(config.train.optimizer,
+                                               learning_rate_schedule(config, stats.num_examples, start_step)))
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             # tf_keras's "auto" sums every logged value over the workers, but metric results are
             # already global (sync-on-read): batch recall read workers x the truth. With "first"

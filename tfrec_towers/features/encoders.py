@@ -45,8 +45,10 @@ class LookupEmbedding(keras.layers.Layer):
     """String values -> indices (vocabulary with OOV buckets, or hashing) -> embedding table."""
 
     def __init__(self, vocabulary=None, hash_buckets: int = 0, num_oov: int = 1, dim: int = 16, l2: float = 0.0,
-                 **kwargs):
+                 vocab_source=None, **kwargs):
+        """``vocab_source``: the feature whose vocabulary this is (a warm start finds its rows by it)."""
         super().__init__(**kwargs)
+        self.vocab_source, self.num_oov = (None, 0) if hash_buckets else (vocab_source, num_oov)
         if hash_buckets:
             self.lookup = keras.layers.Hashing(num_bins=hash_buckets)
             size = hash_buckets
@@ -215,7 +217,7 @@ class EncoderFactory:
                 if not vocab:
                     raise ValueError(f"feature '{source}' has an empty vocabulary: no values in the training logs")
                 table = LookupEmbedding(vocabulary=vocab, num_oov=vocab_feature.num_oov, dim=feature.embedding_dim,
-                                        l2=self.embedding_l2, name=f"{key[0]}_embedding")
+                                        l2=self.embedding_l2, vocab_source=source, name=f"{key[0]}_embedding")
             self._tables[key] = table
         return self._tables[key]
 

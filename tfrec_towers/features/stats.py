@@ -9,6 +9,8 @@
   texts each hashed trigram occurs, over every such text of the logs (both sides: query and document
   texts share one table, so that shared and separate towers weight a trigram alike), or over the
   catalog's documents (``data.idf_from: items``, ``add_catalog_texts``).
+
+A warm-started run (``train --warm-start``) continues the previous run's statistics: ``continue_stats``.
 """
 import collections
 import json
@@ -35,7 +37,9 @@ class FeatureStats:
     def __init__(self, num_examples: int = 0, vocab_counts: Optional[Dict[str, Dict[str, int]]] = None,
                  numeric_stats: Optional[Dict[str, Dict[str, float]]] = None,
                  item_counts: Optional[Dict[str, int]] = None, vocab_limits: Optional[Dict] = None,
-                 num_filtered: Optional[int] = None, text_df: Optional[Dict[str, Dict]] = None):
+                 num_filtered: Optional[int] = None, text_df: Optional[Dict[str, Dict]] = None,
+                 vocab_order: Optional[Dict[str, List[str]]] = None, vocab_seen: Optional[Dict[str, Dict]] = None,
+                 generation: int = 0):
         self.num_examples = num_examples
         #: Events of the logs that the label filter removed (0: training can skip the filter; None: unknown).
         self.num_filtered = num_filtered
@@ -45,6 +49,13 @@ class FeatureStats:
         self.vocab_limits = vocab_limits or {}
         #: str(num_buckets) -> {"texts": n, "df": {bucket: texts containing it}}
         self.text_df = text_df or {}
+        #: Warm-started runs: source -> its vocabulary in index order (the previous run's, new values
+        #: appended), so that every index keeps its embedding row; None: ranked by count.
+        self.vocab_order = vocab_order or {}
+        #: Vocabularies with ``max_vocab``: value -> the last generation whose logs held it (eviction order).
+        self.vocab_seen = vocab_seen or {}
+        #: How many runs these statistics continue (0: trained from scratch).
+        self.generation = generation
 
     def idf(self, num_buckets: int) -> np.ndarray:
         """[num_buckets] ln((1 + n) / (1 + df)) + 1: scikit-learn's smoothed IDF (never 0, so that a
@@ -61,6 +72,8 @@ class FeatureStats:
     def vocabulary(self, name: str) -> List[str]:
         if name not in self.vocab_counts:
             raise KeyError(f"no vocabulary was computed for feature '{name}'")
+        if name in self.vocab_order:
+            return list(self.vocab_order[name])
         min_count, max_vocab = self.vocab_limits.get(name, (1, None))
         ranked = sorted(self.vocab_counts[name].items(), key=lambda kv: (-kv[1], kv[0]))
         return [v for v, c in ranked if c >= min_count][:max_vocab]
@@ -82,7 +95,8 @@ class FeatureStats:
         return {"num_examples": self.num_examples, "vocab_counts": self.vocab_counts,
                 "numeric": self.numeric_stats, "item_counts": self.item_counts,
                 "vocab_limits": {k: list(v) for k, v in self.vocab_limits.items()}, "num_filtered": self.num_filtered,
-                "text_df": self.text_df}
+                "text_df": self.text_df, "vocab_order": self.vocab_order, "vocab_seen": self.vocab_seen,
+                "generation": self.generation}
 
     def save(self, path: str) -> None:
         tmp = path + ".tmp"
@@ -96,7 +110,7 @@ class FeatureStats:
             d = json.load(f)
         return cls(d["num_examples"], d["vocab_counts"], d["numeric"], d["item_counts"],
                    {k: tuple(v) for k, v in d.get("vocab_limits", {}).items()}, d.get("num_filtered"),
-                   d.get("text_df"))
+                   d.get("text_df"), d.get("vocab_order"), d.get("vocab_seen"), d.get("generation", 0))
 
 
 class StatsAccumulator:
@@ -173,3 +187,65 @@ class StatsAccumulator:
                    for n, df in self.df.items()}
         return FeatureStats(self.count, {k: dict(v) for k, v in self.vocab.items()}, numeric,
                             dict(self.items), limits, self.filtered, text_df)
+
+
+def continue_stats(previous: FeatureStats, new: FeatureStats) -> Tuple[FeatureStats, Dict[str, Dict]]:
+    """The statistics of a run warm-started from ``previous`` and trained on the logs ``new`` counted.
+
+    Rule: every count adds up (value and item counts, trigram document frequencies, numeric moments),
+    so IDF, q(item) and numeric normalisation are those of all the logs seen so far; the example count
+    is the new logs' (it sets this run's steps). Each vocabulary keeps the previous one's order, so every
+    old value keeps its index (its embedding row and optimizer slots carry over), and values new to it
+    that pass ``min_count`` on the summed counts are appended by descending count. Where ``max_vocab``
+    leaves no room, a value of the new logs takes the index of an evicted one: values absent from the
+    new logs, least recently seen first, then the least counted (a value the logs no longer hold is the
+    one a model misses least); the rest go to the OOV row.
+
+    Returns (stats, changes) with changes[source] = {"old_size", "size", "added", "evicted": [(index,
+    old value, new value)]} for each vocabulary.
+    """
+    generation = previous.generation + 1
+    vocab_counts = {k: dict(collections.Counter(previous.vocab_counts.get(k, {})) + collections.Counter(new.vocab_counts.get(k, {})))
+                    for k in {**previous.vocab_counts, **new.vocab_counts}}
+    limits = {**previous.vocab_limits, **new.vocab_limits}
+    order, seen, changes = {}, {}, {}
+    for source, counts in vocab_counts.items():
+        old = previous.vocabulary(source) if source in previous.vocab_counts else []
+        min_count, max_vocab = limits.get(source, (1, None))
+        in_new = new.vocab_counts.get(source, {})
+        known = set(old)
+        added = [v for v, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= min_count and v not in known]
+        values, evicted = list(old), []
+        room = len(added) if max_vocab is None else max(0, max_vocab - len(values))
+        values += added[:room]
+        if max_vocab is not None:
+            last = dict(previous.vocab_seen.get(source, {}))
+            last.update({v: generation for v in in_new})
+            candidates = sorted((i for i, v in enumerate(old) if v not in in_new),
+                                key=lambda i: (last.get(old[i], 0), counts.get(old[i], 0), old[i]))
+            for i, value in zip(candidates, [v for v in added[room:] if v in in_new]):
+                evicted.append((i, values[i], value))
+                values[i] = value
+            seen[source] = {v: last.get(v, 0) for v in values}
+        order[source] = values
+        changes[source] = {"old_size": len(old), "size": len(values), "added": len(values) - len(old) + len(evicted),
+                           "evicted": evicted}
+    numeric = {}
+    for name in {**previous.numeric_stats, **new.numeric_stats}:
+        parts = [s for s in (previous.numeric_stats.get(name), new.numeric_stats.get(name)) if s]
+        n = sum(p.get("count", 0) for p in parts)
+        if not n:  # statistics saved before counts were kept: the new logs' stand
+            numeric[name] = dict(parts[-1])
+            continue
+        mean = sum(p["count"] * p["mean"] for p in parts) / n
+        second = sum(p["count"] * (p["std"] ** 2 + p["mean"] ** 2) for p in parts) / n
+        numeric[name] = {"mean": mean, "std": float(np.sqrt(max(second - mean * mean, 0.0))), "count": n}
+    text_df = {}
+    for key in {**previous.text_df, **new.text_df}:
+        a, b = previous.text_df.get(key, {"texts": 0, "df": {}}), new.text_df.get(key, {"texts": 0, "df": {}})
+        text_df[key] = {"texts": a["texts"] + b["texts"],
+                        "df": dict(collections.Counter(a["df"]) + collections.Counter(b["df"]))}
+    items = dict(collections.Counter(previous.item_counts) + collections.Counter(new.item_counts))
+    stats = FeatureStats(new.num_examples, vocab_counts, numeric, items, limits, new.num_filtered, text_df,
+                         order, seen, generation)
+    return stats, changes
