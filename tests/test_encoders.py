@@ -330,3 +330,21 @@ def test_unknown_feature_type_has_no_encoder():
     _, factory = make_factory([S.TextFeature("t")])
     with pytest.raises(TypeError, match="Odd"):
         factory.build(Odd("x"))
+
+
+def test_oov_rate_sends_that_share_of_training_lookups_to_the_oov_row_and_none_at_inference():
+    """Cold start (issue 25.2): with ``oov_rate`` the OOV row is trained as "an unseen value"."""
+    import tensorflow as tf
+    from tfrec_towers.features.encoders import LookupEmbedding
+    from tfrec_towers.features.spec import IdFeature
+
+    table = LookupEmbedding(vocabulary=["a", "b"], dim=4, oov_rate=0.25, vocab_source="item_id")
+    values = tf.constant(["a", "b"] * 20_000)
+    oov = table.embedding(tf.constant([0]))[0]
+    rows = table(values, training=True)
+    share = float(tf.reduce_mean(tf.cast(tf.reduce_all(tf.equal(rows, oov), axis=1), tf.float32)))
+    assert abs(share - 0.25) < 0.01, share
+    assert not bool(tf.reduce_any(tf.reduce_all(tf.equal(table(values, training=False), oov), axis=1)))
+    for bad in ({"oov_rate": 1.0}, {"oov_rate": 0.1, "hash_buckets": 8}, {"oov_rate": 0.1, "num_oov": 0}):
+        with pytest.raises(ValueError, match="oov_rate"):
+            IdFeature(name="item_id", **bad)

@@ -45,10 +45,12 @@ class LookupEmbedding(keras.layers.Layer):
     """String values -> indices (vocabulary with OOV buckets, or hashing) -> embedding table."""
 
     def __init__(self, vocabulary=None, hash_buckets: int = 0, num_oov: int = 1, dim: int = 16, l2: float = 0.0,
-                 vocab_source=None, **kwargs):
-        """``vocab_source``: the feature whose vocabulary this is (a warm start finds its rows by it)."""
+                 vocab_source=None, oov_rate: float = 0.0, **kwargs):
+        """``vocab_source``: the feature whose vocabulary this is (a warm start finds its rows by it);
+        ``oov_rate``: share of lookups sent to the first OOV row in training (``CategoricalFeature``)."""
         super().__init__(**kwargs)
         self.vocab_source, self.num_oov = (None, 0) if hash_buckets else (vocab_source, num_oov)
+        self.oov_rate = oov_rate
         if hash_buckets:
             self.lookup = keras.layers.Hashing(num_bins=hash_buckets)
             size = hash_buckets
@@ -61,8 +63,12 @@ class LookupEmbedding(keras.layers.Layer):
         # gradient touches only the batch's rows, where a table regulariser would update every row
         self.embedding = keras.layers.Embedding(size, dim, activity_regularizer=keras.regularizers.L2(l2) if l2 else None)
 
-    def call(self, values):
-        return self.embedding(self.lookup(values))
+    def call(self, values, training=None):
+        indices = self.lookup(values)
+        if self.oov_rate and training:
+            dropped = tf.random.uniform(tf.shape(indices)) < self.oov_rate
+            indices = tf.where(dropped, tf.zeros_like(indices), indices)
+        return self.embedding(indices)
 
 
 class CategoricalEncoder(keras.layers.Layer):
@@ -217,7 +223,8 @@ class EncoderFactory:
                 if not vocab:
                     raise ValueError(f"feature '{source}' has an empty vocabulary: no values in the training logs")
                 table = LookupEmbedding(vocabulary=vocab, num_oov=vocab_feature.num_oov, dim=feature.embedding_dim,
-                                        l2=self.embedding_l2, vocab_source=source, name=f"{key[0]}_embedding")
+                                        l2=self.embedding_l2, vocab_source=source,
+                                        oov_rate=getattr(vocab_feature, "oov_rate", 0.0), name=f"{key[0]}_embedding")
             self._tables[key] = table
         return self._tables[key]
 

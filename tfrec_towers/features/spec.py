@@ -230,6 +230,10 @@ class CategoricalFeature(Feature):
 
     Defaults: ``num_oov=1`` sends every unseen value to one bucket; ``min_count=1`` keeps every value
     seen in training. ``multivalued`` fields (e.g. genres) are mean-pooled over their values.
+    ``oov_rate``: in training, this share of the values (drawn per lookup) is looked up as the OOV row,
+    so that the OOV row and the tower's other features learn to stand for a value never seen: a new
+    item of a catalog refresh is then placed by its genres, title, ... (cold start). 0 by default: with
+    min_count 1 no value of the training logs reaches the OOV row otherwise, which stays random.
     """
 
     type: ClassVar[str] = "categorical"
@@ -241,6 +245,7 @@ class CategoricalFeature(Feature):
     min_count: int = 1
     max_vocab: Optional[int] = None
     default: Optional[str] = None
+    oov_rate: float = 0.0
 
     min_embedding_dim: ClassVar[int] = 1
 
@@ -255,6 +260,9 @@ class CategoricalFeature(Feature):
                              f"{self.min_embedding_dim}")
         if self.hash_buckets and self.vocabulary:
             raise ValueError(f"feature '{self.name}': give either hash_buckets or vocabulary, not both")
+        if not 0.0 <= self.oov_rate < 1.0 or (self.oov_rate and (self.hash_buckets or not self.num_oov)):
+            raise ValueError(f"feature '{self.name}': oov_rate must be in [0, 1) and needs a vocabulary with "
+                             f"num_oov >= 1, got {self.oov_rate}")
 
     @property
     def vocab_source(self) -> Optional[str]:
