@@ -5,6 +5,7 @@ import csv
 import glob
 import json
 import os
+import re
 import sys
 
 import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
@@ -79,6 +80,24 @@ def parse(raw):
             for k, f in tf.train.Example.FromString(raw).features.feature.items()}
 
 
+def assert_same_outputs(single_dir, beam_dir, num_shards):
+    """The two paths' output folders hold the same files, byte for byte (metadata.json but for its paths)."""
+    singles = sorted(os.path.relpath(p, single_dir) for p in glob.glob(str(single_dir / "**"), recursive=True)
+                     if os.path.isfile(p))
+    beams = sorted(os.path.relpath(p, beam_dir) for p in glob.glob(str(beam_dir / "**"), recursive=True)
+                   if os.path.isfile(p))
+    assert singles == beams and len([p for p in singles if p.startswith("train/")]) == num_shards
+    for rel in singles:
+        a, b = single_dir / rel, beam_dir / rel
+        if rel.endswith(".gz"):
+            assert records(str(a)) == records(str(b)), rel
+            assert a.read_bytes() == b.read_bytes(), rel  # GZIP included: deterministic files
+        elif rel == "metadata.json":  # the same but for its absolute paths
+            assert {**json.loads(a.read_text()), "files": None} == {**json.loads(b.read_text()), "files": None}
+        else:
+            assert a.read_bytes() == b.read_bytes(), rel
+
+
 @pytest.mark.parametrize("holdout", ["none", "last"])
 def test_beam_job_equals_the_single_process_path(raw_logs, tmp_path, holdout):
     schema = E.LogSchema(holdout=holdout, num_shards=3, history_len=5)
@@ -88,21 +107,8 @@ def test_beam_job_equals_the_single_process_path(raw_logs, tmp_path, holdout):
                                   raw_logs["users"], "--out", str(tmp_path / "beam"), "--holdout", holdout,
                                   "--num-shards", "3", "--history-len", "5", "--", "--runner", "DirectRunner",
                                   "--direct_num_workers", "1"])
-    assert meta == {**single, "files": meta["files"]}
-    singles = sorted(os.path.relpath(p, tmp_path / "single") for p in glob.glob(str(tmp_path / "single" / "**"),
-                                                                             recursive=True) if os.path.isfile(p))
-    beams = sorted(os.path.relpath(p, tmp_path / "beam") for p in glob.glob(str(tmp_path / "beam" / "**"),
-                                                                         recursive=True) if os.path.isfile(p))
-    assert singles == beams and len([p for p in singles if p.startswith("train/")]) == 3
-    for rel in singles:
-        a, b = tmp_path / "single" / rel, tmp_path / "beam" / rel
-        if rel.endswith(".gz"):
-            assert records(str(a)) == records(str(b)), rel
-            assert a.read_bytes() == b.read_bytes(), rel  # GZIP included: deterministic files
-        elif rel == "metadata.json":  # the same but for its absolute paths
-            assert {**json.loads(a.read_text()), "files": None} == {**json.loads(b.read_text()), "files": None}
-        else:
-            assert a.read_bytes() == b.read_bytes(), rel
+    assert meta == {**single, "files": meta["files"]} and "dates" not in meta
+    assert_same_outputs(tmp_path / "single", tmp_path / "beam", 3)
 
     # what the examples hold
     assert single["events_read"] == raw_logs["num_events"] + len(BAD)
@@ -207,3 +213,166 @@ def test_examples_command_output_trains(raw_logs, tmp_path):
     metrics = train(Config.from_dict(d), meta["files"]["train"], str(tmp_path / "run"), meta["files"]["test"],
                     meta["files"]["items"], verbose=0, progress=lambda m: None)
     assert metrics["events"] == meta["num_test"] and metrics["catalog_size"] == 20
+
+
+# --- logs partitioned by day (--dates, --history-days) ---------------------------------------------
+
+DAYS = [f"2024-01-0{d}" for d in range(1, 6)]
+T0 = 1_704_067_200  # 2024-01-01 00:00 UTC
+
+
+@pytest.fixture(scope="module")
+def day_logs(tmp_path_factory):
+    """Five days of logs in Hive-style partitions two levels down (logs/region=eu/date=2024-01-0D/), 12 users,
+    15 items, 25 requests of 3 shown items (one click) a day, one event of 2024-01-03 whose timestamp is on
+    the day before; and date=2024-01-06 holding a corrupt Parquet file: any job that opens it fails."""
+    root = tmp_path_factory.mktemp("days")
+    rng = np.random.default_rng(1)
+    users = [{"user_id": f"u{u}", "user_gender": "MF"[u % 2], "user_age": str(20 + u)} for u in range(12)]
+    items = [{"item_id": f"i{i}", "item_title": f"Title {i}", "item_genres": ["Drama"], "item_year": "2000"}
+             for i in range(15)]
+    by_day = {}
+    for d, day in enumerate(DAYS):
+        by_day[day] = []
+        for r in range(25):
+            user, t = f"u{rng.integers(12)}", T0 + d * 86400 + int(rng.integers(1440)) * 60
+            for pos, item in enumerate(rng.choice(15, size=3, replace=False)):
+                by_day[day].append({"user_id": user, "item_id": f"i{item}", "timestamp": str(t),
+                                    "label": str(int(pos == 0)), "request_id": f"r{d}-{r}", "device": "tv"})
+    by_day["2024-01-03"][0]["timestamp"] = str(T0 + 86400 + 7)  # 2024-01-02 00:00:07: filed a day late
+    columns = ["user_id", "item_id", "timestamp", "label", "request_id", "device"]
+    for day, events in by_day.items():
+        os.makedirs(root / "logs" / "region=eu" / f"date={day}")
+        write_csv(root / "logs" / "region=eu" / f"date={day}" / "part-0.csv", events, columns)
+    os.makedirs(root / "logs" / "region=eu" / "date=2024-01-06")
+    (root / "logs" / "region=eu" / "date=2024-01-06" / "part-0.parquet").write_bytes(b"not parquet at all")
+    write_csv(root / "users.csv", users, ["user_id", "user_gender", "user_age"])
+    write_csv(root / "items.csv", items, ["item_id", "item_title", "item_genres", "item_year"])
+    return {"events": str(root / "logs" / "*" / "date=*" / "*"), "users": str(root / "users.csv"),
+            "items": str(root / "items.csv"), "by_day": by_day, "root": root}
+
+
+def example_rows(out_dir):
+    return [(split, raw) for split in ("train", "test") for p in sorted(glob.glob(str(out_dir / split / "part-*")))
+            for raw in records(p)]
+
+
+def event_key(row):
+    return tuple(str(row[k][0] if isinstance(row[k], list) else row[k])
+                 for k in ("user_id", "item_id", "timestamp", "request_id"))
+
+
+def test_dates_select_day_partitions_and_earlier_days_only_shape_histories(day_logs, tmp_path, monkeypatch):
+    opened, read_rows = [], E.read_rows
+    monkeypatch.setattr(E, "read_rows", lambda path: (opened.append(path), read_rows(path))[1])
+
+    def build(name, dates, history_days=None):
+        opened.clear()
+        meta = E.build_training_examples(day_logs["events"], day_logs["items"], str(tmp_path / name),
+                                         users=day_logs["users"], schema=E.LogSchema(num_shards=2),
+                                         progress=lambda m: None, dates=E.DateWindow.parse(dates, history_days))
+        return meta, sorted(os.path.basename(os.path.dirname(p)) for p in opened if "date=" in p)  # not the tables
+
+    with pytest.raises(pa.ArrowInvalid):  # the corrupt partition, when it is read
+        build("all", ":")
+    full, read = build("full", ":2024-01-05")
+    assert read == [f"date={d}" for d in DAYS] and full["dates"]["context"] == []
+    window, read = build("window", "2024-01-03:2024-01-04")  # every earlier partition as context
+    assert read == [f"date={d}" for d in DAYS[:4]]
+    narrow, read = build("narrow", "2024-01-03:2024-01-04", 1)
+    assert read == [f"date={d}" for d in DAYS[1:4]]  # 2024-01-01 and -05, -06 never opened
+    bare, read = build("bare", "2024-01-03:2024-01-04", 0)
+    assert read == ["date=2024-01-03", "date=2024-01-04"]
+
+    by_day = day_logs["by_day"]
+    assert window["dates"] == {"from": "2024-01-03", "to": "2024-01-04", "history_days": None,
+                               "examples": DAYS[2:4], "context": DAYS[:2],
+                               "context_events": len(by_day[DAYS[0]]) + len(by_day[DAYS[1]]),
+                               "events_off_partition_day": 1}
+    assert narrow["dates"]["context"] == ["2024-01-02"] and narrow["dates"]["history_days"] == 1
+    assert bare["dates"]["context"] == [] and bare["dates"]["context_events"] == 0
+    assert full["dates"]["events_off_partition_day"] == 1 and full["dates"]["from"] is None
+
+    # exactly the window's events are examples, the one filed a day late included
+    in_window = sorted(event_key(e) for d in DAYS[2:4] for e in by_day[d])
+    for name, meta in (("window", window), ("narrow", narrow), ("bare", bare)):
+        rows = [parse(raw) for _, raw in example_rows(tmp_path / name)]
+        assert sorted(map(event_key, rows)) == in_window and meta["num_train"] == len(in_window), name
+        assert meta["events_read"] == meta["dates"]["context_events"] + len(in_window)
+        clicks = sum(int(line.split(",")[1])
+                     for line in open(tmp_path / name / "popularity.csv", encoding="utf-8").read().splitlines()[1:])
+        assert clicks == sum(e["label"] == "1" for d in DAYS[2:4] for e in by_day[d]), name  # context: no counts
+    # with every earlier day as context, the examples are the full run's, byte for byte
+    full_rows = [raw for _, raw in example_rows(tmp_path / "full") if parse(raw)["request_id"][0][:2] in ("r2", "r3")]
+    assert sorted(raw for _, raw in example_rows(tmp_path / "window")) == sorted(full_rows)
+    # fewer context days: shorter histories, from those days' clicks only
+    clicked = {day: {(e["user_id"], e["item_id"]) for e in by_day[day] if e["label"] == "1"} for day in DAYS}
+    history = {name: {event_key(r): r.get("item_history", []) for r in map(parse, (raw for _, raw in
+                                                                               example_rows(tmp_path / name)))}
+               for name in ("window", "narrow", "bare")}
+    window_only = clicked[DAYS[2]] | clicked[DAYS[3]]
+    assert all((key[0], item) in window_only for key, h in history["bare"].items() for item in h)
+    assert sum(map(len, history["window"].values())) > sum(map(len, history["narrow"].values())) \
+        > sum(map(len, history["bare"].values()))
+    firsts = {}
+    for key in sorted(history["bare"], key=lambda k: int(k[2])):
+        firsts.setdefault(key[0], key)  # each user's earliest example
+    assert all(history["bare"][k] == [] for k in firsts.values())
+    assert all(set(history["narrow"][k]) <= {i for u, i in clicked[DAYS[1]] if u == k[0]} for k in firsts.values())
+    assert any(history["narrow"][k] for k in firsts.values())
+
+
+def test_beam_job_equals_the_single_process_path_on_day_partitions(day_logs, tmp_path):
+    """The identity check on a window with one context day, the corrupt partition outside it."""
+    dates, schema = E.DateWindow.parse("2024-01-03:2024-01-04", 1), E.LogSchema(holdout="last", num_shards=3)
+    single = E.build_training_examples(day_logs["events"], day_logs["items"], str(tmp_path / "single"),
+                                       users=day_logs["users"], schema=schema, progress=lambda m: None, dates=dates)
+    meta = training_examples.run(["--events", day_logs["events"], "--items", day_logs["items"], "--users",
+                                  day_logs["users"], "--out", str(tmp_path / "beam"), "--holdout", "last",
+                                  "--num-shards", "3", "--dates", "2024-01-03:2024-01-04", "--history-days", "1",
+                                  "--", "--runner", "DirectRunner", "--direct_num_workers", "1"])
+    assert meta == {**single, "files": meta["files"]}
+    assert meta["dates"]["examples"] == DAYS[2:4] and meta["dates"]["context"] == ["2024-01-02"]
+    assert meta["num_test"] > 0 and meta["dates"]["context_events"] == len(day_logs["by_day"]["2024-01-02"])
+    rows = [parse(raw) for _, raw in example_rows(tmp_path / "single")]  # the holdout too: from the window only
+    assert sorted(map(event_key, rows)) == sorted(event_key(e) for d in DAYS[2:4] for e in day_logs["by_day"][d])
+    assert_same_outputs(tmp_path / "single", tmp_path / "beam", 3)
+
+
+def _partitions(root, names):
+    for name in names:
+        os.makedirs(os.path.dirname(root / name), exist_ok=True)
+        write_csv(root / name, [{"user_id": "u1", "item_id": "i1", "timestamp": str(T0), "label": "1"}],
+                  ["user_id", "item_id", "timestamp", "label"])
+    return str(root / "*" / "*.csv")
+
+
+@pytest.mark.parametrize("options, files, message", [
+    (["--dates", "2024-01-03"], None, "--dates must be FROM:TO"),
+    (["--dates", "2024-01-03:2024-01-04:2024-01-05"], None, "--dates must be FROM:TO"),
+    (["--dates", "2024-1-3:"], None, "got '2024-1-3:'"),
+    (["--dates", "2024-02-30:"], None, "got '2024-02-30:'"),
+    (["--dates", "20240103:"], None, "YYYY-MM-DD"),
+    (["--dates", "2024-01-04:2024-01-03"], None, "--dates 2024-01-04:2024-01-03: FROM is after TO"),
+    (["--history-days", "2"], None, "--history-days needs --dates"),
+    (["--dates", ":2024-01-03", "--history-days", "2"], None, "--history-days needs a FROM date"),
+    (["--dates", "2024-01-03:", "--history-days", "-1"], None, "--history-days must be >= 0"),
+    (["--dates", "2024-02-01:"], None, "selects no partition .* whose partitions are 2024-01-01, 2024-01-02, "
+                                       "2024-01-03, 2024-01-04, 2024-01-05, 2024-01-06$"),
+    (["--dates", ":"], ["date=2024-01-01/a.csv", "misc/b.csv"], "misc/b.csv is not under a date=YYYY-MM-DD"),
+    (["--dates", ":"], ["date=2024-01-01/a.csv", "date=2024-13-01/a.csv"], "'date=2024-13-01' does not name a date"),
+    (["--dates", ":"], ["date=2024-01-01/a.csv", "date=latest/a.csv"], "'date=latest' does not name a date"),
+], ids=["no-colon", "three-dates", "short-date", "no-such-day", "basic-iso", "from-after-to", "history-alone",
+        "history-open-from", "history-negative", "empty-window", "unpartitioned-file", "bad-month", "not-a-date"])
+def test_dates_errors_name_what_is_wrong(day_logs, tmp_path, capsys, options, files, message):
+    """`tfrec-towers examples`: exit 2 and the reason; the Beam job: the same ValueError; no output."""
+    from tfrec_towers import cli
+
+    events = _partitions(tmp_path / "logs", files) if files else day_logs["events"]
+    common = ["--events", events, "--items", day_logs["items"], "--out", str(tmp_path / "out")] + options
+    assert cli.main(["examples"] + common) == 2
+    assert re.search(message, capsys.readouterr().err.strip().replace(str(tmp_path / "logs") + "/", ""))
+    with pytest.raises(ValueError) as e:
+        training_examples.run(common + ["--", "--runner", "DirectRunner"])
+    assert re.search(message, str(e.value).replace(str(tmp_path / "logs") + "/", ""))
+    assert not os.path.exists(tmp_path / "out")

@@ -185,9 +185,10 @@ def cmd_serve(args):
 
 
 def cmd_examples(args):
-    from tfrec_towers.data.event_logs import build_training_examples, schema_from_args
+    from tfrec_towers.data.event_logs import build_training_examples, schema_from_args, window_from_args
 
-    build_training_examples(args.events, args.items, args.out, users=args.users, schema=schema_from_args(args))
+    build_training_examples(args.events, args.items, args.out, users=args.users, schema=schema_from_args(args),
+                            dates=window_from_args(args))
 
 
 def cmd_config(args):
@@ -291,7 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_beir)
 
     sp = sub.add_parser("examples", help="raw event logs (CSV/Parquet/TFRecord) + user/item tables -> training "
-                                         "tf.Examples (the Beam job's single-process twin)")
+                                         "tf.Examples (the Beam job's single-process twin)",
+                        description="Raw event logs + user/item tables -> training tf.Examples. Logs partitioned "
+                                    "by day (date=YYYY-MM-DD directories): --dates FROM:TO picks the days whose "
+                                    "events become examples, --history-days N the earlier days read only for "
+                                    "item_history; metadata.json records the window.")
     from tfrec_towers.data.event_logs import add_arguments
 
     add_arguments(sp)
