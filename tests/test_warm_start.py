@@ -237,3 +237,33 @@ def test_cli_warm_start_uses_the_previous_config_and_exits_2_on_a_bad_one(days, 
                           text=True, timeout=240)
     assert proc.returncode == 2 and "model.output_dim is 32 there and 16 here" in proc.stderr, proc.stderr[-2000:]
     assert "config: the one of the run it continues" in proc.stdout
+
+
+def test_rows_of_evicted_values_start_fresh(days, day1_run):
+    """A value evicted under max_vocab gives its index to a new value: that row and its Adam moments
+    start fresh instead of carrying the evicted value's."""
+    from tfrec_towers.data import reader
+    from tfrec_towers.data.inputs import compute_stats
+    from tfrec_towers.train import build_trainable
+    from tfrec_towers.warm_start import copy_previous, previous_run
+
+    _, _, two = days
+    previous = previous_run(day1_run)
+    config, files = small_config(), reader.list_files(two["train"])
+    merged, changes = continue_stats(previous.stats(), compute_stats(config, files, quiet, two["items"])[0])
+    old_users = previous.stats().vocabulary("user_id")
+    changes["user_id"] = dict(changes["user_id"], evicted=[(3, old_users[3], "someone-new")])
+    model = build_trainable(config, merged, files, two["items"], progress=quiet)
+    layer = next(l for l in model.submodules if getattr(l, "vocab_source", None) == "user_id")
+    initial = layer.embedding.embeddings.numpy()
+    copy_previous(model, previous, changes, quiet)
+    old_rows = next(l for l in load_model(day1_run).submodules
+                    if getattr(l, "vocab_source", None) == "user_id").embedding.embeddings.numpy()
+    rows = layer.embedding.embeddings.numpy()
+    evicted = 3 + layer.num_oov
+    np.testing.assert_array_equal(rows[evicted], initial[evicted])
+    keep = [i for i in range(len(old_rows)) if i != evicted]
+    np.testing.assert_array_equal(rows[keep], old_rows[keep])
+    i = next(i for i, v in enumerate(model.trainable_variables) if v is layer.embedding.embeddings)
+    assert not model.optimizer._momentums[i].numpy()[evicted].any()
+    assert model.optimizer._momentums[i].numpy()[keep].any()
