@@ -5,16 +5,18 @@ packages held as constraints, pip check; not on PYTHONPATH), then the pushed Sav
 here (TF 2.20). Then the warm start over two consecutive spans of logs (issue 25.3): both runs use
 ``--warm-start`` (a Resolver passes the pipeline's latest Model to the Trainer as ``base_model``) with one
 pipeline root and metadata store; span 1 finds no model and trains from scratch (the first test checks
-that run), span 2 continues span 1's run with new users and items.
+that run), span 2 continues span 1's run with new users and items. The module's keep-and-find-the-run
+plumbing on a remote filesystem is checked here without the root (TensorFlow's ram:// filesystem).
 
 The root is built by pipelines/tfx/build_env.sh (cached outside the clone; the first build takes several
-minutes and about 4.5 GB). Where it cannot be built (not root, no debootstrap, no mirror or PyPI) the test
-is skipped with the build script's last lines; it never passes without running the pipeline.
+minutes and about 4.5 GB). Where it cannot be built (not root, no debootstrap, no mirror or PyPI) the
+pipeline tests are skipped with the build script's last lines; they never pass without running it.
 Select it with ``pytest tests/test_tfx_pipeline.py`` (or ``-k tfx``).
 """
 import glob
 import hashlib
 import importlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -227,3 +229,38 @@ def test_tfx_pipeline_warm_starts_the_next_span_from_the_latest_model(span1):
     emb = lambda model, q: model.signatures["user_embedding"](**q)["embedding"].numpy()  # noqa: E731
     assert np.allclose(emb(old1, query), emb(old1, unseen), atol=1e-6)
     assert not np.allclose(emb(new2, query), emb(new2, unseen), atol=1e-3)
+
+
+def test_trainer_module_keeps_its_run_and_finds_the_base_models_on_a_remote_filesystem(tmp_path):
+    """trainer_module's warm-start plumbing where artifacts are not local (TensorFlow's ram:// filesystem
+    stands in for gs://): the run kept beside the SavedModel, and found again from ``base_model``. Runs
+    here, without the TFX root (the module needs only the package and TensorFlow)."""
+    spec = importlib.util.spec_from_file_location("tfx_trainer_module", os.path.join(TFX, "trainer_module.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.RUN_SUBDIR == RUN_SUBDIR
+    run = tmp_path / "model_run" / "run"  # what a finished run holds, and what is not kept
+    files = {"run.json": "{}", "config.yaml": "a: 1\n", "feature_stats.json": "{}", "scan.txt": "scan",
+             "metrics.json": "{}", "weights/final.index": "i", "weights/final.data-00000-of-00001": "d",
+             "train.lock": "", "checkpoints/epoch-001.index": "c", "logs/train/events": "e"}
+    for name, text in files.items():
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text(text)
+    uri = f"ram://artifacts/{tmp_path.name}/Trainer/model/7"
+    assert module.model_artifact_uri(uri + "/Format-Serving/") == uri
+    assert module.keep_run(str(run), uri) == f"{uri}/{RUN_SUBDIR}"
+
+    scratch = tmp_path / "scratch"
+    local = module.base_run(uri + "/Format-Serving", str(scratch))
+    assert local == str(scratch / RUN_SUBDIR)  # copied here: the package reads runs with local file APIs
+    copied = {os.path.relpath(os.path.join(b, n), local) for b, _, names in os.walk(local) for n in names}
+    assert copied == {"run.json", "config.yaml", "feature_stats.json", "scan.txt", "metrics.json",
+                      "weights/final.index", "weights/final.data-00000-of-00001"}
+    assert all((scratch / RUN_SUBDIR / name).read_text() == files[name] for name in copied)
+
+    assert module.base_run(None, str(scratch)) is None  # no base model: from scratch
+    local_model = tmp_path / "model" / "5"
+    module.keep_run(str(run), str(local_model))
+    assert module.base_run(str(local_model / "Format-Serving"), str(scratch)) == str(local_model / RUN_SUBDIR)
+    with pytest.raises(ValueError, match="holds no tfrec_towers run"):
+        module.base_run(f"ram://artifacts/{tmp_path.name}/elsewhere/Format-Serving", str(scratch))
