@@ -84,3 +84,17 @@ def test_cosine_schedule_anneals_to_zero_over_all_epochs(files, tmp_path):
     train(c.with_overrides(["train.validation={decay: 1.0, patience: 0}"]), files["train"], run, None, files["items"],
           verbose=0, progress=lambda m: None, valid_pattern=files["test"])
     assert len(lines(os.path.join(run, "epochs.jsonl"))) == 4
+
+
+def test_min_steps_raises_the_epochs_of_a_small_dataset_only():
+    from tfrec_towers.config import Config, packaged
+    from tfrec_towers.model import learning_rate_schedule, train_epochs
+
+    config = Config.load(packaged("cf")).with_overrides(["train.epochs=5", "train.min_steps=1200",
+                                                         "train.batch_size=1000"])
+    assert train_epochs(config, 57_000) == 22          # 58 steps an epoch: 22 epochs reach 1,200 steps
+    assert train_epochs(config, 700_000) == 5          # 700 steps an epoch: 5 epochs are 3,500 steps
+    schedule = learning_rate_schedule(config, 57_000)
+    assert schedule.decay_steps == 22 * 57
+    with pytest.raises(ValueError, match="min_steps"):
+        config.with_overrides(["train.min_steps=-1"])

@@ -173,6 +173,9 @@ class TrainConfig:
     # constant, or cosine: lr * (1 + cos(pi t / T)) / 2 over the T steps of all epochs, which anneals to 0 at the
     # last epoch without a validation split (the schedule the test protocol can use; decay on plateau needs one)
     lr_schedule: str = "constant"
+    # at least this many steps in all: epochs = max(epochs, ceil(min_steps / steps per epoch)); on a small
+    # dataset a few epochs are a few hundred steps, which end training (and a cosine schedule) too early
+    min_steps: int = 0
 
 
 @dataclasses.dataclass
@@ -280,7 +283,7 @@ RANGES = {("data", "shuffle_buffer"): _NON_NEGATIVE, ("data", "num_parallel_read
           ("negatives", "mined"): _NON_NEGATIVE, ("negatives", "mined_top_k"): _POSITIVE,
           ("train", "batch_size"): _POSITIVE, ("train", "epochs"): _POSITIVE,
           ("train", "learning_rate"): _POSITIVE, ("train", "steps_per_epoch"): _POSITIVE,
-          ("train", "keep_checkpoints"): _NON_NEGATIVE,
+          ("train", "keep_checkpoints"): _NON_NEGATIVE, ("train", "min_steps"): _NON_NEGATIVE,
           ("eval", "ks"): _POSITIVE, ("eval", "batch_size"): _POSITIVE}
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "task": TaskConfig, "negatives": NegativesConfig,

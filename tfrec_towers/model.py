@@ -261,7 +261,7 @@ class _Shifted(keras.optimizers.schedules.LearningRateSchedule):
 
 def learning_rate_schedule(config: Config, num_examples: int, start_step: int = 0):
     """``train.learning_rate``, or for ``lr_schedule: cosine`` the schedule lr (1 + cos(pi t / T)) / 2 over
-    T = epochs x steps per epoch (from the training examples, or ``steps_per_epoch``). ``start_step``: the
+    T = ``train_epochs`` x ``steps_per_epoch``. ``start_step``: the
     optimizer's step counter at a warm start (it carries over; the schedule starts again there)."""
     t = config.train
     if t.lr_schedule == "constant":
@@ -269,9 +269,20 @@ def learning_rate_schedule(config: Config, num_examples: int, start_step: int = 
     if t.validation is not None and t.validation.decay < 1:
         raise ValueError("train.lr_schedule cosine sets the learning rate at every step: set "
                          "train.validation.decay to 1 (no decay on plateau)")
-    steps = t.steps_per_epoch or -(-max(num_examples, 1) // t.batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(t.learning_rate, decay_steps=steps * t.epochs)
+    schedule = keras.optimizers.schedules.CosineDecay(t.learning_rate, decay_steps=steps_per_epoch(config, num_examples)
+                                                      * train_epochs(config, num_examples))
     return _Shifted(schedule, start_step) if start_step else schedule
+
+
+def steps_per_epoch(config: Config, num_examples: int) -> int:
+    """``train.steps_per_epoch``, else ceil(training examples / batch size)."""
+    return config.train.steps_per_epoch or -(-max(num_examples, 1) // config.train.batch_size)
+
+
+def train_epochs(config: Config, num_examples: int) -> int:
+    """The epochs ``fit`` runs: ``train.epochs``, raised to reach ``train.min_steps`` steps in all."""
+    t = config.train
+    return max(t.epochs, -(-t.min_steps // steps_per_epoch(config, num_examples)))
 
 
 def make_optimizer(name: str, learning_rate):

@@ -15,7 +15,7 @@ from tfrec_towers.data import reader
 from tfrec_towers.data.inputs import check_training_sizes, compute_stats, make_input, parse_spec, user_histories
 from tfrec_towers.evaluate import evaluate_run, evaluate_users
 from tfrec_towers.mining import mine_hard_negatives
-from tfrec_towers.model import build_model, learning_rate_schedule, make_optimizer
+from tfrec_towers.model import build_model, learning_rate_schedule, make_optimizer, train_epochs
 from tfrec_towers.negatives import build_negatives
 from tfrec_towers.features.stats import continue_stats
 from tfrec_towers.run import RunDir, dummy_batch, file_fingerprints, write_atomic
@@ -82,9 +82,10 @@ class Validation(keras.callbacks.Callback):
     leaves them out of training time).
     """
 
-    def __init__(self, run: RunDir, config: Config, valid_pattern: str, items_pattern: str, history, progress=print):
+    def __init__(self, run: RunDir, config: Config, valid_pattern: str, items_pattern: str, history, progress=print,
+                 epochs: Optional[int] = None):
         super().__init__()
-        self.run, self.options, self.epochs = run, config.train.validation, config.train.epochs
+        self.run, self.options, self.epochs = run, config.train.validation, epochs or config.train.epochs
         self.config, self.valid_pattern, self.items_pattern, self.history = config, valid_pattern, items_pattern, history
         self.progress, self.wall, self.cpu = progress, 0.0, 0.0
         self.k = int(self.options.metric.split("@")[1])
@@ -255,7 +256,8 @@ def _train_locked(run: RunDir, config: Config, strategy, files, train_pattern, e
     validation = None
     if valid_pattern:
         history = user_histories(config, train_pattern, progress=lambda m: None)
-        validation = Validation(run, config, valid_pattern, items_pattern or train_pattern, history, progress)
+        validation = Validation(run, config, valid_pattern, items_pattern or train_pattern, history, progress,
+                                train_epochs(config, stats.num_examples))
     callbacks = [
         keras.callbacks.BackupAndRestore(run / "backup"),
         *([validation] if validation else []),  # before the loggers: they record its valid_ metric
@@ -267,7 +269,10 @@ def _train_locked(run: RunDir, config: Config, strategy, files, train_pattern, e
     ]
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
-    model.fit(dataset, epochs=config.train.epochs, steps_per_epoch=config.train.steps_per_epoch,
+    epochs = train_epochs(config, stats.num_examples)
+    if epochs != config.train.epochs:
+        progress(f"{epochs} epochs: train.min_steps {config.train.min_steps} at {stats.num_examples} examples per epoch")
+    model.fit(dataset, epochs=epochs, steps_per_epoch=config.train.steps_per_epoch,
               callbacks=callbacks, verbose=verbose)
     model.save_weights(run.weights)
     progress(f"weights saved to {run.weights}; training data: {scan_summary}")
