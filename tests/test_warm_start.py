@@ -4,8 +4,8 @@ Real synthetic TFRecord logs of two "days" (the second with more users and items
 previous run's files are hashed before and after to show that nothing in it is modified.
 """
 import hashlib
-import json
 import os
+import subprocess
 
 import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 
@@ -20,9 +20,7 @@ from tfrec_towers.run import RunDir, load_model
 from tfrec_towers.train import train
 from tfrec_towers.warm_start import WarmStartError
 
-from test_train_e2e import cli, subprocess_env  # noqa: F401
-
-import subprocess
+from cli_helpers import cli, subprocess_env
 
 
 def quiet(message):
@@ -267,3 +265,17 @@ def test_rows_of_evicted_values_start_fresh(days, day1_run):
     i = next(i for i, v in enumerate(model.trainable_variables) if v is layer.embedding.embeddings)
     assert not model.optimizer._momentums[i].numpy()[evicted].any()
     assert model.optimizer._momentums[i].numpy()[keep].any()
+
+
+def test_config_changes_name_what_changed_and_allow_training_options():
+    from tfrec_towers.warm_start import config_changes
+
+    previous = small_config()
+    d = previous.to_dict()
+    d["features"]["candidate"][0]["oov_rate"] = 0.1
+    d["train"]["learning_rate"] = 0.01
+    assert config_changes(previous, Config.from_dict(d), "PREV") == [
+        "features.candidate[0].oov_rate: None -> 0.1", "train.learning_rate: 0.001 -> 0.01"]
+    d["features"]["query"] = d["features"]["query"][:2]
+    with pytest.raises(WarmStartError, match=r"PREV: features.query is \[\{.*\.\.\. there and"):
+        config_changes(previous, Config.from_dict(d), "PREV")

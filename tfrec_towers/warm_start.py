@@ -25,6 +25,8 @@ from tfrec_towers.run import RunDir, dummy_batch, restore_weights
 #: and the exceptions under them that only change how training goes on.
 INCOMPATIBLE = ("features", "model", "task.adaptive", "task.logq", "task.logq_estimator", "task.streaming")
 COMPATIBLE = ("model.dropout", "model.embedding_l2", "model.user_gate.dropout", "task.adaptive.symmetric_weight")
+#: Feature options that only change training or how a vocabulary grows (any feature).
+COMPATIBLE_FEATURE_OPTIONS = (".oov_rate", ".min_count", ".max_vocab")
 
 
 class WarmStartError(ValueError):
@@ -72,6 +74,11 @@ def _differences(a: Any, b: Any, path: str = "") -> Iterator[Tuple[str, Any, Any
         yield path, a, b
 
 
+def _short(value, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _under(path: str, prefixes) -> bool:
     return any(path == p or path.startswith((p + ".", p + "[")) for p in prefixes)
 
@@ -81,11 +88,12 @@ def config_changes(previous: Config, config: Config, where: str) -> List[str]:
     that makes the previous weights unusable (``INCOMPATIBLE``), naming it."""
     changes = []
     for path, old, new in _differences(previous.to_dict(), config.to_dict()):
-        if _under(path, INCOMPATIBLE) and not _under(path, COMPATIBLE):
-            raise WarmStartError(f"--warm-start {where}: {path} is {old!r} there and {new!r} here; the previous "
+        if (_under(path, INCOMPATIBLE) and not _under(path, COMPATIBLE)
+                and not (path.startswith("features.") and path.endswith(COMPATIBLE_FEATURE_OPTIONS))):
+            raise WarmStartError(f"--warm-start {where}: {path} is {_short(old)} there and {_short(new)} here; the previous "
                                  "weights do not fit another feature spec, architecture or trainable task part "
                                  "(train from scratch instead)")
-        changes.append(f"{path}: {old!r} -> {new!r}")
+        changes.append(f"{path}: {_short(old)} -> {_short(new)}")
     return changes
 
 
