@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from tfrec_towers.evaluate import MISSING, catalog_metrics, metrics_from_ranks, target_ranks
+from tfrec_towers.evaluation.metrics import MISSING, catalog_metrics, metrics_from_ranks, target_ranks
 
 
 def brute_force_ranks(query, items, targets, exclude=None):

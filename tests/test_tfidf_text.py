@@ -132,7 +132,7 @@ def test_generative_interaction_names_the_tower_shapes_it_cannot_join(sharing, h
 def test_additive_generative_interaction_keeps_every_shapes_start_and_trains_the_generator(sharing, output_dim):
     """combine 'add': x_v + G(x_v) with G's last layer at zero, so the untrained towers are those without
     G; the reconstruction loss reaches G, and the query tower is not touched by it (stop-gradient)."""
-    from tfrec_towers.generative_interaction import ReconstructionLoss
+    from tfrec_towers.towers.generative_interaction import ReconstructionLoss
     from tfrec_towers.tasks import RetrievalContext
 
     def model(generative):

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tfrec_towers.config import Config, packaged
-from tfrec_towers.dual_augmented import AugmentedVector, CategoryAlignmentLoss, MimicLoss
+from tfrec_towers.towers.dual_augmented import AugmentedVector, CategoryAlignmentLoss, MimicLoss
 from tfrec_towers.features.stats import FeatureStats
 from tfrec_towers.model import build_model
 from tfrec_towers.tasks import RetrievalContext
@@ -102,7 +102,7 @@ def test_generative_interaction_item_tower_needs_item_features_alone():
 
 
 def test_reconstruction_loss_matches_numpy_and_stops_gradient_into_the_query_side():
-    from tfrec_towers.generative_interaction import ReconstructionLoss
+    from tfrec_towers.towers.generative_interaction import ReconstructionLoss
 
     config, model, features = model_with("model.generative={targets: [item_history]}")
     rec = next(a for a in model.task.auxiliary_losses if isinstance(a, ReconstructionLoss))
