@@ -129,3 +129,19 @@ def test_tower_extension_configuration_errors_name_the_problem():
         model_with("model.generative={targets: [item_title]}")
     with pytest.raises(ValueError, match="needs model.dual_augmented.category"):
         model_with("model.dual_augmented={alignment_weight: 0.1}")
+
+
+def test_extension_weights_have_one_checkpoint_path_under_their_tower(tmp_path):
+    """The towers are built with their extra inputs (issue 27): a_u is the query tower's extra input 0, a_v and
+    the generator the candidate tower's 0 and 1, as when they were appended after building; the losses that
+    use them add no second path (warm starts and old checkpoints rely on these keys)."""
+    _, model, _ = model_with("model.dual_augmented={category: item_genres, alignment_weight: 0.1}",
+                             "model.generative={targets: [item_history]}")
+    model.save_weights(str(tmp_path / "w"))
+    keys = [k for k, _ in tf.train.list_variables(str(tmp_path / "w"))]
+    assert "query_tower/extra_inputs/0/embedding/embeddings/.ATTRIBUTES/VARIABLE_VALUE" in keys
+    assert "candidate_tower/extra_inputs/0/embedding/embeddings/.ATTRIBUTES/VARIABLE_VALUE" in keys
+    assert any(k.startswith("candidate_tower/extra_inputs/1/mlp/") for k in keys)
+    assert not any(k.startswith("task/auxiliary_losses") for k in keys)
+    assert [layer.name for layer in model.query_tower.extra_inputs] == ["a_u"]
+    assert [layer.name for layer in model.candidate_tower.extra_inputs] == ["a_v", "pseudo_query"]
