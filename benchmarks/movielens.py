@@ -133,7 +133,7 @@ class Dataset:
         self.test = read_columns(self.files["test"], EVENT_SPEC)
         items = read_columns(self.files["items"], ITEM_SPEC, positives_only=False)
         _, first = np.unique(items["item_id"].astype(str), return_index=True)
-        first.sort()  # unique item IDs, first occurrence kept (as evaluate.embed_catalog does)
+        first.sort()  # unique item IDs, first occurrence kept (as evaluation.embeddings.embed_catalog does)
         self.item_ids = items["item_id"][first]
         self.item_titles = items["item_title"][first]
         self.history = user_histories(history_config, self.files["train"], progress=lambda m: None)
