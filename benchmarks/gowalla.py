@@ -27,7 +27,7 @@ train.txt and evaluates on valid.txt (tuning); ``--split test`` is for the final
 
 ``--set`` overrides go to ``default`` and ``best`` (not to ``package_basic``) (e.g. the objective/negative-source ablation:
 ``--models best --set task.samtone=query``). Every model is scored by
-``tfrec_towers.evaluate.user_catalog_metrics`` (exact scores in chunks of users, training items at
+``tfrec_towers.evaluation.metrics.user_catalog_metrics`` (exact scores in chunks of users, training items at
 -inf). Speed: training examples per second of ``fit`` wall time, compared as a ratio to
 ``tfrs_basic``'s in the same run and seed (the machine is shared). Peak memory: the process's peak
 RSS (VmHWM, reset through /proc/self/clear_refs before each phase) during training and evaluation.
@@ -66,7 +66,8 @@ import tf_keras as keras  # noqa: E402
 
 from tfrec_towers.config import Config, packaged  # noqa: E402
 from tfrec_towers.data.user_item_lists import convert_user_item_lists, merge_lists, read_user_item_lists  # noqa: E402
-from tfrec_towers.evaluate import evaluate_users, user_catalog_metrics  # noqa: E402
+from tfrec_towers.evaluation.job import evaluate_users  # noqa: E402
+from tfrec_towers.evaluation.metrics import user_catalog_metrics  # noqa: E402
 from tfrec_towers.run import RunDir, load_model  # noqa: E402
 from tfrec_towers.train import train  # noqa: E402
 

@@ -13,7 +13,7 @@ rating is the test event) ML-100K is converted once into TFRecord logs, then for
   (``tfrec_towers/configs/tutorial.yaml``), trained from the TFRecord files;
 * ``default``: this package with the packaged ``default`` config (plus ``--set`` overrides).
 
-Every model is evaluated by ``tfrec_towers.evaluate.catalog_metrics`` over the whole item catalog
+Every model is evaluated by ``tfrec_towers.evaluation.metrics.catalog_metrics`` over the whole item catalog
 (``all_items``, and ``exclude_history`` without the user's training items). Speed is training
 examples per second of ``fit`` wall time, and is compared as a ratio to ``tfrs_tutorial``'s measured
 in the same seed loop (the machines are shared and noisy).
@@ -52,7 +52,8 @@ import tf_keras as keras  # noqa: E402
 from tfrec_towers.config import Config, packaged  # noqa: E402
 from tfrec_towers.data import reader  # noqa: E402
 from tfrec_towers.data.movielens import convert_movielens, default_data_dir  # noqa: E402
-from tfrec_towers.evaluate import catalog_metrics, user_histories  # noqa: E402
+from tfrec_towers.data.inputs import user_histories  # noqa: E402
+from tfrec_towers.evaluation.metrics import catalog_metrics  # noqa: E402
 from tfrec_towers.run import RunDir  # noqa: E402
 from tfrec_towers.train import train  # noqa: E402
 
@@ -132,7 +133,7 @@ class Dataset:
         self.test = read_columns(self.files["test"], EVENT_SPEC)
         items = read_columns(self.files["items"], ITEM_SPEC, positives_only=False)
         _, first = np.unique(items["item_id"].astype(str), return_index=True)
-        first.sort()  # unique item IDs, first occurrence kept (as evaluate.embed_catalog does)
+        first.sort()  # unique item IDs, first occurrence kept (as evaluation.embeddings.embed_catalog does)
         self.item_ids = items["item_id"][first]
         self.item_titles = items["item_title"][first]
         self.history = user_histories(history_config, self.files["train"], progress=lambda m: None)

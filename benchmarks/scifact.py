@@ -23,7 +23,7 @@ Models (``--models``):
 
 ``--ablation`` runs every shape x objective, with and without corpus pairs, and ``ade_proj`` (ADE with a
 fresh projection per tower) with and without the concatenated form of generative interaction.
-``--embedding-report DIR`` writes the SamToNe paper's embedding report (``tfrec_towers.embedding_report``)
+``--embedding-report DIR`` writes the SamToNe paper's embedding report (``tfrec_towers.evaluation.embedding_report``)
 of ADE and SDE with and without SamToNe. ``--export DIR`` exports the first seed of ``best`` with the
 portable index in TF Serving's layout.
 
@@ -60,7 +60,7 @@ from tfrec_towers.config import Config, packaged  # noqa: E402
 from tfrec_towers.data.beir import convert_beir, read_beir  # noqa: E402
 from tfrec_towers.data.inputs import compute_stats  # noqa: E402
 from tfrec_towers.data.reader import list_files  # noqa: E402
-from tfrec_towers.embeddings import embed_catalog, embed_events  # noqa: E402
+from tfrec_towers.evaluation.embeddings import embed_catalog, embed_events  # noqa: E402
 from tfrec_towers.model import build_model  # noqa: E402
 from tfrec_towers.run import RunDir, load_model  # noqa: E402
 from tfrec_towers.train import train  # noqa: E402
@@ -246,7 +246,7 @@ def run_package(name: str, data: Split, seed: int, args) -> dict:
 
 def embedding_report(data: Split, args) -> dict:
     """The SamToNe paper's section-4 numbers for ADE and SDE with and without SamToNe (first seed's runs)."""
-    from tfrec_towers.embedding_report import write_embedding_report
+    from tfrec_towers.evaluation.embedding_report import write_embedding_report
 
     out = {}
     for name in ("ade/softmax", "ade/samtone_both", "sde/softmax", "sde/samtone_both"):

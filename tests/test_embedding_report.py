@@ -14,7 +14,7 @@ import pytest
 from tfrec_towers.cli import main
 from tfrec_towers.config import Config, packaged
 from tfrec_towers.data.synthetic import generate_synthetic
-from tfrec_towers.evaluate import embed_catalog, embed_events
+from tfrec_towers.evaluation.embeddings import embed_catalog, embed_events
 from tfrec_towers.run import RunDir, load_model
 from tfrec_towers.train import train
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from tfrec_towers.evaluate import MISSING, catalog_metrics, metrics_from_ranks, target_ranks
+from tfrec_towers.evaluation.metrics import MISSING, catalog_metrics, metrics_from_ranks, target_ranks
 
 
 def brute_force_ranks(query, items, targets, exclude=None):
@@ -151,3 +151,25 @@ def test_missing_targets_are_never_hits_even_when_k_covers_the_catalog():
         assert out[variant]["hr@100"] == pytest.approx(0.8) and out[variant]["hr@60"] == pytest.approx(0.8)
         assert out[variant]["recall@100"] == pytest.approx(0.8)
         assert out[variant]["hr@10"] < 0.8 and out[variant]["mrr"] < 0.8
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 100])
+def test_scored_chunks_is_the_full_product_with_exclusions_and_targets_read_first(chunk):
+    """The one chunked scoring loop behind target_ranks and top_k (issue 27)."""
+    from tfrec_towers.evaluation.scoring import scored_chunks
+
+    _, query, items, targets = random_case(3)
+    targets[::5] = -1  # not in the catalog
+    exclude = [np.array([t, (t + 1) % len(items)]) if t >= 0 else np.array([0]) for t in targets]
+    full = query.astype(np.float32) @ items.astype(np.float32).T
+    rows, trues = [], []
+    for start, stop, scores, true in scored_chunks(query, items, exclude, chunk, targets):
+        assert stop - start <= chunk
+        rows.append(scores)
+        trues.append(true)
+    scores, true = np.concatenate(rows), np.concatenate(trues)
+    np.testing.assert_allclose(true, full[np.arange(len(query)), np.maximum(targets, 0)], rtol=1e-6)
+    for i, drop in enumerate(exclude):
+        assert np.isneginf(scores[i, drop]).all()
+        kept = np.setdiff1d(np.arange(len(items)), drop)
+        np.testing.assert_allclose(scores[i, kept], full[i, kept], rtol=1e-6)

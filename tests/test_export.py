@@ -18,7 +18,7 @@ from cli_helpers import cli
 from cli_helpers import subprocess_env as env
 from conftest import small_trained_run
 
-from tfrec_towers.evaluate import embed_catalog
+from tfrec_towers.evaluation.embeddings import embed_catalog
 from tfrec_towers.export.exporter import export_run, read_metadata, refresh_items
 from tfrec_towers.export.indexes import build_index
 from tfrec_towers.export.ops import ops_report

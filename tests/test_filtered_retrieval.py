@@ -20,8 +20,9 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 from test_serving_server import declared, http, predict_request
 
 from tfrec_towers.data.inputs import user_histories
-from tfrec_towers.embeddings import embed_catalog, embed_events
-from tfrec_towers.evaluate import evaluate_run, evaluate_saved_model, saved_model_answers, top_k
+from tfrec_towers.evaluation.embeddings import embed_catalog, embed_events
+from tfrec_towers.evaluation.job import evaluate_run, evaluate_saved_model, saved_model_answers
+from tfrec_towers.evaluation.metrics import top_k
 from tfrec_towers.export.exporter import export_run, read_metadata
 from tfrec_towers.export.indexes import build_index
 from tfrec_towers.run import load_model

@@ -12,7 +12,7 @@ from cli_helpers import serve_in_subprocess
 
 from tfrec_towers.config import Config, packaged
 from tfrec_towers.data.beir import convert_beir, read_beir
-from tfrec_towers.embeddings import embed_catalog
+from tfrec_towers.evaluation.embeddings import embed_catalog
 from tfrec_towers.export.exporter import export_run
 from tfrec_towers.run import load_model
 from tfrec_towers.serving import RetrievalClient

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tfrec_towers.config import Config, packaged
-from tfrec_towers.dual_augmented import AugmentedVector, CategoryAlignmentLoss, MimicLoss
+from tfrec_towers.towers.dual_augmented import AugmentedVector, CategoryAlignmentLoss, MimicLoss
 from tfrec_towers.features.stats import FeatureStats
 from tfrec_towers.model import build_model
 from tfrec_towers.tasks import RetrievalContext
@@ -102,7 +102,7 @@ def test_generative_interaction_item_tower_needs_item_features_alone():
 
 
 def test_reconstruction_loss_matches_numpy_and_stops_gradient_into_the_query_side():
-    from tfrec_towers.generative_interaction import ReconstructionLoss
+    from tfrec_towers.towers.generative_interaction import ReconstructionLoss
 
     config, model, features = model_with("model.generative={targets: [item_history]}")
     rec = next(a for a in model.task.auxiliary_losses if isinstance(a, ReconstructionLoss))
@@ -129,3 +129,19 @@ def test_tower_extension_configuration_errors_name_the_problem():
         model_with("model.generative={targets: [item_title]}")
     with pytest.raises(ValueError, match="needs model.dual_augmented.category"):
         model_with("model.dual_augmented={alignment_weight: 0.1}")
+
+
+def test_extension_weights_have_one_checkpoint_path_under_their_tower(tmp_path):
+    """The towers are built with their extra inputs (issue 27): a_u is the query tower's extra input 0, a_v and
+    the generator the candidate tower's 0 and 1, as when they were appended after building; the losses that
+    use them add no second path (warm starts and old checkpoints rely on these keys)."""
+    _, model, _ = model_with("model.dual_augmented={category: item_genres, alignment_weight: 0.1}",
+                             "model.generative={targets: [item_history]}")
+    model.save_weights(str(tmp_path / "w"))
+    keys = [k for k, _ in tf.train.list_variables(str(tmp_path / "w"))]
+    assert "query_tower/extra_inputs/0/embedding/embeddings/.ATTRIBUTES/VARIABLE_VALUE" in keys
+    assert "candidate_tower/extra_inputs/0/embedding/embeddings/.ATTRIBUTES/VARIABLE_VALUE" in keys
+    assert any(k.startswith("candidate_tower/extra_inputs/1/mlp/") for k in keys)
+    assert not any(k.startswith("task/auxiliary_losses") for k in keys)
+    assert [layer.name for layer in model.query_tower.extra_inputs] == ["a_u"]
+    assert [layer.name for layer in model.candidate_tower.extra_inputs] == ["a_v", "pseudo_query"]

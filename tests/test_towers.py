@@ -186,3 +186,51 @@ def test_gradients_reach_all_tower_variables():
     grads = tape.gradient(loss, variables)
     missing = [v.name for v, g in zip(variables, grads) if g is None]
     assert not missing
+
+
+class _Constant(keras.layers.Layer):
+    """An extra input: ``value`` in every one of ``width`` columns, whatever the features."""
+
+    def __init__(self, value, width, **kwargs):
+        super().__init__(**kwargs)
+        self.value, self.width = value, width
+
+    def call(self, features, x):
+        return tf.fill([tf.shape(x)[0], self.width], self.value)
+
+
+def test_extensions_are_given_to_the_builder_with_each_sides_encodings():
+    """Issue 27: extra inputs are passed into ``build_towers``; the towers are created with them and the
+    extension sees each side's encoders (``Encodings``) before the towers exist."""
+    from tfrec_towers.towers import ExtraInput, Tower, TowerExtensions
+
+    seen = {}
+
+    def extensions(query, candidate):
+        seen.update(query=query, candidate=candidate)
+        width = candidate.width(user_item_batch())
+        return TowerExtensions(query=[ExtraInput(_Constant(1.0, 2, name="concat"))],
+                               candidate=[ExtraInput(_Constant(0.0, width, name="zeros"), additive=True)])
+
+    q_tower, c_tower = build_towers(user_item_spec(), STATS, output_dim=5, extensions=extensions)
+    plain_q, _ = build_towers(user_item_spec(), STATS, output_dim=5)
+    batch = user_item_batch()
+    c_layers = Tower(list(zip(c_tower.feature_names, c_tower.encoders)), c_tower.hidden, c_tower.projection)
+    assert seen["query"].names == q_tower.feature_names == ["user_id", "hist", "age", "ts"]
+    assert seen["candidate"].names == c_tower.feature_names
+    np.testing.assert_allclose(seen["query"](batch).numpy(), q_tower.encode(batch).numpy())
+    np.testing.assert_allclose(seen["query"].select(["ts", "user_id"])(batch).numpy(),
+                               q_tower.encode(batch, ["user_id", "ts"]).numpy())
+    with pytest.raises(KeyError, match="not an input feature"):
+        seen["query"].select(["title"])
+    assert [layer.name for layer in q_tower.extra_inputs] == ["concat"]
+    assert [layer.name for layer in c_tower.extra_inputs] == ["zeros"]
+    # additive zeros change nothing (the same layers without them); concatenated columns widen the MLP's input
+    np.testing.assert_allclose(c_tower(batch).numpy(), c_layers(batch).numpy(), rtol=1e-6)
+    assert q_tower(batch).shape == (3, 5) and plain_q(batch).shape == (3, 5)
+    assert q_tower.hidden.layers[0].kernel.shape[0] == plain_q.hidden.layers[0].kernel.shape[0] + 2
+
+
+def test_towers_are_complete_without_extensions():
+    q_tower, c_tower = build_towers(user_item_spec(), STATS, output_dim=5)
+    assert q_tower.extra_inputs == [] and c_tower.extra_inputs == []

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from tfrec_towers.config import Config, packaged
 from tfrec_towers.data.synthetic import generate_synthetic
-from tfrec_towers.evaluate import evaluate_run
+from tfrec_towers.evaluation.job import evaluate_run
 from tfrec_towers.model import build_model
 from tfrec_towers.run import RunDir, dummy_batch, load_model
 from tfrec_towers.train import train

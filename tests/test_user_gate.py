@@ -11,7 +11,7 @@ from tfrec_towers.config import UserGateConfig
 from tfrec_towers.features import spec as S
 from tfrec_towers.features.stats import FeatureStats
 from tfrec_towers.towers import build_towers
-from tfrec_towers.user_gate import UserGate
+from tfrec_towers.towers.user_gate import UserGate
 
 STATS = FeatureStats(num_examples=4, vocab_counts={"user_id": {"u1": 2, "u2": 1},
                                                    "item_id": {"i1": 3, "i2": 2, "i3": 1}})

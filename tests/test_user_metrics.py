@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from tfrec_towers.evaluate import recall_ndcg, top_k, user_catalog_metrics
+from tfrec_towers.evaluation.metrics import recall_ndcg, top_k, user_catalog_metrics
 
 
 def reference(query, items, true, exclude, k):

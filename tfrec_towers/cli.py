@@ -56,19 +56,19 @@ def cmd_train(args):
 
 def cmd_evaluate(args):
     if args.saved_model:
-        from tfrec_towers.evaluate import evaluate_saved_model
+        from tfrec_towers.evaluation.job import evaluate_saved_model
 
         evaluate_saved_model(args.saved_model, args.eval, args.run_dir, args.history, args.output)
         return
     if not args.run_dir:
         raise ValueError("--run-dir is required (or --saved-model EXPORT_DIR)")
-    from tfrec_towers.evaluate import evaluate_run
+    from tfrec_towers.evaluation.job import evaluate_run
 
     evaluate_run(args.run_dir, args.eval, args.items, args.history, args.output)
 
 
 def cmd_report(args):
-    from tfrec_towers.embedding_report import write_embedding_report
+    from tfrec_towers.evaluation.embedding_report import write_embedding_report
 
     write_embedding_report(args.run_dir, args.out, args.eval, args.items, num_points=args.points,
                            num_pairs=args.pairs, method=args.method, seed=args.seed)

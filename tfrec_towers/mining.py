@@ -10,7 +10,7 @@ items for each user, from a previous run's model. (In-batch mining is the logit 
 """
 import numpy as np
 
-from tfrec_towers.embeddings import embed_catalog, embed_events
+from tfrec_towers.evaluation.embeddings import embed_catalog, embed_events
 from tfrec_towers.negatives.catalog import ItemCatalog, KeyedItems
 from tfrec_towers.run import RunDir, load_model
 

@@ -4,45 +4,23 @@ A training step: query tower on the batch, item tower on the batch's positives a
 negatives (catalog rows), optionally candidates of all replicas, each column's expected count for the
 logQ correction, then the Retrieval task (see ``build_task`` for the order of its steps).
 """
-from typing import Optional
+from typing import List, Optional, Tuple
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
 from tfrec_towers.config import OPTIMIZERS, Config
-from tfrec_towers.dual_augmented import AugmentedVector, CategoryAlignmentLoss, MimicLoss
 from tfrec_towers.features.stats import FeatureStats
-from tfrec_towers.generative_interaction import PseudoQueryGenerator, ReconstructionLoss
 from tfrec_towers.negatives.cross_replica import gather_across_replicas
 from tfrec_towers.lazy_adam import LazyAdam
 from tfrec_towers.tasks import (AdaptiveSymmetricLoss, AdaptiveTemperatureMargin, BilateralSoftmaxLoss,
-                                CosineContrastiveLoss, FocalLoss, HardNegativeMining, HingeLoss, LogQCorrection, PassageCentricLoss, RemoveAccidentalHits, Retrieval,
-                                SameTowerNegatives, StreamingFrequency, Temperature, WeightedBinaryCrossEntropy)
-from tfrec_towers.towers import build_towers
-
-
-class ItemFrequency(keras.layers.Layer):
-    """Item ID -> q(item), its frequency among training positives (the in-batch sampling probability).
-
-    Unseen IDs get the smallest observed q: a rare item is the safer guess for an unknown one.
-    """
-
-    def __init__(self, item_ids, probabilities, **kwargs):
-        super().__init__(**kwargs)
-        probabilities = np.asarray(probabilities, dtype=np.float32)
-        init = tf.lookup.KeyValueTensorInitializer(tf.constant(list(item_ids), tf.string),
-                                                   tf.constant(probabilities))
-        self.table = tf.lookup.StaticHashTable(init, default_value=float(probabilities.min()))
-
-    def call(self, item_ids):
-        return self.table.lookup(item_ids)
-
-    def expected_count(self, item_ids, batch_size, training=False):
-        """B q(y): each item's expected count among a batch's B in-batch columns (the estimators'
-        shared contract, see ``StreamingFrequency.expected_count``)."""
-        return tf.cast(batch_size, tf.float32) * self(item_ids)
+                                CosineContrastiveLoss, FocalLoss, HardNegativeMining, HingeLoss, ItemFrequency,
+                                LogQCorrection, PassageCentricLoss, RemoveAccidentalHits, Retrieval, SameTowerNegatives,
+                                StreamingFrequency, Temperature, WeightedBinaryCrossEntropy)
+from tfrec_towers.towers import Encodings, ExtraInput, TowerExtensions, build_towers
+from tfrec_towers.towers.dual_augmented import AugmentedVector, CategoryAlignmentLoss, MimicLoss
+from tfrec_towers.towers.generative_interaction import PseudoQueryGenerator, ReconstructionLoss
 
 
 class TwoTowerModel(tfrs.Model):
@@ -182,9 +160,12 @@ def _in_batch_frequency(config: Config, stats: FeatureStats):
     return ItemFrequency(ids, q)
 
 
-def _tower_extensions(config: Config, stats: FeatureStats, query_tower, candidate_tower):
-    """Adds the extra tower inputs of DAT and generative interaction; returns their auxiliary losses."""
+def _tower_extensions(config: Config, stats: FeatureStats, query: Encodings,
+                      candidate: Encodings) -> Tuple[TowerExtensions, List]:
+    """The extra tower inputs of DAT and generative interaction, built on the towers' encoders (``query``,
+    ``candidate``), and their auxiliary losses. ``build_towers`` creates the towers with the inputs."""
     m, aux = config.model, []
+    query_inputs, candidate_inputs = [], []
     if m.dual_augmented is not None:
         d = m.dual_augmented
         if not m.output_dim:
@@ -193,8 +174,8 @@ def _tower_extensions(config: Config, stats: FeatureStats, query_tower, candidat
         user_vector = AugmentedVector(d.query_id, _vocabulary(stats, d.query_id), m.output_dim, name="a_u")
         item_vector = AugmentedVector(item_id, stats.vocabulary(item_id) if item_id in stats.vocab_counts
                                       else sorted(stats.item_counts), m.output_dim, name="a_v")
-        query_tower.extra_inputs.append(user_vector)
-        candidate_tower.extra_inputs.append(item_vector)
+        query_inputs.append(ExtraInput(user_vector))
+        candidate_inputs.append(ExtraInput(item_vector))
         aux.append(MimicLoss(user_vector, item_vector, d.mimic_weight))
         if d.alignment_weight:
             if not d.category:
@@ -202,13 +183,14 @@ def _tower_extensions(config: Config, stats: FeatureStats, query_tower, candidat
             aux.append(CategoryAlignmentLoss(d.category, d.alignment_weight))
     if m.generative is not None:
         g = m.generative
-        unknown = [name for name in g.targets if name not in query_tower.input_names_]
+        unknown = [name for name in g.targets if name not in query.names]
         if unknown or not g.targets:
             raise ValueError(f"model.generative.targets must name query-side features; not query inputs: {unknown}")
         additive = g.combine == "add"
         dummy = config.features.dummy_batch()
-        target_dim = int(query_tower.encode(dummy, g.targets).shape[-1])
-        item_dim = int(candidate_tower.encode(dummy).shape[-1])
+        target = query.select(g.targets)
+        target_dim = target.width(dummy)
+        item_dim = candidate.width(dummy)
         if additive and target_dim != item_dim:
             raise ValueError(f"model.generative.combine 'add' adds the pseudo query vector ({target_dim}-d: the "
                              f"encodings of {g.targets}) to the candidate tower's encodings ({item_dim}-d); "
@@ -221,9 +203,9 @@ def _tower_extensions(config: Config, stats: FeatureStats, query_tower, candidat
                              f"model.hidden (got sharing {m.sharing!r}, hidden {m.hidden}, output_dim {m.output_dim}); "
                              "or model.generative.combine 'add'")
         generator = PseudoQueryGenerator(target_dim, g.hidden, additive, name="pseudo_query")
-        candidate_tower.extra_inputs.append(generator)
-        aux.append(ReconstructionLoss(query_tower, candidate_tower, generator, g.targets, g.weight))
-    return aux
+        candidate_inputs.append(ExtraInput(generator, additive))
+        aux.append(ReconstructionLoss(generator, target, candidate, g.weight))
+    return TowerExtensions(query=query_inputs, candidate=candidate_inputs), aux
 
 
 def _vocabulary(stats: FeatureStats, name: str):
@@ -235,10 +217,16 @@ def _vocabulary(stats: FeatureStats, name: str):
 
 def build_model(config: Config, stats: FeatureStats, negatives=None) -> TwoTowerModel:
     """The model; ``negatives`` (``build_negatives``) only when training with sampled negatives."""
-    m = config.model
+    m, aux = config.model, []
+
+    def extensions(query: Encodings, candidate: Encodings) -> TowerExtensions:
+        built, losses = _tower_extensions(config, stats, query, candidate)
+        aux.extend(losses)
+        return built
+
     query_tower, candidate_tower = build_towers(config.features, stats, m.hidden, m.output_dim, m.activation,
-                                                m.dropout, m.normalize, m.sharing, m.user_gate, m.embedding_l2)
-    aux = _tower_extensions(config, stats, query_tower, candidate_tower)
+                                                m.dropout, m.normalize, m.sharing, m.user_gate, m.embedding_l2,
+                                                extensions=extensions)
     by_name = config.features.by_name
     query_key = config.data.user_id if config.data.user_id in by_name else None
     return TwoTowerModel(query_tower, candidate_tower, build_task(config, aux), config.features.item_id,

@@ -13,7 +13,7 @@ import tf_keras as keras
 from tfrec_towers.config import Config, ValidationConfig
 from tfrec_towers.data import reader
 from tfrec_towers.data.inputs import check_training_sizes, compute_stats, make_input, parse_spec, user_histories
-from tfrec_towers.evaluate import evaluate_run, evaluate_users
+from tfrec_towers.evaluation.job import evaluate_run, evaluate_users
 from tfrec_towers.mining import mine_hard_negatives
 from tfrec_towers.model import build_model, learning_rate_schedule, make_optimizer, train_epochs
 from tfrec_towers.negatives import build_negatives

@@ -29,7 +29,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 import tfrec_towers
 from tfrec_towers.data import reader
-from tfrec_towers.embeddings import embed_catalog
+from tfrec_towers.evaluation.embeddings import embed_catalog
 from tfrec_towers.export.indexes import build_index, index_class
 from tfrec_towers.export.layout import METADATA_ASSET, METADATA_FILE, WARMUP_FILE, latest_version
 from tfrec_towers.export.retrieval_module import (ALLOWED_INPUT, EXCLUDE_INPUT, FILTERED_SIGNATURES, K_INPUT,

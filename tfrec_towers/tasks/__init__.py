@@ -17,6 +17,7 @@ from tfrec_towers.tasks.margin_loss import HingeLoss  # noqa: F401
 from tfrec_towers.tasks.pair import PassageCentricLoss  # noqa: F401
 from tfrec_towers.tasks.pointwise_loss import FocalLoss, WeightedBinaryCrossEntropy  # noqa: F401
 from tfrec_towers.tasks.samtone import SameTowerNegatives  # noqa: F401
+from tfrec_towers.tasks.item_frequency import ItemFrequency  # noqa: F401
 from tfrec_towers.tasks.streaming_frequency import StreamingFrequency  # noqa: F401
 from tfrec_towers.tasks.cosine_contrastive_loss import CosineContrastiveLoss  # noqa: F401
 from tfrec_towers.tasks.bilateral_softmax_loss import BilateralSoftmaxLoss  # noqa: F401
