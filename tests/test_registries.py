@@ -278,3 +278,24 @@ def test_every_feature_type_parses_encodes_and_counts_stats(kind):
     assert encoded.shape == (1, feature.encoding_width) and np.all(np.isfinite(encoded.numpy()))
     tables = embedding_tables(spec)
     assert sum(t["feature"] == "f" or t["feature"] == feature.vocab_source for t in tables) == (kind != "numeric")
+
+
+# --- the README's lists name the registered names ------------------------------------------------
+
+def test_the_readmes_lists_name_exactly_the_registered_names():
+    import os
+    import re
+
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md"),
+              encoding="utf-8") as f:
+        readme = f.read()
+
+    def listed(option):  # every "OPTION a\|b\|c" list of the README, as sets
+        return [set(m.split("\\|")) for m in re.findall(re.escape(option) + r"[ :]+([a-z_]+(?:\\\|[a-z_]+)+)", readme)]
+
+    assert listed("--index") and all(names == set(choices.INDEX_TYPES) for names in listed("--index"))
+    assert listed("--policy") and all(names == set(choices.RECORD_POLICIES) for names in listed("--policy"))
+    documented = set(re.findall(r"task\.loss: ([a-z_]+)", readme)) | set().union(*listed("task.loss"))
+    assert documented == set(choices.LOSSES) - {"softmax"}  # softmax: the default, the README's baseline
+    strategies = re.search(r"`train\.strategy` from the config \(([^)]*)\)", readme).group(1)
+    assert set(re.findall(r"`([a-z_]+)`", strategies)) == set(choices.STRATEGIES)

@@ -1,18 +1,16 @@
-"""The names of the package's registries, written once, with no import at all (no TensorFlow).
+"""The names of the package's registries, written once, importing nothing of the package (no TensorFlow).
 
-Each registry maps a name to its implementation next to the implementation:
+Each registry maps a name to its implementation, next to the implementation (the last two lists are
+checked by the code that acts on them, which has no table of its own):
 
-=================  ==========================================  =============================================
-names (here)       registry (name -> implementation)            used by
-=================  ==========================================  =============================================
-``LOSSES``         ``tasks.losses.LOSSES``                      ``task.loss``
-``REDUCTIONS``     ``tasks.reduction.REDUCTIONS``               ``task.loss_reduction``, every loss
-``OPTIMIZERS``     ``lazy_adam.OPTIMIZERS``                     ``train.optimizer`` (slots: ``OPTIMIZER_SLOTS``)
-``STRATEGIES``     ``train.STRATEGIES``                         ``train.strategy``
-``RECORD_POLICIES`` ``data.reader.RECORD_POLICIES``             ``data.corrupt_records``, ``--policy``
-``COMPRESSIONS``   ``data.reader.compression_of``               ``data.compression``
-``INDEX_TYPES``    ``export.indexes.INDEXES`` (``Index.kind``)  ``--index``
-=================  ==========================================  =============================================
+* ``LOSSES``: ``tasks.losses.LOSSES`` (``task.loss``);
+* ``REDUCTIONS``: ``tasks.reduction.REDUCTIONS`` (``task.loss_reduction``, every loss);
+* ``OPTIMIZERS``: ``lazy_adam.OPTIMIZERS`` (``train.optimizer``; each one's slots: ``OPTIMIZER_SLOTS``);
+* ``STRATEGIES``: ``train.STRATEGIES`` (``train.strategy``);
+* ``RECORD_POLICIES``: ``data.reader.POLICIES`` (``data.corrupt_records``, the converters' ``--policy``);
+* ``INDEX_TYPES``: ``export.indexes.INDEXES``, each class naming its ``kind`` (``--index``);
+* ``COMPRESSIONS``: ``data.reader.compression_of`` (``data.compression``);
+* ``SHARING``: ``towers.build_towers`` (``model.sharing``).
 
 Why the names are not only in the registries: the config is checked when it is loaded, before any
 data is read, and the CLI builds its ``--index`` / ``--policy`` choices without importing TensorFlow;
