@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from tfrec_towers import choices
-from tfrec_towers.config import SECTIONS, Config, TaskConfig, packaged
+from tfrec_towers.config import SECTIONS, Config, packaged
 
 
 def checked_options():

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import yaml
 
 from tfrec_towers import choices as names
-from tfrec_towers.choices import OPTIMIZER_SLOTS, POINTWISE_LOSSES, SHARING  # noqa: F401  (importable from here)
+from tfrec_towers.choices import OPTIMIZER_SLOTS, SHARING  # noqa: F401  (SHARING: towers imports it from here)
 from tfrec_towers.features import spec as S
 from tfrec_towers.features.spec import FeatureSpec, check_type, load_mapping, load_yaml, quote
 
@@ -360,7 +360,9 @@ def packaged(name: str = "default") -> str:
 # ceiling would refuse what a large machine can do or admit what a small one cannot. Being floors,
 # they only refuse what cannot fit at all; a size just under the memory may still fail later.
 
-#: ``OPTIMIZER_SLOTS`` (``tfrec_towers.choices``): float32 slots the optimizer keeps per trainable weight.
+# OPTIMIZER_SLOTS, the float32 slots each optimizer keeps per trainable weight, is in tfrec_towers.choices,
+# beside the optimizer names.
+
 #: Bytes TensorFlow's shuffle allocates per buffer slot when its iterator starts, before any record
 #: arrives (a std::vector<Tensor> each: data.shuffle_buffer 10^12 asked for 24 TB and segfaulted).
 SHUFFLE_SLOT_BYTES = 24
