@@ -48,6 +48,7 @@ import tfrec_towers  # noqa: E402,F401  (Keras 2 before TensorFlow loads)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from tfrec_towers.choices import INDEX_TYPES  # noqa: E402
 from tfrec_towers.config import Config, packaged  # noqa: E402
 from tfrec_towers.data import reader  # noqa: E402
 from tfrec_towers.data.movielens import convert_movielens  # noqa: E402
@@ -58,7 +59,9 @@ from tfrec_towers.serving.server import ModelServer, import_custom_ops  # noqa: 
 from tfrec_towers.data.inputs import parse_spec, positives  # noqa: E402
 from tfrec_towers.train import train  # noqa: E402
 
-INDEXES = ("brute", "portable", "scann")
+#: The index types (``tfrec_towers.choices.INDEX_TYPES``), brute force first: the exact ranking the others are
+#: compared with.
+INDEXES = ("brute",) + tuple(sorted(set(INDEX_TYPES) - {"brute"}))
 K = 100
 #: Filtered variants of part 7: (name, M excluded items per query, how they are drawn).
 FILTERED = (("M=0", 0, "random"), ("M=50", 50, "random"), ("M=500", 500, "random"), ("M=500 top", 500, "top"))

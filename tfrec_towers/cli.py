@@ -4,7 +4,8 @@ import json
 import os
 import sys
 
-from tfrec_towers.export import layout  # no TensorFlow: the CLI stays cheap to import
+from tfrec_towers import choices  # no TensorFlow: the CLI stays cheap to import
+from tfrec_towers.export import layout
 
 
 def _config(args, data_dir=None):
@@ -200,7 +201,7 @@ def cmd_config(args):
 
 def converter_options(sp, seed_help: str, shards: int) -> None:
     """The options every benchmark-format converter shares: bad-line policy, seed, shards, name, overwrite."""
-    sp.add_argument("--policy", choices=["fail", "skip"], default="fail",
+    sp.add_argument("--policy", choices=choices.RECORD_POLICIES, default="fail",
                     help="bad lines: fail naming file:line, or skip and count them")
     sp.add_argument("--seed", type=int, default=0, help=seed_help)
     sp.add_argument("--shards", type=int, default=shards)
@@ -318,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_demo)
 
     def index_args(sp, default):
-        sp.add_argument("--index", choices=layout.INDEX_TYPES, default=default,
+        sp.add_argument("--index", choices=choices.INDEX_TYPES, default=default,
                         help="portable: stock TF ops (loads in stock TF Serving); scann: ScaNN custom ops; "
                              "brute: exact" + (f" (default: {default})" if default else
                                                " (default: the latest version's)"))

@@ -5,36 +5,66 @@ that would not fit in the machine's memory (embedding tables, shuffle buffer) ar
 config is loaded, before any data is read (``check_sizes``); those that depend on the data are
 checked again after the statistics pass, before the run directory is written.
 ``tfrec-towers config`` prints the packaged default (``configs/default.yaml``).
+
+An option's allowed values are on its field (``option(default, choices=...)`` or ``range=...``), so a
+check cannot name a key that does not exist. The names of the options that pick an implementation
+(loss, reduction, optimizer, strategy, corrupt-record policy, compression) come from
+``tfrec_towers.choices``, which each implementation's registry checks itself against.
 """
 import dataclasses
 import os
 import re
 import typing
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from tfrec_towers import choices as names
+from tfrec_towers.choices import OPTIMIZER_SLOTS, SHARING  # noqa: F401  (SHARING: towers imports it from here)
 from tfrec_towers.features import spec as S
 from tfrec_towers.features.spec import FeatureSpec, check_type, load_mapping, load_yaml, quote
 
 PACKAGED = os.path.join(os.path.dirname(__file__), "configs")
 
+#: A numeric option's allowed range: (text for the error, test of one value); a list option: each item.
+Range = Tuple[str, Callable[[Any], Any]]
+_POSITIVE: Range = ("> 0", lambda v: v > 0)
+_NON_NEGATIVE: Range = (">= 0", lambda v: v >= 0)
+_FRACTION: Range = ("in [0, 1]", lambda v: 0 <= v <= 1)
+_UNIT_OPEN: Range = ("in [0, 1)", lambda v: 0 <= v < 1)
+
+
+def option(default: Any = dataclasses.MISSING, *, factory: Optional[Callable[[], Any]] = None,
+           choices: Optional[Sequence[Any]] = None, range: Optional[Range] = None):  # noqa: A002
+    """A config field whose value is checked when a config is loaded (before any data is read):
+    ``choices``, the allowed values (a string option), or ``range``, (text, test) of a numeric one
+    (a list: each item; None, where allowed, is not checked)."""
+    metadata = {}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    if range is not None:
+        metadata["range"] = range
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
 
 @dataclasses.dataclass
 class DataConfig:
-    compression: str = "auto"          # auto: GZIP for *.gz files
-    corrupt_records: str = "fail"      # fail (name file and record) or skip (count and report)
+    compression: str = option("auto", choices=names.COMPRESSIONS)  # auto: GZIP for *.gz files
+    # fail (name file and record) or skip (count and report)
+    corrupt_records: str = option("fail", choices=names.RECORD_POLICIES)
     label: Optional[str] = None        # int64 label field; when set, only events with label >= 1 train
     user_id: str = "user_id"           # the user key, for excluding a user's history in evaluation
-    shuffle_buffer: int = 100_000
-    num_parallel_reads: int = 8
+    shuffle_buffer: int = option(100_000, range=_NON_NEGATIVE)
+    num_parallel_reads: int = option(8, range=_POSITIVE)
     cache: bool = False                # keep the read records in memory after the first epoch (reshuffled each epoch)
     in_memory: bool = False            # training: parse the logs once into memory, each epoch a permutation of all
                                        # examples gathered batch by batch (no per-record work; shuffle_buffer 0: no shuffle)
-    idf_from: str = "logs"             # tfidf text IDF over: logs (every tfidf text of the positive events, both
-                                       # sides) or items (each catalog document once: the usual corpus IDF; needs
-                                       # the items files). logs is the default: it weights the trigrams of queries
-                                       # and relevant documents, and on SciFact dev it beat items by ~0.01 nDCG@10
+    # tfidf text IDF over: logs (every tfidf text of the positive events, both sides) or items (each catalog
+    # document once: the usual corpus IDF; needs the items files). logs is the default: it weights the
+    # trigrams of queries and relevant documents, and on SciFact dev it beat items by ~0.01 nDCG@10
+    idf_from: str = option("logs", choices=("logs", "items"))
 
 
 @dataclasses.dataclass
@@ -42,21 +72,21 @@ class DualAugmentedConfig:
     """Dual augmented towers (DAT): per-ID augmented vectors fed to each tower, trained to mimic the
     other tower's output on positive pairs; optional category alignment of item covariances."""
     query_id: str = "user_id"          # query-side ID feature keying the user's augmented vector a_u
-    mimic_weight: float = 0.5          # the paper's lambda for each of the two mimic losses
+    mimic_weight: float = option(0.5, range=_NON_NEGATIVE)  # the paper's lambda for each of the two mimic losses
     category: Optional[str] = None     # candidate feature whose first value is the item's category
-    alignment_weight: float = 0.0      # weight of the category alignment loss (0: off)
+    alignment_weight: float = option(0.0, range=_NON_NEGATIVE)  # weight of the category alignment loss (0: off)
 
 
 @dataclasses.dataclass
 class GenerativeConfig:
     """Generative interaction: the item tower generates a pseudo query-side vector from item features."""
     targets: List[str] = dataclasses.field(default_factory=lambda: ["item_history"])  # query features rebuilt
-    hidden: List[int] = dataclasses.field(default_factory=lambda: [128])
-    weight: float = 1.0                # weight of the reconstruction loss (positive pairs only)
+    hidden: List[int] = option(factory=lambda: [128], range=_POSITIVE)
+    weight: float = option(1.0, range=_NON_NEGATIVE)  # weight of the reconstruction loss (positive pairs only)
     # concat: g_v joins x_v at the tower input (the towers need their own layers after it);
     # add: x_v + g_v, G's last layer starting at zero, so every tower shape keeps its start (needs
     # the targets' width = the item encodings' width, e.g. query text and document text alike)
-    combine: str = "concat"
+    combine: str = option("concat", choices=("concat", "add"))
 
 
 @dataclasses.dataclass
@@ -65,83 +95,94 @@ class UserGateConfig:
     pooled history (no bias) mixed by a gate g, then dropout. The ID remembers the user, the history
     generalises to the items near theirs; g 0.8 and dropout 0.1 are SimpleX's Gowalla settings."""
     id: str = "user_id"                # the query feature whose embedding is e_id (its width is the output's)
-    weight: float = 0.8                # g; with learned: the gate's initial value, sigmoid(b) of a learned b
+    # g; with learned: the gate's initial value, sigmoid(b) of a learned b
+    weight: float = option(0.8, range=("in (0, 1)", lambda v: 0 < v < 1))
     learned: bool = False
-    dropout: float = 0.1               # on the user vector, before the L2 normalisation
+    dropout: float = option(0.1, range=_UNIT_OPEN)  # on the user vector, before the L2 normalisation
 
 
 @dataclasses.dataclass
 class ModelConfig:
-    hidden: List[int] = dataclasses.field(default_factory=lambda: [256])
-    output_dim: int = 128
+    hidden: List[int] = option(factory=lambda: [256], range=_POSITIVE)
+    output_dim: int = option(128, range=(">= 0 (0: no projection)", lambda v: v >= 0))
     activation: str = "relu"
-    dropout: float = 0.0
+    dropout: float = option(0.0, range=_UNIT_OPEN)
     normalize: bool = True             # L2-normalised outputs: logits are cosines
-    sharing: str = "none"              # none | projection (ADE-SPL) | full (SDE)
+    sharing: str = option("none", choices=SHARING)  # none | projection (ADE-SPL) | full (SDE)
     dual_augmented: Optional[DualAugmentedConfig] = None
     generative: Optional[GenerativeConfig] = None
     user_gate: Optional[UserGateConfig] = None  # SimpleX's gated user tower instead of hidden/projection
-    embedding_l2: float = 0.0          # l2 * sum of squares of the embedding rows a batch looks up, / batch
+    # l2 * sum of squares of the embedding rows a batch looks up, / batch
+    embedding_l2: float = option(0.0, range=_NON_NEGATIVE)
 
 
 @dataclasses.dataclass
 class AdaptiveConfig:
     """Adaptive temperature and margin (JD search, EMNLP 2023): the paper's global defaults."""
-    alpha: float = 0.5
-    delta0: float = 0.01
-    tau0: float = 1 / 30
+    alpha: float = option(0.5, range=_NON_NEGATIVE)
+    delta0: float = option(0.01, range=_NON_NEGATIVE)
+    tau0: float = option(1 / 30, range=_POSITIVE)
     trainable: bool = False
-    symmetric_weight: float = 0.05     # weight w of the item-anchored symmetric term
+    symmetric_weight: float = option(0.05, range=_NON_NEGATIVE)  # weight w of the item-anchored symmetric term
 
 
 @dataclasses.dataclass
 class StreamingLogQConfig:
     """Streaming frequency estimation for logQ (Yi et al. 2019, Algorithms 2-3)."""
-    hash_size: int = 1 << 20
-    num_hashes: int = 2
-    learning_rate: float = 0.01
-    start: str = "first_gap"           # first_gap | paper: see tasks/streaming_frequency.py
+    hash_size: int = option(1 << 20, range=_POSITIVE)
+    num_hashes: int = option(2, range=_POSITIVE)
+    learning_rate: float = option(0.01, range=("in (0, 1]", lambda v: 0 < v <= 1))
+    start: str = option("first_gap", choices=("first_gap", "paper"))  # see tasks/streaming_frequency.py
 
 
 @dataclasses.dataclass
 class TaskConfig:
-    temperature: Optional[float] = 0.2  # cosine logits / 0.2: best of 0.05-0.3 on ML-100K
+    # cosine logits / 0.2: best of 0.05-0.3 on ML-100K
+    temperature: Optional[float] = option(0.2, range=("> 0 (or null for no temperature)", lambda v: v > 0))
     logq: bool = True                  # subtract log of each column's expected count (the sampling mixture)
-    logq_estimator: str = "counts"     # counts (training-log counts) | streaming (Yi et al. 2019)
+    # counts (training-log counts) | streaming (Yi et al. 2019)
+    logq_estimator: str = option("counts", choices=("counts", "streaming"))
     streaming: StreamingLogQConfig = dataclasses.field(default_factory=StreamingLogQConfig)
     remove_accidental_hits: bool = True
-    loss: str = "softmax"              # softmax | hinge | bce | focal | ccl (SimpleX) | bsl (bilateral softmax)
-    loss_reduction: str = "sum"        # TFRS's default; "mean" makes the loss scale-free in batch size
-    bidirectional: str = "none"        # none | sum | mean: add the item->user softmax
-    samtone: str = "none"              # none | query | item | both: same-tower negatives (SamToNe)
-    pair_alpha: float = 0.0            # PAIR: (1 - alpha) L_q + alpha L_p; the paper uses 0.1
+    # softmax | hinge | bce | focal | ccl (SimpleX) | bsl (bilateral softmax): tasks/losses.py
+    loss: str = option("softmax", choices=names.LOSSES)
+    # TFRS's default; "mean" makes the loss scale-free in batch size
+    loss_reduction: str = option("sum", choices=names.REDUCTIONS)
+    bidirectional: str = option("none", choices=("none", "sum", "mean"))  # add the item->user softmax
+    # same-tower negatives (SamToNe)
+    samtone: str = option("none", choices=("none", "query", "item", "both"))
+    pair_alpha: float = option(0.0, range=_UNIT_OPEN)  # PAIR: (1 - alpha) L_q + alpha L_p; the paper uses 0.1
     adaptive: Optional[AdaptiveConfig] = None
-    hard_negatives: int = 0            # keep only the k hardest negatives of each row (0: all)
-    margin: float = 0.1                # hinge margin, in cosine units
-    positive_weight: float = 1.0       # bce: weight of label-1 entries
-    negative_weight: float = 1.0       # bce: weight of label-0 entries
-    focal_gamma: float = 2.0
-    focal_alpha: float = 0.25
-    ccl_margin: float = 0.9            # ccl: negatives pushed while their cosine exceeds it
-    ccl_negative_weight: float = 150.0  # ccl: weight of the mean over negatives
-    bsl_tau2: float = 1.2              # bsl: exponent of the negatives' sum (1: softmax without the positive)
-    batch_recall_k: List[int] = dataclasses.field(default_factory=lambda: [10, 100])
+    hard_negatives: int = option(0, range=_NON_NEGATIVE)  # keep only the k hardest negatives of each row (0: all)
+    margin: float = option(0.1, range=_NON_NEGATIVE)  # hinge margin, in cosine units
+    positive_weight: float = option(1.0, range=_NON_NEGATIVE)  # bce: weight of label-1 entries
+    negative_weight: float = option(1.0, range=_NON_NEGATIVE)  # bce: weight of label-0 entries
+    focal_gamma: float = option(2.0, range=_NON_NEGATIVE)
+    focal_alpha: float = option(0.25, range=_FRACTION)
+    # ccl: negatives pushed while their cosine exceeds it
+    ccl_margin: float = option(0.9, range=("in [-1, 1]", lambda v: -1 <= v <= 1))
+    ccl_negative_weight: float = option(150.0, range=_NON_NEGATIVE)  # ccl: weight of the mean over negatives
+    # bsl: exponent of the negatives' sum (1: softmax without the positive)
+    bsl_tau2: float = option(1.2, range=_POSITIVE)
+    batch_recall_k: List[int] = option(factory=lambda: [10, 100], range=_POSITIVE)
 
 
 @dataclasses.dataclass
 class NegativesConfig:
     """Where each row's negatives come from, mixed within one batch (counts are per batch or per row)."""
     in_batch: bool = True              # the other rows' positives
-    uniform: int = 0                   # per batch: catalog items drawn uniformly (+ in_batch = mixed negative sampling)
-    popularity: int = 0                # per batch: catalog items drawn with p ~ count^popularity_power
-    popularity_power: float = 0.75     # word2vec's unigram^0.75: between uniform and popularity
-    exposure: int = 0                  # per row: items of the same key's unclicked events
+    # per batch: catalog items drawn uniformly (+ in_batch = mixed negative sampling)
+    uniform: int = option(0, range=_NON_NEGATIVE)
+    popularity: int = option(0, range=_NON_NEGATIVE)  # per batch: catalog items drawn with p ~ count^popularity_power
+    # word2vec's unigram^0.75: between uniform and popularity
+    popularity_power: float = option(0.75, range=_NON_NEGATIVE)
+    exposure: int = option(0, range=_NON_NEGATIVE)  # per row: items of the same key's unclicked events
     exposure_key: str = "user_id"      # user_id, or request_id for the same request's exposures
     exposure_field: Optional[str] = None  # field telling unclicked events (default: data.label)
     exposure_below: float = 1.0        # an event is unclicked when field < this
-    mined: int = 0                     # per row: hard negatives mined from a previous run's model
+    mined: int = option(0, range=_NON_NEGATIVE)  # per row: hard negatives mined from a previous run's model
     mined_from: Optional[str] = None   # that run's directory
-    mined_top_k: int = 100             # pool of each user's top-scored non-positive items
+    mined_top_k: int = option(100, range=_POSITIVE)  # pool of each user's top-scored non-positive items
     cross_replica: bool = False        # under a distribution strategy, all replicas' candidates
 
 
@@ -151,55 +192,61 @@ class ValidationConfig:
     user's training items removed): the learning rate is multiplied by ``decay`` after ``decay_patience``
     validations without a new best, training stops after ``patience`` without one, and the best epoch's
     weights are the run's. Defaults: SimpleX's x0.1 on plateau, with room for one decay before stopping."""
-    metric: str = "recall@20"          # recall@K or ndcg@K of ``user_catalog_metrics``
-    every: int = 1                     # validate every N epochs (and after the last)
-    patience: int = 3                  # validations without a new best before stopping (0: never stop)
-    decay: float = 0.1                 # learning-rate factor on a plateau (1: no decay)
-    decay_patience: int = 1            # validations without a new best before decaying
-    min_delta: float = 0.0005          # a new best must beat the old by more than this
+    # recall@K or ndcg@K of ``user_catalog_metrics``
+    metric: str = option("recall@20", range=("recall@K or ndcg@K",
+                                             lambda v: re.fullmatch(r"(recall|ndcg)@[1-9][0-9]*", v)))
+    every: int = option(1, range=_POSITIVE)  # validate every N epochs (and after the last)
+    # validations without a new best before stopping (0: never stop)
+    patience: int = option(3, range=_NON_NEGATIVE)
+    decay: float = option(0.1, range=("in (0, 1]", lambda v: 0 < v <= 1))  # learning-rate factor on a plateau (1: no decay)
+    decay_patience: int = option(1, range=_POSITIVE)  # validations without a new best before decaying
+    min_delta: float = option(0.0005, range=_NON_NEGATIVE)  # a new best must beat the old by more than this
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    batch_size: int = 512
-    epochs: int = 20
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
+    batch_size: int = option(512, range=_POSITIVE)
+    epochs: int = option(20, range=_POSITIVE)
+    optimizer: str = option("adam", choices=names.OPTIMIZERS)  # lazy_adam.OPTIMIZERS
+    learning_rate: float = option(1e-3, range=_POSITIVE)
     seed: int = 0
-    strategy: str = "default"          # default | mirrored | multi_worker (TF_CONFIG)
-    steps_per_epoch: Optional[int] = None
-    keep_checkpoints: int = 3          # newest epoch checkpoints kept (0: all); a 1024-d text model's is ~0.4 GB
+    # default | mirrored | multi_worker (TF_CONFIG): train.STRATEGIES
+    strategy: str = option("default", choices=names.STRATEGIES)
+    steps_per_epoch: Optional[int] = option(None, range=_POSITIVE)
+    # newest epoch checkpoints kept (0: all); a 1024-d text model's is ~0.4 GB
+    keep_checkpoints: int = option(3, range=_NON_NEGATIVE)
     validation: Optional[ValidationConfig] = None  # used when train is given --valid logs
     # constant, or cosine: lr * (1 + cos(pi t / T)) / 2 over the T steps of all epochs, which anneals to 0 at the
     # last epoch without a validation split (the schedule the test protocol can use; decay on plateau needs one)
-    lr_schedule: str = "constant"
+    lr_schedule: str = option("constant", choices=("constant", "cosine"))
     # at least this many steps in all: epochs = max(epochs, ceil(min_steps / steps per epoch)); on a small
     # dataset a few epochs are a few hundred steps, which end training (and a cosine schedule) too early
-    min_steps: int = 0
+    min_steps: int = option(0, range=_NON_NEGATIVE)
 
 
 @dataclasses.dataclass
 class EvalConfig:
-    ks: List[int] = dataclasses.field(default_factory=lambda: [1, 5, 10, 50, 100])
-    batch_size: int = 4096
+    ks: List[int] = option(factory=lambda: [1, 5, 10, 50, 100], range=_POSITIVE)
+    batch_size: int = option(4096, range=_POSITIVE)
 
 
 def _build(where: str, cls, values: Dict[str, Any]):
     """A section dataclass from a mapping, every key and value checked (nested sections recursively)."""
     if not isinstance(values, dict):
         raise ValueError(f"config {where}: expected a mapping, got {quote(values)}")
-    allowed = {f.name for f in dataclasses.fields(cls)}
-    bad = sorted((k for k in values if k not in allowed), key=str)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    bad = sorted((k for k in values if k not in fields), key=str)
     if bad:
-        raise ValueError(f"config section '{where}': unknown key(s) {quote(bad)}; allowed: {sorted(allowed)}")
+        raise ValueError(f"config section '{where}': unknown key(s) {quote(bad)}; allowed: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
         kwargs[name] = _check_type(f"{where}.{name}", value, hints[name])
-        if (where, name) in CHOICES and value not in CHOICES[where, name]:
-            raise ValueError(f"config {where}.{name}: must be one of {CHOICES[where, name]}, got {quote(value)}")
-        if (where, name) in RANGES and value is not None:
-            _check_range(f"{where}.{name}", value, *RANGES[where, name])
+        allowed, limits = fields[name].metadata.get("choices"), fields[name].metadata.get("range")
+        if allowed is not None and value not in allowed:
+            raise ValueError(f"config {where}.{name}: must be one of {allowed}, got {quote(value)}")
+        if limits is not None and value is not None:
+            _check_range(f"{where}.{name}", value, *limits)
     return cls(**kwargs)
 
 
@@ -224,67 +271,6 @@ def _check_type(where: str, value: Any, hint) -> Any:
         return value if isinstance(value, hint) else _build(where, hint, value or {})
     return check_type(f"config {where}", value, hint)
 
-
-#: Losses that train on every event with its label as the target (the others on positives only).
-POINTWISE_LOSSES = ("bce", "focal")
-
-#: Allowed values of the string options, checked when a config is loaded (before any data is read);
-#: the modules that implement an option import its list from here, so it is written once.
-SHARING = ("none", "projection", "full")           # towers.build_towers
-REDUCTIONS = ("sum", "mean")                       # the losses' reduction over rows (tasks/reduction.py)
-CORRUPT_RECORD_POLICIES = ("fail", "skip")         # data.reader
-COMPRESSIONS = ("auto", "GZIP", "ZLIB", "")        # data.reader.compression_of
-OPTIMIZERS = {"adam": "Adam", "adagrad": "Adagrad", "sgd": "SGD", "rmsprop": "RMSprop",
-              "lazy_adam": "LazyAdam"}  # -> keras.optimizers class (LazyAdam: tfrec_towers.lazy_adam)
-
-CHOICES = {("data", "corrupt_records"): CORRUPT_RECORD_POLICIES, ("data", "compression"): COMPRESSIONS,
-           ("data", "idf_from"): ("logs", "items"),
-           ("model", "sharing"): SHARING, ("task", "loss_reduction"): REDUCTIONS,
-           ("task", "loss"): ("softmax", "hinge", "bce", "focal", "ccl", "bsl"), ("task", "bidirectional"): ("none", "sum", "mean"),
-           ("task.streaming", "start"): ("first_gap", "paper"),
-           ("task", "samtone"): ("none", "query", "item", "both"),
-           ("model.generative", "combine"): ("concat", "add"),
-           ("task", "logq_estimator"): ("counts", "streaming"),
-           ("train", "optimizer"): tuple(OPTIMIZERS),
-           ("train", "strategy"): ("default", "mirrored", "multi_worker"),
-           ("train", "lr_schedule"): ("constant", "cosine")}
-
-_POSITIVE = ("> 0", lambda v: v > 0)
-_NON_NEGATIVE = (">= 0", lambda v: v >= 0)
-_FRACTION = ("in [0, 1]", lambda v: 0 <= v <= 1)
-
-#: Allowed ranges of the numeric options (a list option: each item), checked when a config is loaded,
-#: so that a nonsense value fails before any data is read; None (where allowed) is not checked.
-RANGES = {("data", "shuffle_buffer"): _NON_NEGATIVE, ("data", "num_parallel_reads"): _POSITIVE,
-          ("model", "hidden"): _POSITIVE, ("model", "output_dim"): (">= 0 (0: no projection)", lambda v: v >= 0),
-          ("model", "dropout"): ("in [0, 1)", lambda v: 0 <= v < 1),
-          ("model.dual_augmented", "mimic_weight"): _NON_NEGATIVE,
-          ("model.dual_augmented", "alignment_weight"): _NON_NEGATIVE,
-          ("model.generative", "hidden"): _POSITIVE, ("model.generative", "weight"): _NON_NEGATIVE,
-          ("task", "temperature"): ("> 0 (or null for no temperature)", lambda v: v > 0),
-          ("task", "pair_alpha"): ("in [0, 1)", lambda v: 0 <= v < 1), ("task", "hard_negatives"): _NON_NEGATIVE,
-          ("task", "margin"): _NON_NEGATIVE, ("task", "positive_weight"): _NON_NEGATIVE,
-          ("task", "negative_weight"): _NON_NEGATIVE, ("task", "focal_gamma"): _NON_NEGATIVE,
-          ("task", "focal_alpha"): _FRACTION, ("task", "batch_recall_k"): _POSITIVE,
-          ("task", "ccl_margin"): ("in [-1, 1]", lambda v: -1 <= v <= 1), ("task", "ccl_negative_weight"): _NON_NEGATIVE,
-          ("task", "bsl_tau2"): _POSITIVE, ("model", "embedding_l2"): _NON_NEGATIVE,
-          ("model.user_gate", "weight"): ("in (0, 1)", lambda v: 0 < v < 1),
-          ("model.user_gate", "dropout"): ("in [0, 1)", lambda v: 0 <= v < 1),
-          ("train.validation", "metric"): ("recall@K or ndcg@K", lambda v: re.fullmatch(r"(recall|ndcg)@[1-9][0-9]*", v)),
-          ("train.validation", "every"): _POSITIVE, ("train.validation", "patience"): _NON_NEGATIVE,
-          ("train.validation", "decay"): ("in (0, 1]", lambda v: 0 < v <= 1),
-          ("train.validation", "decay_patience"): _POSITIVE, ("train.validation", "min_delta"): _NON_NEGATIVE,
-          ("task.adaptive", "alpha"): _NON_NEGATIVE, ("task.adaptive", "delta0"): _NON_NEGATIVE,
-          ("task.adaptive", "tau0"): _POSITIVE, ("task.adaptive", "symmetric_weight"): _NON_NEGATIVE,
-          ("task.streaming", "hash_size"): _POSITIVE, ("task.streaming", "num_hashes"): _POSITIVE,
-          ("task.streaming", "learning_rate"): ("in (0, 1]", lambda v: 0 < v <= 1),
-          ("negatives", "uniform"): _NON_NEGATIVE, ("negatives", "popularity"): _NON_NEGATIVE,
-          ("negatives", "popularity_power"): _NON_NEGATIVE, ("negatives", "exposure"): _NON_NEGATIVE,
-          ("negatives", "mined"): _NON_NEGATIVE, ("negatives", "mined_top_k"): _POSITIVE,
-          ("train", "batch_size"): _POSITIVE, ("train", "epochs"): _POSITIVE,
-          ("train", "learning_rate"): _POSITIVE, ("train", "steps_per_epoch"): _POSITIVE,
-          ("train", "keep_checkpoints"): _NON_NEGATIVE, ("train", "min_steps"): _NON_NEGATIVE,
-          ("eval", "ks"): _POSITIVE, ("eval", "batch_size"): _POSITIVE}
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "task": TaskConfig, "negatives": NegativesConfig,
             "train": TrainConfig, "eval": EvalConfig}
@@ -374,8 +360,9 @@ def packaged(name: str = "default") -> str:
 # ceiling would refuse what a large machine can do or admit what a small one cannot. Being floors,
 # they only refuse what cannot fit at all; a size just under the memory may still fail later.
 
-#: Float32 slots the optimizer keeps per trainable weight, beside the weight itself.
-OPTIMIZER_SLOTS = {"adam": 2, "lazy_adam": 2, "adagrad": 1, "rmsprop": 1, "sgd": 0}
+# OPTIMIZER_SLOTS, the float32 slots each optimizer keeps per trainable weight, is in tfrec_towers.choices,
+# beside the optimizer names.
+
 #: Bytes TensorFlow's shuffle allocates per buffer slot when its iterator starts, before any record
 #: arrives (a std::vector<Tensor> each: data.shuffle_buffer 10^12 asked for 24 TB and segfaulted).
 SHUFFLE_SLOT_BYTES = 24
@@ -413,43 +400,10 @@ def embedding_tables(features: FeatureSpec, vocab_size=None) -> List[Dict[str, A
     tables: Dict[tuple, Dict[str, Any]] = {}
     by_name = features.by_name
     for f in features.features:
-        if isinstance(f, (S.CategoricalFeature, S.SequenceFeature)):
-            if isinstance(f, S.CategoricalFeature) and not f.tower_input:
-                continue
-            source = f.vocab_source
-            shared = source is not None and getattr(f, "share_embedding", True)
-            key = (source if shared else f.name, f.embedding_dim)
-            if key in tables:
-                continue
-            if f.hash_buckets:
-                rows, how = f.hash_buckets, "hash_buckets"
-            else:
-                src = by_name.get(source, f)
-                if getattr(src, "vocabulary", None):
-                    rows, how = len(src.vocabulary) + src.num_oov, "vocabulary + num_oov"
-                elif vocab_size is not None:
-                    rows, how = vocab_size(source) + src.num_oov, "the training vocabulary + num_oov"
-                elif src.max_vocab is not None:
-                    rows, how = src.max_vocab + src.num_oov, "up to max_vocab + num_oov"
-                else:
-                    rows, how = 1 + src.num_oov, "at least one value + num_oov"
-            tables[key] = {"feature": key[0], "rows": rows, "dim": f.embedding_dim, "how": how}
-        elif isinstance(f, S.TextFeature):
-            tables[(f.name,)] = {"feature": f.name, "rows": f.num_buckets, "dim": f.embedding_dim,
-                                 "how": "num_buckets"}
-        elif isinstance(f, S.TimestampFeature):
-            rows = sum(S.TimestampFeature.BUCKET_SIZES[b] for b in f.buckets)
-            tables[(f.name,)] = {"feature": f.name, "rows": rows, "dim": f.embedding_dim, "how": "calendar buckets"}
+        table = f.embedding_table(by_name, vocab_size)
+        if table is not None and table[0] not in tables:
+            tables[table[0]] = table[1]
     return list(tables.values())
-
-
-def _encoding_width(f: "S.Feature") -> int:
-    """Width of a feature's encoding in its tower's input (the concatenation the first layer reads)."""
-    if isinstance(f, S.NumericFeature):
-        return 1
-    if isinstance(f, S.TimestampFeature):
-        return f.embedding_dim * len(f.buckets)
-    return f.embedding_dim if f.tower_input else 0
 
 
 def check_sizes(config: "Config", vocab_size=None, examples: Optional[int] = None, records: Optional[int] = None,
@@ -486,7 +440,7 @@ def check_sizes(config: "Config", vocab_size=None, examples: Optional[int] = Non
     model = config.model
     units = model.hidden[0] if model.hidden else model.output_dim
     for side in S.SIDES:
-        width = sum(_encoding_width(f) for f in config.features.side(side))
+        width = sum(f.encoding_width for f in config.features.side(side))
         if units and width * units * per_weight > budget:
             raise ValueError(
                 f"model: the {side} tower's first layer is a {width} x {units} matrix of floats (its features' "

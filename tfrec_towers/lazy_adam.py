@@ -11,9 +11,14 @@ base optimizer has already summed duplicate rows), with t the global step:
 and rows outside R keep their values and slots (their moments are not decayed while they are absent:
 the "lazy" part, as TensorFlow Addons' LazyAdam). Dense gradients get Adam's own update. The slots are
 Adam's (``m``, ``v``), so checkpoints move between the two.
+
+``OPTIMIZERS``, at the end: the registry of ``train.optimizer``, every optimizer by its config name (the
+names are in ``tfrec_towers.choices.OPTIMIZERS`` too, with each one's slots, for the config's checks).
 """
 import tensorflow as tf
 import tf_keras as keras
+
+from tfrec_towers import choices
 
 
 @keras.utils.register_keras_serializable(package="tfrec_towers")
@@ -51,3 +56,9 @@ class LazyAdam(keras.optimizers.Adam):
         m.scatter_update(tf.IndexedSlices(m_rows, rows))
         v.scatter_update(tf.IndexedSlices(v_rows, rows))
         variable.scatter_sub(tf.IndexedSlices(alpha * m_rows / (tf.sqrt(v_rows) + epsilon), rows))
+
+
+#: ``train.optimizer`` -> the optimizer class (built with ``learning_rate=``: ``model.make_optimizer``).
+OPTIMIZERS = {"adam": keras.optimizers.Adam, "adagrad": keras.optimizers.Adagrad, "sgd": keras.optimizers.SGD,
+              "rmsprop": keras.optimizers.RMSprop, "lazy_adam": LazyAdam}
+choices.check_registry("train.optimizer", choices.OPTIMIZERS, OPTIMIZERS)

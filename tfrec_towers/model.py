@@ -10,14 +10,14 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
-from tfrec_towers.config import OPTIMIZERS, Config
+from tfrec_towers.config import Config
 from tfrec_towers.features.stats import FeatureStats
 from tfrec_towers.negatives.cross_replica import gather_across_replicas
-from tfrec_towers.lazy_adam import LazyAdam
-from tfrec_towers.tasks import (AdaptiveSymmetricLoss, AdaptiveTemperatureMargin, BilateralSoftmaxLoss,
-                                CosineContrastiveLoss, FocalLoss, HardNegativeMining, HingeLoss, ItemFrequency,
+from tfrec_towers.lazy_adam import OPTIMIZERS
+from tfrec_towers.tasks import (AdaptiveSymmetricLoss, AdaptiveTemperatureMargin, HardNegativeMining, ItemFrequency,
                                 LogQCorrection, PassageCentricLoss, RemoveAccidentalHits, Retrieval, SameTowerNegatives,
-                                StreamingFrequency, Temperature, WeightedBinaryCrossEntropy)
+                                StreamingFrequency, Temperature)
+from tfrec_towers.tasks.losses import loss_kind
 from tfrec_towers.towers import Encodings, ExtraInput, TowerExtensions, build_towers
 from tfrec_towers.towers.dual_augmented import AugmentedVector, CategoryAlignmentLoss, MimicLoss
 from tfrec_towers.towers.generative_interaction import PseudoQueryGenerator, ReconstructionLoss
@@ -72,24 +72,9 @@ class TwoTowerModel(tfrs.Model):
 
 
 def make_loss(config: Config):
-    """The loss over the chain's [rows, columns] logits: softmax cross-entropy, hinge, or pointwise."""
-    t = config.task
-    if t.loss == "softmax":
-        reduction = {"sum": keras.losses.Reduction.SUM,
-                     "mean": keras.losses.Reduction.SUM_OVER_BATCH_SIZE}[t.loss_reduction]
-        return keras.losses.CategoricalCrossentropy(from_logits=True, reduction=reduction)
-    if t.loss == "hinge":
-        return HingeLoss(t.margin, t.loss_reduction)
-    if t.loss == "bce":
-        return WeightedBinaryCrossEntropy(t.positive_weight, t.negative_weight, t.loss_reduction)
-    if t.loss == "ccl":
-        if t.temperature or t.logq:
-            raise ValueError("task.loss ccl reads cosines (its margin is in cosine units): set task.temperature "
-                             "to null and task.logq to false")
-        return CosineContrastiveLoss(t.ccl_margin, t.ccl_negative_weight, t.loss_reduction)
-    if t.loss == "bsl":
-        return BilateralSoftmaxLoss(t.bsl_tau2, t.loss_reduction)
-    return FocalLoss(t.focal_gamma, t.focal_alpha, t.loss_reduction)
+    """The loss over the chain's [rows, columns] logits, ``task.loss`` in the registry ``tasks.losses.LOSSES``:
+    softmax cross-entropy, hinge, pointwise (bce, focal), cosine contrastive (ccl), bilateral softmax (bsl)."""
+    return loss_kind(config.task.loss).build(config.task)
 
 
 def build_task(config: Config, auxiliary_losses=()) -> Retrieval:
@@ -140,7 +125,7 @@ def build_task(config: Config, auxiliary_losses=()) -> Retrieval:
         transforms.append(HardNegativeMining(t.hard_negatives))
     weight = {"none": 1.0, "sum": 1.0, "mean": 0.5}[t.bidirectional]
     batch_metrics = [keras.metrics.TopKCategoricalAccuracy(k=k, name=f"batch_recall_at_{k}")
-                     for k in t.batch_recall_k] if t.loss in ("softmax", "bsl", "ccl") else []
+                     for k in t.batch_recall_k] if loss_kind(t.loss).batch_recall else []
     return Retrieval(transforms=transforms, auxiliary_losses=aux, loss=make_loss(config),
                      batch_metrics=batch_metrics, reverse_transforms=reverse,
                      query_weight=weight * (1.0 - t.pair_alpha), reverse_weight=weight,
@@ -274,10 +259,8 @@ def train_epochs(config: Config, num_examples: int) -> int:
 
 
 def make_optimizer(name: str, learning_rate):
-    """A Keras optimizer by its config name (``config.OPTIMIZERS``); ``lazy_adam`` is ``LazyAdam``;
-    ``learning_rate`` a float or a schedule."""
+    """A Keras optimizer by its config name (the registry ``lazy_adam.OPTIMIZERS``; ``lazy_adam`` is
+    ``LazyAdam``); ``learning_rate`` a float or a schedule."""
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {name!r}")
-    if name == "lazy_adam":
-        return LazyAdam(learning_rate=learning_rate)
-    return getattr(keras.optimizers, OPTIMIZERS[name])(learning_rate=learning_rate)
+    return OPTIMIZERS[name](learning_rate=learning_rate)

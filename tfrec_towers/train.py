@@ -10,6 +10,7 @@ from typing import Optional
 import tensorflow as tf
 import tf_keras as keras
 
+from tfrec_towers import choices
 from tfrec_towers.config import Config, ValidationConfig
 from tfrec_towers.data import reader
 from tfrec_towers.data.inputs import check_training_sizes, compute_stats, make_input, parse_spec, user_histories
@@ -37,17 +38,24 @@ def worker_task() -> Optional[str]:
     return f"{kind}-{index}"
 
 
+def _multi_worker_strategy() -> tf.distribute.Strategy:
+    if "TF_CONFIG" not in os.environ:
+        raise ValueError("strategy multi_worker reads the cluster from TF_CONFIG, which is not set")
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+#: ``train.strategy`` -> a function making it: default (one device), mirrored (all local GPUs/CPU),
+#: multi_worker (the cluster from TF_CONFIG). Names also in ``tfrec_towers.choices.STRATEGIES``.
+STRATEGIES = {"default": tf.distribute.get_strategy, "mirrored": tf.distribute.MirroredStrategy,
+              "multi_worker": _multi_worker_strategy}
+choices.check_registry("train.strategy", choices.STRATEGIES, STRATEGIES)
+
+
 def make_strategy(name: str) -> tf.distribute.Strategy:
-    """default (one device), mirrored (all local GPUs/CPU), multi_worker (cluster from TF_CONFIG)."""
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError("strategy multi_worker reads the cluster from TF_CONFIG, which is not set")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise ValueError(f"strategy must be default, mirrored or multi_worker, got {name!r}")
+    """The distribution strategy ``name`` of ``STRATEGIES``."""
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {choices.STRATEGIES}, got {name!r}")
+    return STRATEGIES[name]()
 
 
 class EpochLog(keras.callbacks.Callback):

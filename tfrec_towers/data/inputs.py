@@ -10,9 +10,9 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import tensorflow as tf
 
-from tfrec_towers.config import POINTWISE_LOSSES, Config, check_sizes
+from tfrec_towers.choices import POINTWISE_LOSSES
+from tfrec_towers.config import Config, check_sizes
 from tfrec_towers.data import reader
-from tfrec_towers.features.spec import NumericFeature
 from tfrec_towers.features.stats import FeatureStats, StatsAccumulator
 
 
@@ -42,7 +42,7 @@ def positives(config: Config) -> Optional[Callable]:
 
 
 def numeric_to_check(config: Config):
-    return [f.name for f in config.features.features if isinstance(f, NumericFeature) and f.impute is None]
+    return [f.name for f in config.features.features if f.finite_required]
 
 
 def compute_stats(config: Config, files, progress=print, items_pattern: Optional[str] = None):

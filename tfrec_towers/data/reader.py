@@ -37,10 +37,21 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import tensorflow as tf
 
-from tfrec_towers.config import COMPRESSIONS, CORRUPT_RECORD_POLICIES
+from tfrec_towers.choices import COMPRESSIONS, RECORD_POLICIES
+from tfrec_towers.features.spec import select  # noqa: F401  (importable from here, where it was)
 from tfrec_towers.record_crc import masked_crc32c
 
-POLICIES = CORRUPT_RECORD_POLICIES
+#: The corrupt-record policies (``data.corrupt_records``; names in ``tfrec_towers.choices``): "fail" raises
+#: ``CorruptRecordError`` naming file and record, "skip" drops the record and counts it (``ScanReport``);
+#: ``check_policy`` refuses any other name, and ``scan`` / ``make_dataset`` act on the two.
+POLICIES = RECORD_POLICIES
+
+
+def check_policy(policy: str, what: str = "corrupt-record policy") -> str:
+    """``policy`` if it is one of ``POLICIES``, else ValueError naming ``what`` and the known policies."""
+    if policy not in POLICIES:
+        raise ValueError(f"{what} must be one of {POLICIES}, got {policy!r}")
+    return policy
 
 
 def _reason(error: tf.errors.OpError) -> str:
@@ -275,8 +286,7 @@ def scan(files: Sequence[str], parse_spec: Dict, on_batch: Optional[Callable[[Di
 
     ``check_finite`` names float features whose NaN/inf values are errors (named with file and record).
     """
-    if policy not in POLICIES:
-        raise ValueError(f"corrupt-record policy must be one of {POLICIES}, got {policy!r}")
+    check_policy(policy)
     report = ScanReport(files=len(files))
 
     def bad(path, record, reason):
@@ -361,16 +371,6 @@ def scan(files: Sequence[str], parse_spec: Dict, on_batch: Optional[Callable[[Di
     return report
 
 
-def select(parsed: Dict, mask: tf.Tensor) -> Dict:
-    """The rows of a parsed batch (dense or ragged features) where ``mask`` is true.
-
-    A gather of the selected rows, costing what they hold: ``tf.ragged.boolean_mask`` with a [batch]
-    mask builds a [batch, longest row] dense mask, 4 GB for one record of 10^6 values in a batch of 4096.
-    """
-    rows = tf.where(mask)[:, 0]
-    return {k: tf.gather(v, rows) for k, v in parsed.items()}
-
-
 # --- the tf.data pipeline -------------------------------------------------------------------------
 
 def make_dataset(files: Sequence[str], parse_spec: Dict, prepare: Callable[[Dict], Dict], batch_size: int,
@@ -385,8 +385,7 @@ def make_dataset(files: Sequence[str], parse_spec: Dict, prepare: Callable[[Dict
     TensorFlow's auto-sharding does that instead. With ``policy="skip"`` records are parsed one by one
     so that a bad one is dropped alone (slower; the scan counts and reports them).
     """
-    if policy not in POLICIES:
-        raise ValueError(f"corrupt-record policy must be one of {POLICIES}, got {policy!r}")
+    check_policy(policy)
     comps = {compression_of(f, compression) for f in files}
     if len(comps) > 1:
         raise ValueError(f"files mix compressions {sorted(comps)}; give one glob per compression")

@@ -28,9 +28,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
+from tfrec_towers.choices import RECORD_POLICIES
 from tfrec_towers.data.writer import check_out_dir, write_log_dataset
 
-POLICIES = ("fail", "skip")
+#: Bad lines: "fail" names file:line, "skip" drops and counts them (the corrupt-record policies' names).
+POLICIES = RECORD_POLICIES
 
 
 class BadLine(ValueError):

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from tfrec_towers.export import filtering
 from tfrec_towers.export.index import Index
-from tfrec_towers.export.layout import INDEX_TYPES
+from tfrec_towers.choices import INDEX_TYPES, check_registry
 from tfrec_towers.export.portable_index import (EXTRA_DEPTH, RECALL_TARGET, PortableIndex, linear_schedule,
                                                 partition, tuned_params)
 from tfrec_towers.export.top_k import SPLITS, split_top_k
@@ -155,10 +155,10 @@ class ScannIndex(Index):
         return tf.cond(tf.size(rows) > 0, deeper, lambda: first)
 
 
-#: index type (``--index``) -> its class.
+#: index type (``--index``) -> its class, each class naming its type (``Index.kind``). The CLI offers the
+#: names without TensorFlow, from ``tfrec_towers.choices.INDEX_TYPES``, checked against this here.
 INDEXES = {cls.kind: cls for cls in (ScannIndex, PortableIndex, BruteForceIndex)}
-if tuple(INDEXES) != INDEX_TYPES:  # layout names them without TensorFlow (the CLI's --index): one list
-    raise RuntimeError(f"export.layout.INDEX_TYPES {INDEX_TYPES} != the index classes' kinds {tuple(INDEXES)}")
+check_registry("index type", INDEX_TYPES, INDEXES)
 
 
 def index_class(kind: str) -> type:

@@ -2,8 +2,8 @@
 
 ``BASE/NAME`` is a model; its integer-named subdirectories are versions (TF Serving ignores every other
 child, so a version staged in ``BASE/NAME/.tmp-*`` and renamed into place appears whole or not at all);
-a version is complete once it holds ``saved_model.pb``. No TensorFlow here: the CLI reads
-``INDEX_TYPES`` for ``--index`` without loading it, and the server imports nothing else of ``export``.
+a version is complete once it holds ``saved_model.pb``. No TensorFlow here: the server imports nothing
+else of ``export``. (The index types, ``--index``, are named in ``tfrec_towers.choices``.)
 """
 import os
 from typing import Dict, List, Optional
@@ -26,8 +26,6 @@ MAX_MESSAGE_BYTES = 64 << 20
 #: output whose width is the export's max-k: named here so that the server checks them without TensorFlow.
 K_INPUT, EXCLUDE_INPUT, ALLOWED_INPUT = "k", "exclude_item_ids", "allowed_item_ids"
 ITEM_IDS_OUTPUT = "item_ids"
-#: The index types (``--index``), in the order of ``export.indexes.INDEXES``, which checks it against this.
-INDEX_TYPES = ("scann", "portable", "brute")
 
 
 def is_version_name(name: str) -> bool:

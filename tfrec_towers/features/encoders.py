@@ -2,7 +2,8 @@
 
 Every encoder takes the dense model input of its feature (see ``Feature.prepare``); ``""`` marks
 padding in multi-valued string inputs and is masked. ``EncoderFactory`` builds them from the spec
-and the training statistics and shares lookup and embedding tables where the spec asks for it.
+and the training statistics and shares lookup and embedding tables where the spec asks for it; each
+feature type picks its builder (``Feature.encoder(factory)``), so no type is told apart here.
 """
 from typing import Dict, Optional, Tuple
 
@@ -205,14 +206,14 @@ class EncoderFactory:
         return self._projections[key]
 
     def _table(self, feature, owner: str) -> LookupEmbedding:
-        """Embedding table keyed by (vocabulary source, dim) when shared, else by the feature."""
+        """Embedding table keyed by (vocabulary source, dim) when shared, else by the feature (``lookup_key``)."""
         source = feature.vocab_source
-        shared = source is not None and getattr(feature, "share_embedding", True)
+        shared = source is not None and feature.share_embedding
         if shared and source != feature.name and self.spec.by_name[source].embedding_dim != feature.embedding_dim:
             raise ValueError(f"feature '{feature.name}' shares the embedding of '{source}' but asks for "
                              f"embedding_dim {feature.embedding_dim} instead of its "
                              f"{self.spec.by_name[source].embedding_dim}; set share_embedding: false or equal dims")
-        key = (source if shared else feature.name, feature.embedding_dim)
+        key = feature.lookup_key
         if key not in self._tables:
             if feature.hash_buckets:
                 table = LookupEmbedding(hash_buckets=feature.hash_buckets, dim=feature.embedding_dim,
@@ -224,24 +225,37 @@ class EncoderFactory:
                     raise ValueError(f"feature '{source}' has an empty vocabulary: no values in the training logs")
                 table = LookupEmbedding(vocabulary=vocab, num_oov=vocab_feature.num_oov, dim=feature.embedding_dim,
                                         l2=self.embedding_l2, vocab_source=source,
-                                        oov_rate=getattr(vocab_feature, "oov_rate", 0.0), name=f"{key[0]}_embedding")
+                                        oov_rate=vocab_feature.oov_rate, name=f"{key[0]}_embedding")
             self._tables[key] = table
         return self._tables[key]
 
     def build(self, feature: "S.Feature") -> keras.layers.Layer:
-        name = f"{feature.name}_encoder"
-        if isinstance(feature, S.CategoricalFeature):
-            return CategoricalEncoder(self._table(feature, feature.name), feature.multivalued, name=name)
-        if isinstance(feature, S.SequenceFeature):
-            return SequenceEncoder(self._table(feature, feature.name), feature.max_len, feature.pooling, name=name)
-        if isinstance(feature, S.NumericFeature):
-            mean, std = self.stats.numeric(feature.name) if feature.normalize else (0.0, 1.0)
-            return NumericEncoder(feature.name, mean, std, feature.impute, name=name)
-        if isinstance(feature, S.TimestampFeature):
-            return TimestampEncoder(feature.buckets, feature.embedding_dim, feature.utc_offset_hours, name=name)
-        if isinstance(feature, S.TextFeature):
-            if feature.combiner != "tfidf":
-                return TextEncoder(feature.num_buckets, feature.embedding_dim, feature.combiner, name=name)
-            return TextEncoder(feature.num_buckets, feature.embedding_dim, "tfidf", self.stats.idf(feature.num_buckets),
-                               self._projection(feature.num_buckets, feature.embedding_dim), name=name)
-        raise TypeError(f"no encoder for feature type {type(feature).__name__}")
+        """The encoder of ``feature``, named ``<feature>_encoder``: the builder below its type picks."""
+        return feature.encoder(self)
+
+    # --- one builder per kind of encoder (``Feature.encoder`` of each feature type calls its own) ---
+    @staticmethod
+    def _name(feature: "S.Feature") -> str:
+        return f"{feature.name}_encoder"
+
+    def categorical(self, feature: "S.CategoricalFeature") -> keras.layers.Layer:
+        return CategoricalEncoder(self._table(feature, feature.name), feature.multivalued, name=self._name(feature))
+
+    def sequence(self, feature: "S.SequenceFeature") -> keras.layers.Layer:
+        return SequenceEncoder(self._table(feature, feature.name), feature.max_len, feature.pooling,
+                               name=self._name(feature))
+
+    def numeric(self, feature: "S.NumericFeature") -> keras.layers.Layer:
+        mean, std = self.stats.numeric(feature.name) if feature.normalize else (0.0, 1.0)
+        return NumericEncoder(feature.name, mean, std, feature.impute, name=self._name(feature))
+
+    def timestamp(self, feature: "S.TimestampFeature") -> keras.layers.Layer:
+        return TimestampEncoder(feature.buckets, feature.embedding_dim, feature.utc_offset_hours,
+                                name=self._name(feature))
+
+    def text(self, feature: "S.TextFeature") -> keras.layers.Layer:
+        name = self._name(feature)
+        if feature.combiner != "tfidf":
+            return TextEncoder(feature.num_buckets, feature.embedding_dim, feature.combiner, name=name)
+        return TextEncoder(feature.num_buckets, feature.embedding_dim, "tfidf", self.stats.idf(feature.num_buckets),
+                           self._projection(feature.num_buckets, feature.embedding_dim), name=name)

@@ -13,6 +13,12 @@ serving signatures. A spec is built from Python objects or from the equivalent d
 
 Model inputs are dense: multi-valued features are right-padded with ``""`` (strings), which every
 encoder masks. Dense inputs keep serving signatures plain tensors, as TF Serving's Predict needs.
+
+Each feature type is one class here, registered by its ``type`` in ``FEATURE_TYPES``, and owns what
+is particular to it: its parsing (``parse_feature``, ``prepare``), its encoder (``encoder(factory)``:
+which of ``features.encoders.EncoderFactory``'s builders makes it), the statistics it needs from the
+training logs (``vocab_source``, ``counts_moments``, ``idf_buckets``) and its sizes (``encoding_width``,
+``embedding_table``). No other module tells the types apart.
 """
 from __future__ import annotations
 
@@ -172,12 +178,19 @@ class Feature:
     #: Whether a record holds a list of values (a field of the categorical types; fixed elsewhere).
     multivalued: ClassVar[bool] = False
 
+    # Options only some types have, with the value that means "not used" for the others (plain class
+    # attributes, not fields: a type that has the option declares it as a field, which overrides these).
+    default = None           # the value of a field absent from a record (None: the field is required)
+    vocabulary = None        # a fixed vocabulary (categorical types), instead of the training logs'
+    vocab_from = None        # the feature whose vocabulary this one reuses (sequence)
+    share_embedding = True   # with ``vocab_from``: the source's embedding table too (sequence)
+    oov_rate = 0.0           # share of training lookups sent to the OOV row (categorical types)
+
     def parse_feature(self):
         """The tf.io feature for this field (scalars required unless a default is given)."""
         if self.multivalued:
             return tf.io.RaggedFeature(_DTYPES[self.dtype], row_splits_dtype=tf.int64)
-        default = getattr(self, "default", None)
-        return tf.io.FixedLenFeature([], _DTYPES[self.dtype], default_value=default)
+        return tf.io.FixedLenFeature([], _DTYPES[self.dtype], default_value=self.default)
 
     @property
     def input_dtype(self) -> tf.DType:
@@ -187,6 +200,11 @@ class Feature:
     def input_signature(self) -> tf.TensorSpec:
         shape = [None, None] if self.multivalued else [None]
         return tf.TensorSpec(shape, self.input_dtype, name=self.name)
+
+    def cut(self, parsed):
+        """A parsed batch of this feature cut to what the encoder keeps (``SequenceFeature``: its last
+        ``max_len`` values); the others keep all."""
+        return parsed
 
     def prepare(self, parsed):
         """Parsed tensor (dense or ragged, raw dtype) -> model input (dense, input dtype)."""
@@ -223,9 +241,70 @@ class Feature:
         """Whether a tower encodes this feature (every feature but an identifier-only ID)."""
         return True
 
+    # --- encoder, statistics and sizes ---------------------------------------------------------------
+    def encoder(self, factory):
+        """This feature's Keras encoder, made by ``factory`` (``features.encoders.EncoderFactory``)."""
+        raise TypeError(f"no encoder for feature type {type(self).__name__}")
+
+    #: Whether the statistics pass takes the mean and standard deviation of the values (``FeatureStats.numeric``).
+    counts_moments: ClassVar[bool] = False
+    #: Whether a NaN or inf value is an error the reader's scan reports (numeric values without ``impute``).
+    finite_required: ClassVar[bool] = False
+
+    @property
+    def idf_buckets(self) -> int:
+        """The trigram buckets whose document frequencies the statistics pass counts in this feature's
+        texts (``FeatureStats.idf``), or 0: none."""
+        return 0
+
+    @property
+    def encoding_width(self) -> int:
+        """Width of this feature's encoding in its tower's input (the concatenation the first layer reads)."""
+        return self.embedding_dim if self.tower_input else 0
+
+    def embedding_table(self, by_name: Dict[str, "Feature"], vocab_size=None) -> Optional[Tuple[Tuple, Dict[str, Any]]]:
+        """(key, {"feature", "rows", "dim", "how"}) of the embedding table the encoder builds, features of
+        equal keys sharing one (``config.embedding_tables``), or None. ``by_name``: the spec's features;
+        ``vocab_size(source)``: a vocabulary's size computed from the data, if known."""
+        return None
+
+
+def _lookup_table(f, by_name, vocab_size):
+    """``Feature.embedding_table`` of a looked-up feature (categorical, sequence): keyed by (vocabulary
+    source if shared, else the feature; dim), rows of the hash buckets or the vocabulary + OOV rows.
+    Without ``vocab_size`` (at config load) a computed vocabulary counts ``max_vocab`` + OOV rows where
+    ``max_vocab`` is set (the most it may hold), else one value + OOV rows (the least)."""
+    key = f.lookup_key
+    if f.hash_buckets:
+        rows, how = f.hash_buckets, "hash_buckets"
+    else:
+        src = by_name.get(f.vocab_source, f)
+        if src.vocabulary:
+            rows, how = len(src.vocabulary) + src.num_oov, "vocabulary + num_oov"
+        elif vocab_size is not None:
+            rows, how = vocab_size(f.vocab_source) + src.num_oov, "the training vocabulary + num_oov"
+        elif src.max_vocab is not None:
+            rows, how = src.max_vocab + src.num_oov, "up to max_vocab + num_oov"
+        else:
+            rows, how = 1 + src.num_oov, "at least one value + num_oov"
+    return key, {"feature": key[0], "rows": rows, "dim": f.embedding_dim, "how": how}
+
+
+class _LookedUp:
+    """What the looked-up types (categorical, ID, sequence) share: a vocabulary or hashing -> an
+    embedding table, shared by the features that name the same vocabulary source."""
+
+    @property
+    def lookup_key(self) -> Tuple[str, int]:
+        """(vocabulary source if its table is shared, else the feature's name; embedding_dim): the
+        features of one key share one embedding table."""
+        source = self.vocab_source
+        shared = source is not None and self.share_embedding
+        return (source if shared else self.name, self.embedding_dim)
+
 
 @dataclasses.dataclass
-class CategoricalFeature(Feature):
+class CategoricalFeature(_LookedUp, Feature):
     """Profile or attribute: string lookup (vocabulary from the training logs) or hashing -> embedding.
 
     Defaults: ``num_oov=1`` sends every unseen value to one bucket; ``min_count=1`` keeps every value
@@ -268,6 +347,12 @@ class CategoricalFeature(Feature):
     def vocab_source(self) -> Optional[str]:
         return None if self.hash_buckets else self.name
 
+    def encoder(self, factory):
+        return factory.categorical(self)
+
+    def embedding_table(self, by_name, vocab_size=None):
+        return _lookup_table(self, by_name, vocab_size) if self.tower_input else None
+
 
 @dataclasses.dataclass
 class IdFeature(CategoricalFeature):
@@ -308,6 +393,22 @@ class NumericFeature(Feature):
     def input_dtype(self):
         return tf.float32
 
+    def encoder(self, factory):
+        return factory.numeric(self)
+
+    @property
+    def counts_moments(self) -> bool:
+        return self.normalize
+
+    @property
+    def finite_required(self) -> bool:
+        """Whether a NaN or inf value is an error (no ``impute``): the input pipeline checks for them."""
+        return self.impute is None
+
+    @property
+    def encoding_width(self) -> int:
+        return 1
+
 
 @dataclasses.dataclass
 class TimestampFeature(Feature):
@@ -336,9 +437,20 @@ class TimestampFeature(Feature):
     def input_dtype(self):
         return tf.int64
 
+    def encoder(self, factory):
+        return factory.timestamp(self)
+
+    @property
+    def encoding_width(self) -> int:
+        return self.embedding_dim * len(self.buckets)
+
+    def embedding_table(self, by_name, vocab_size=None):
+        rows = sum(self.BUCKET_SIZES[b] for b in self.buckets)
+        return (self.name,), {"feature": self.name, "rows": rows, "dim": self.embedding_dim, "how": "calendar buckets"}
+
 
 @dataclasses.dataclass
-class SequenceFeature(Feature):
+class SequenceFeature(_LookedUp, Feature):
     """Behaviour history: variable-length list of IDs, most recent last; empty lists are valid.
 
     Only the last ``max_len`` values are kept. ``vocab_from`` names an ID feature (e.g. item_id)
@@ -382,6 +494,12 @@ class SequenceFeature(Feature):
     def prepare(self, parsed):
         return super().prepare(self.cut(parsed))
 
+    def encoder(self, factory):
+        return factory.sequence(self)
+
+    def embedding_table(self, by_name, vocab_size=None):
+        return _lookup_table(self, by_name, vocab_size)
+
 
 @dataclasses.dataclass
 class TextFeature(Feature):
@@ -414,6 +532,17 @@ class TextFeature(Feature):
             raise ValueError(f"feature '{self.name}': combiner must be one of {self.COMBINERS}, got {quote(self.combiner)}")
         if self.num_buckets <= 0 or self.embedding_dim <= 0:
             raise ValueError(f"feature '{self.name}': num_buckets and embedding_dim must be positive")
+
+    def encoder(self, factory):
+        return factory.text(self)
+
+    @property
+    def idf_buckets(self) -> int:
+        return self.num_buckets if self.combiner == "tfidf" else 0
+
+    def embedding_table(self, by_name, vocab_size=None):
+        return (self.name,), {"feature": self.name, "rows": self.num_buckets, "dim": self.embedding_dim,
+                              "how": "num_buckets"}
 
 
 FEATURE_TYPES = {cls.type: cls for cls in (IdFeature, CategoricalFeature, NumericFeature, TimestampFeature,
@@ -469,7 +598,7 @@ class FeatureSpec:
         for f in self.features:
             if f.dtype not in _DTYPES:
                 raise ValueError(f"feature '{f.name}': dtype must be one of {sorted(_DTYPES)}, got {quote(f.dtype)}")
-            src = getattr(f, "vocab_from", None)
+            src = f.vocab_from
             if src and src not in by_name:
                 raise ValueError(f"feature '{f.name}': vocab_from names unknown feature '{src}'")
             if src and not isinstance(by_name[src], CategoricalFeature):
@@ -498,7 +627,7 @@ class FeatureSpec:
     def cut_sequences(self, parsed: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         """A parsed batch with each sequence feature cut to its last ``max_len`` values (``SequenceFeature.cut``)."""
         by_name = self.by_name
-        return {k: by_name[k].cut(v) if isinstance(by_name.get(k), SequenceFeature) else v for k, v in parsed.items()}
+        return {k: by_name[k].cut(v) if k in by_name else v for k, v in parsed.items()}
 
     def prepare(self, parsed: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         """Parsed batch -> model inputs (features the spec does not name pass through unchanged)."""
@@ -536,6 +665,16 @@ class FeatureSpec:
     @classmethod
     def load(cls, path: str) -> "FeatureSpec":
         return cls.from_dict(load_mapping(path))
+
+
+def select(parsed: Dict, mask: tf.Tensor) -> Dict:
+    """The rows of a parsed batch (dense or ragged features) where ``mask`` is true.
+
+    A gather of the selected rows, costing what they hold: ``tf.ragged.boolean_mask`` with a [batch]
+    mask builds a [batch, longest row] dense mask, 4 GB for one record of 10^6 values in a batch of 4096.
+    """
+    rows = tf.where(mask)[:, 0]
+    return {k: tf.gather(v, rows) for k, v in parsed.items()}
 
 
 def load_mapping(path: str) -> Dict[str, Any]:

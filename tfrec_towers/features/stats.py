@@ -10,6 +10,8 @@
   texts share one table, so that shared and separate towers weight a trigram alike), or over the
   catalog's documents (``data.idf_from: items``, ``add_catalog_texts``).
 
+Each feature type says which of these it needs (``Feature.vocab_source``, ``counts_moments``,
+``idf_buckets``); the accumulator sees parsed batches and never the readers that make them.
 A warm-started run (``train --warm-start``) continues the previous run's statistics: ``continue_stats``.
 """
 import collections
@@ -20,8 +22,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from tfrec_towers.data.reader import select
 from tfrec_towers.features import spec as S
+from tfrec_towers.features.spec import select
 from tfrec_towers.features.dssm_word_hashing import word_hash
 
 
@@ -123,10 +125,9 @@ class StatsAccumulator:
         self.count = self.filtered = 0
         self.vocab = collections.defaultdict(collections.Counter)
         self.items = collections.Counter()
-        self.moments = {f.name: np.zeros(3) for f in spec.features
-                        if isinstance(f, S.NumericFeature) and f.normalize}
-        self.tfidf = [f for f in spec.features if isinstance(f, S.TextFeature) and f.combiner == "tfidf"]
-        self.df = {f.num_buckets: np.zeros(f.num_buckets, np.int64) for f in self.tfidf}
+        self.moments = {f.name: np.zeros(3) for f in spec.features if f.counts_moments}
+        self.tfidf = [f for f in spec.features if f.idf_buckets]
+        self.df = {f.idf_buckets: np.zeros(f.idf_buckets, np.int64) for f in self.tfidf}
         self.texts = collections.Counter()
         self.catalog_ids = set()
 
@@ -138,7 +139,7 @@ class StatsAccumulator:
         self.count += int(parsed[self.spec.item_id].shape[0])
         for f in self.spec.features:
             source = f.vocab_source
-            if source is not None and not getattr(self.spec.by_name[source], "vocabulary", None):
+            if source is not None and not self.spec.by_name[source].vocabulary:
                 self._count(self.vocab[source], _flat(parsed[f.name]))
             if f.name in self.moments:
                 x = _flat(parsed[f.name]).astype(np.float64)
@@ -162,10 +163,11 @@ class StatsAccumulator:
 
     def _count_texts(self, parsed: Dict[str, tf.Tensor], features) -> None:
         for f in features:
-            ids = word_hash(tf.reshape(parsed[f.name], [-1]), f.num_buckets)
-            pairs = np.unique(ids.value_rowids().numpy() * f.num_buckets + ids.flat_values.numpy())
-            self.df[f.num_buckets] += np.bincount(pairs % f.num_buckets, minlength=f.num_buckets)
-            self.texts[f.num_buckets] += int(ids.nrows())
+            n = f.idf_buckets
+            ids = word_hash(tf.reshape(parsed[f.name], [-1]), n)
+            pairs = np.unique(ids.value_rowids().numpy() * n + ids.flat_values.numpy())
+            self.df[n] += np.bincount(pairs % n, minlength=n)
+            self.texts[n] += int(ids.nrows())
 
     @staticmethod
     def _count(counter: collections.Counter, values: np.ndarray) -> None:

@@ -1,10 +1,21 @@
-"""Per-row losses of the auxiliary objectives and their row-weighted reduction to one scalar."""
+"""Per-row losses of the auxiliary objectives and their row-weighted reduction to one scalar.
+
+``REDUCTIONS``: the registry of ``task.loss_reduction`` (names in ``tfrec_towers.choices``): each name ->
+Keras's equivalent reduction, for Keras's own losses (softmax cross-entropy); the package's losses
+reduce their rows with ``reduce_rows``.
+"""
 from typing import Optional
 
 import tensorflow as tf
+import tf_keras as keras
 
-from tfrec_towers.config import REDUCTIONS
+from tfrec_towers import choices
 from tfrec_towers.tasks.chain import MIN_LOGIT, RetrievalContext
+
+#: ``task.loss_reduction`` -> the Keras reduction of Keras's own losses: "sum" of the rows, or their
+#: "mean" (SUM_OVER_BATCH_SIZE); ``reduce_rows`` is the same reduction with row weights.
+REDUCTIONS = {"sum": keras.losses.Reduction.SUM, "mean": keras.losses.Reduction.SUM_OVER_BATCH_SIZE}
+choices.check_registry("task.loss_reduction", choices.REDUCTIONS, REDUCTIONS)
 
 
 def anchor_softmax_loss(positive: tf.Tensor, negatives: tf.Tensor, excluded: tf.Tensor) -> tf.Tensor:
@@ -25,7 +36,7 @@ def row_weights(context: RetrievalContext) -> Optional[tf.Tensor]:
 
 def check_reduction(reduction: str) -> str:
     if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        raise ValueError(f"reduction must be one of {choices.REDUCTIONS}, got {reduction!r}")
     return reduction
 
 
