@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 from tfrec_towers.tasks.adaptive_temperature_margin import AdaptiveSymmetricLoss, AdaptiveTemperatureMargin
-from tfrec_towers.tasks.retrieval import (MIN_LOGIT, LogQCorrection, RemoveAccidentalHits, Retrieval,
-                                          RetrievalContext, Temperature)
+from tfrec_towers.tasks.chain import MIN_LOGIT, LogQCorrection, RemoveAccidentalHits, RetrievalContext, Temperature
+from tfrec_towers.tasks.retrieval import Retrieval
 from tfrec_towers.tasks.samtone import SameTowerNegatives
 
 from loss_reference import cos, random_batch, reduce

@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 from tfrec_towers.tasks.margin_loss import HingeLoss
-from tfrec_towers.tasks.retrieval import MIN_LOGIT, RemoveAccidentalHits, Retrieval
+from tfrec_towers.tasks.chain import MIN_LOGIT, RemoveAccidentalHits
+from tfrec_towers.tasks.retrieval import Retrieval
 
 ITEM_IDS = ["a", "b", "c", "a", "d", "e", "b", "f"]
 

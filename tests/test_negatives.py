@@ -17,7 +17,7 @@ from tfrec_towers.negatives.exposure import collect_unclicked
 from tfrec_towers.negatives.mixed_negative_sampling import mixture_expected_counts
 from tfrec_towers.negatives.sources import Negatives, popularity_distribution
 from tfrec_towers.tasks import RemoveAccidentalHits, Retrieval, RetrievalContext
-from tfrec_towers.tasks.retrieval import MIN_LOGIT
+from tfrec_towers.tasks.chain import MIN_LOGIT
 from tests.test_train_e2e import subprocess_env
 from tfrec_towers.data import reader
 

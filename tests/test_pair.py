@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 from tfrec_towers.tasks.pair import PassageCentricLoss
-from tfrec_towers.tasks.retrieval import RemoveAccidentalHits, Retrieval, RetrievalContext, Temperature
+from tfrec_towers.tasks.chain import RemoveAccidentalHits, RetrievalContext, Temperature
+from tfrec_towers.tasks.retrieval import Retrieval
 
 from loss_reference import cos, random_batch, reduce
 

@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 from tfrec_towers.tasks.pointwise_loss import FocalLoss, WeightedBinaryCrossEntropy
-from tfrec_towers.tasks.retrieval import MIN_LOGIT, RemoveAccidentalHits, Retrieval, Temperature
+from tfrec_towers.tasks.chain import MIN_LOGIT, RemoveAccidentalHits, Temperature
+from tfrec_towers.tasks.retrieval import Retrieval
 
 ITEM_IDS = ["a", "b", "c", "a", "d", "e", "b", "f"]
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrec_towers.tasks.retrieval import (MIN_LOGIT, RemoveAccidentalHits, Retrieval, RetrievalContext,
-                                          Temperature)
+from tfrec_towers.tasks.chain import MIN_LOGIT, RemoveAccidentalHits, RetrievalContext, Temperature
+from tfrec_towers.tasks.retrieval import Retrieval
 from tfrec_towers.tasks.samtone import SameTowerNegatives
 
 from loss_reference import cos, random_batch

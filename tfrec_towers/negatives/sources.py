@@ -39,10 +39,6 @@ class Negatives(keras.layers.Layer):
         self._keyed = list(keyed_sources)
         self._logits = [tf.math.log(tf.reshape(tf.cast(q, tf.float32), [1, -1])) for _, _, q in self.catalog_sources]
 
-    @property
-    def any_sampled(self) -> bool:
-        return bool(self.catalog_sources or self._keyed)
-
     def sample(self, features) -> Optional[tf.Tensor]:
         """Catalog rows of this batch's extra negatives: catalog sources, then per-key sources."""
         parts: List[tf.Tensor] = []

@@ -16,7 +16,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
-from tfrec_towers.tasks.chain import (  # noqa: F401  (the chain's pieces, importable from here too)
+from tfrec_towers.tasks.chain import (
     MIN_LOGIT,
     AuxiliaryLoss,
     LogitTransform,
@@ -24,7 +24,6 @@ from tfrec_towers.tasks.chain import (  # noqa: F401  (the chain's pieces, impor
     RemoveAccidentalHits,
     RetrievalContext,
     Temperature,
-    Untracked,
 )
 from tfrec_towers.tasks.hard_negative_mining import HardNegativeMining
 
