@@ -3,6 +3,8 @@
 Importing the package makes TensorFlow use Keras 2 (``tf_keras``), which TensorFlow Recommenders
 needs: ``TF_USE_LEGACY_KERAS=1`` must be set before TensorFlow is first imported. If TensorFlow
 was already imported with Keras 3 that is impossible, and we fail with a message saying what to do.
+That is the only process-wide setting the import makes: TensorFlow's logging is left to the
+application (the ``tfrec-towers`` command quiets it).
 """
 import os
 import sys
@@ -12,7 +14,6 @@ __version__ = "0.1.0"
 
 def _use_keras2() -> None:
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if "tensorflow" not in sys.modules:
         return
     # TensorFlow is already imported: tf.keras is resolved lazily on first access, so the variable

@@ -378,9 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _before_tensorflow(argv) -> None:
-    """What must be decided before TensorFlow loads (building the parser loads it): for ``serve``, oneDNN
-    off unless the environment says otherwise, so that a large request's memory goes back to the system
-    once answered (``tfrec_towers/serving/memory.py``)."""
+    """What must be decided before TensorFlow loads (building the parser loads it): TensorFlow's C++ logs
+    at warnings and above unless the environment says otherwise (the command's own output stays readable;
+    the library itself leaves logging to the application); for ``serve``, oneDNN off unless the
+    environment says otherwise, so that a large request's memory goes back to the system once answered
+    (``tfrec_towers/serving/memory.py``)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if list(argv[:1]) == ["serve"]:
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
@@ -388,8 +391,6 @@ def _before_tensorflow(argv) -> None:
 def main(argv=None):
     _before_tensorflow(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
-
     try:
         return args.func(args) or 0
     except (ValueError, FileNotFoundError, FileExistsError, BlockingIOError) as e:  # BlockingIOError: run in use
