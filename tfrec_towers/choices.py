@@ -25,6 +25,10 @@ already, on the feature classes (``Feature.type``); each class owns its parsing,
 """
 from typing import Iterable, Tuple
 
+__all__ = ["COMPRESSIONS", "INDEX_TYPES", "LOSSES", "OPTIMIZERS", "OPTIMIZER_SLOTS", "POINTWISE_LOSSES",
+           "RECORD_POLICIES", "REDUCTIONS", "SHARING", "STRATEGIES", "check_registry"]
+
+
 #: ``task.loss``: softmax cross-entropy, hinge, pointwise BCE and focal, SimpleX's cosine contrastive
 #: loss, the bilateral softmax loss.
 LOSSES = ("softmax", "hinge", "bce", "focal", "ccl", "bsl")

@@ -24,6 +24,11 @@ from tfrec_towers.choices import OPTIMIZER_SLOTS, SHARING  # noqa: F401  (SHARIN
 from tfrec_towers.features import spec as S
 from tfrec_towers.features.spec import FeatureSpec, check_type, load_mapping, load_yaml, quote
 
+__all__ = ["AdaptiveConfig", "Config", "DataConfig", "DualAugmentedConfig", "EvalConfig", "GenerativeConfig",
+           "ModelConfig", "NegativesConfig", "PACKAGED", "SECTIONS", "StreamingLogQConfig", "TaskConfig", "TrainConfig",
+           "UserGateConfig", "ValidationConfig", "check_sizes", "embedding_tables", "memory_budget", "packaged"]
+
+
 PACKAGED = os.path.join(os.path.dirname(__file__), "configs")
 
 #: A numeric option's allowed range: (text for the error, test of one value); a list option: each item.

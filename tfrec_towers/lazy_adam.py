@@ -21,6 +21,9 @@ import tf_keras as keras
 from tfrec_towers import choices
 
 
+__all__ = ["LazyAdam", "OPTIMIZERS"]
+
+
 @keras.utils.register_keras_serializable(package="tfrec_towers")
 class LazyAdam(keras.optimizers.Adam):
     """``keras.optimizers.Adam`` with row-sparse updates for ``IndexedSlices`` gradients (module docstring).

@@ -15,6 +15,9 @@ from tfrec_towers.negatives.catalog import ItemCatalog, KeyedItems
 from tfrec_towers.run import RunDir, load_model
 
 
+__all__ = ["mine_hard_negatives"]
+
+
 def mine_hard_negatives(run_dir: str, train_pattern: str, items_pattern: str, catalog: ItemCatalog,
                         top_k: int = 100, progress=print) -> KeyedItems:
     """user -> catalog rows of the previous run's top ``top_k`` items that are not the user's positives."""

@@ -23,6 +23,10 @@ from tfrec_towers.towers.dual_augmented import AugmentedVector, CategoryAlignmen
 from tfrec_towers.towers.generative_interaction import PseudoQueryGenerator, ReconstructionLoss
 
 
+__all__ = ["TwoTowerModel", "build_model", "build_task", "learning_rate_schedule", "make_loss", "make_optimizer",
+           "steps_per_epoch", "train_epochs"]
+
+
 class TwoTowerModel(tfrs.Model):
     """Query tower, candidate tower and a Retrieval task; ``features`` is one batch of model inputs.
 

@@ -9,6 +9,9 @@ No TensorFlow import: the serving side uses it too.
 from typing import List
 
 
+__all__ = ["crc32c", "masked_crc32c"]
+
+
 def _table() -> List[int]:
     table = []
     for byte in range(256):

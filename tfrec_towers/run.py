@@ -32,6 +32,10 @@ from tfrec_towers.features.stats import FeatureStats
 from tfrec_towers.model import TwoTowerModel, build_model
 
 
+__all__ = ["DamagedCheckpointError", "RunDir", "RunInUseError", "dummy_batch", "file_fingerprints", "load_model",
+           "restore_weights", "write_atomic"]
+
+
 class RunDir:
     def __init__(self, path: str):
         self.path = os.path.abspath(path)

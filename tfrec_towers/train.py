@@ -23,6 +23,9 @@ from tfrec_towers.run import RunDir, dummy_batch, file_fingerprints, write_atomi
 from tfrec_towers.warm_start import WarmStartError, config_changes, copy_previous, previous_run, previous_step
 
 
+__all__ = ["STRATEGIES", "Validation", "build_trainable", "make_strategy", "train"]
+
+
 def worker_task() -> Optional[str]:
     """This process's task in TF_CONFIG's cluster (``"worker-1"``), or None for the chief / no cluster.
 

@@ -21,6 +21,9 @@ from tfrec_towers.features.encoders import LookupEmbedding
 from tfrec_towers.model import build_model, make_optimizer
 from tfrec_towers.run import RunDir, dummy_batch, restore_weights
 
+__all__ = ["WarmStartError", "config_changes", "copy_previous", "previous_run", "previous_step"]
+
+
 #: Config paths whose change makes a previous run's weights meaningless (prefixes of dotted paths),
 #: and the exceptions under them that only change how training goes on.
 INCOMPATIBLE = ("features", "model", "task.adaptive", "task.logq", "task.logq_estimator", "task.streaming")

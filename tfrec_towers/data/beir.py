@@ -38,6 +38,9 @@ import pandas as pd
 from tfrec_towers.data.user_item_lists import POLICIES, BadLine, ReadReport
 from tfrec_towers.data.writer import check_out_dir, write_log_dataset
 
+__all__ = ["BeirData", "convert_beir", "corpus_pairs", "read_beir", "sentences", "split_queries"]
+
+
 SPLITS = ("dev", "test")
 CORPUS_PAIRS = ("title", "ict")
 EVENT_KINDS = {"query_id": "bytes", "query_text": "bytes", "item_id": "bytes", "document": "bytes",

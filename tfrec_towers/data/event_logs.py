@@ -44,6 +44,11 @@ import tensorflow as tf
 
 from tfrec_towers.data.writer import EVENT_KINDS, serialize
 
+__all__ = ["DateWindow", "Inputs", "LogSchema", "add_arguments", "build_training_examples", "click_counts",
+           "read_events", "read_rows", "read_table", "schema_from_args", "select_inputs", "shard_path", "user_examples",
+           "window_from_args", "write_outputs", "write_shard"]
+
+
 HOLDOUTS = ("none", "last")
 KINDS = {**EVENT_KINDS, "exposure_negatives": "bytes"}
 

@@ -16,6 +16,10 @@ from tfrec_towers.data import reader
 from tfrec_towers.features.stats import FeatureStats, StatsAccumulator
 
 
+__all__ = ["check_training_sizes", "compute_stats", "decode", "first_occurrences", "make_input", "parse_spec",
+           "positives", "scan_logs", "user_histories"]
+
+
 def parse_spec(config: Config, *extra: str):
     """The parse spec of all spec features, plus the label and any ``extra`` int64/string keys."""
     spec = config.features.parse_spec()

@@ -41,6 +41,10 @@ from tfrec_towers.choices import COMPRESSIONS, RECORD_POLICIES
 from tfrec_towers.features.spec import select  # noqa: F401  (importable from here, where it was)
 from tfrec_towers.record_crc import masked_crc32c
 
+__all__ = ["CorruptRecordError", "POLICIES", "ScanReport", "check_policy", "check_schema", "compression_of",
+           "frame_error", "in_memory_dataset", "list_files", "load_examples", "make_dataset", "record_dataset", "scan"]
+
+
 #: The corrupt-record policies (``data.corrupt_records``; names in ``tfrec_towers.choices``): "fail" raises
 #: ``CorruptRecordError`` naming file and record, "skip" drops the record and counts it (``ScanReport``);
 #: ``check_policy`` refuses any other name, and ``scan`` / ``make_dataset`` act on the two.

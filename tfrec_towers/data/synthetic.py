@@ -25,6 +25,9 @@ import pandas as pd
 
 from tfrec_towers.data.writer import AGE_BUCKETS, age_bucket, check_out_dir, past_items, write_log_dataset
 
+__all__ = ["DEVICES", "GENRES", "GENRE_WORDS", "generate_synthetic"]
+
+
 GENRE_WORDS = {
     "Action": ("Fury", "Strike", "Bullet", "Vengeance", "Mission", "Fist", "Blaze", "Warrior"),
     "Adventure": ("Quest", "Island", "Treasure", "Journey", "Voyage", "Lost", "Expedition", "Jungle"),

@@ -31,6 +31,10 @@ import pandas as pd
 from tfrec_towers.choices import RECORD_POLICIES
 from tfrec_towers.data.writer import check_out_dir, write_log_dataset
 
+__all__ = ["BadLine", "POLICIES", "ReadReport", "convert_user_item_lists", "merge_lists", "read_user_item_lists",
+           "train_histories"]
+
+
 #: Bad lines: "fail" names file:line, "skip" drops and counts them (the corrupt-record policies' names).
 POLICIES = RECORD_POLICIES
 

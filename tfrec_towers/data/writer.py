@@ -27,6 +27,10 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+__all__ = ["AGE_BUCKETS", "EVENT_KINDS", "ITEM_KINDS", "KINDS", "age_bucket", "check_out_dir", "past_items",
+           "serialize", "to_example", "write_log_dataset", "write_tfrecords"]
+
+
 KINDS = ("int64", "float", "bytes")
 
 #: Kinds of the event features. ``device`` is written by the synthetic generator only.

@@ -29,6 +29,9 @@ import numpy as np
 from tfrec_towers.evaluation.embeddings import embed_catalog, embed_events
 from tfrec_towers.run import RunDir, load_model
 
+__all__ = ["COLOURS", "METHODS", "format_report", "project_2d", "write_embedding_report"]
+
+
 COLOURS = {"queries": "tab:blue", "items": "tab:orange", "query_query": "tab:blue", "item_item": "tab:orange",
            "query_item": "tab:green", "query_true_item": "tab:red"}
 METHODS = ("pca", "tsne")

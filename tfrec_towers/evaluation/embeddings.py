@@ -7,6 +7,9 @@ from tfrec_towers.data import reader
 from tfrec_towers.data.inputs import decode, first_occurrences, parse_spec, positives, scan_logs
 
 
+__all__ = ["embed_catalog", "embed_events"]
+
+
 def embed_catalog(model, config: Config, items_pattern: str, progress=print):
     """Item IDs (unique, first occurrence kept) and their candidate-tower embeddings."""
     spec = config.features.parse_spec("candidate")

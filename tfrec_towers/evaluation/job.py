@@ -26,6 +26,10 @@ from tfrec_towers.evaluation.metrics import MISSING, catalog_metrics, metrics_fr
 from tfrec_towers.run import RunDir, load_model
 
 
+__all__ = ["evaluate_run", "evaluate_saved_model", "evaluate_users", "export_version_dir", "format_metrics",
+           "saved_model_answers"]
+
+
 def evaluate_users(model, config: Config, eval_pattern: str, items_pattern: str, history,
                    ks: Sequence[int] = (20,), chunk: int = 1024, progress=print) -> Dict:
     """``user_catalog_metrics`` of a model on TFRecord logs; ``history`` is {user: item set} or the

@@ -8,6 +8,9 @@ from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
+__all__ = ["MISSING", "scored_chunks", "target_ranks", "top_k"]
+
+
 #: The rank of an eval target that is not in the catalog: never a hit, contributes 0 to NDCG and MRR.
 MISSING = -1
 

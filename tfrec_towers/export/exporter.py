@@ -38,6 +38,9 @@ from tfrec_towers.export.versions import staged_version
 from tfrec_towers.features.spec import FeatureSpec
 from tfrec_towers.run import RunDir, load_model
 
+__all__ = ["WARMUP_ROWS", "export_run", "read_metadata", "refresh_items", "weights_fingerprint"]
+
+
 #: Namespaced custom ops allowed in an export: ScaNN's (``Scann>...``) and tensorflow-text's.
 NAMESPACES = ["Scann", "TFText"]
 #: Rows of the larger warm-up request of each signature (the other has one row, the common case):

@@ -15,6 +15,9 @@ import tensorflow as tf
 from tfrec_towers.export import filtering
 
 
+__all__ = ["Index"]
+
+
 class Index(tf.Module):
     """Base of the index types: checks the catalog once and holds ``k`` (at most the catalog size),
     ``max_k`` (the widest filtered answer, at most the catalog size), ``params`` (the tuned or given

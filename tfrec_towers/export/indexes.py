@@ -22,6 +22,9 @@ from tfrec_towers.export.portable_index import (EXTRA_DEPTH, RECALL_TARGET, Port
 from tfrec_towers.export.top_k import SPLITS, split_top_k
 
 
+__all__ = ["BruteForceIndex", "INDEXES", "ScannIndex", "ScannMissingError", "build_index", "index_class"]
+
+
 class BruteForceIndex(Index):
     """Exact top-K: ``scores = q E^T`` over the whole catalog.
 

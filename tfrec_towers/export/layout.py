@@ -8,6 +8,11 @@ else of ``export``. (The index types, ``--index``, are named in ``tfrec_towers.c
 import os
 from typing import Dict, List, Optional
 
+__all__ = ["ITEM_IDS_OUTPUT", "MAX_MESSAGE_BYTES", "MAX_WARMUP_RECORDS", "METADATA_ASSET", "METADATA_FILE",
+           "SAVED_MODEL_FILE", "STAGING_PREFIX", "WARMUP_FILE", "latest_version", "list_versions", "model_names",
+           "version_dirs"]
+
+
 #: Prefix of a version's staging directory, ``BASE/NAME/.tmp-<version>-<host>-<pid>``: not an integer
 #: name, so no server takes it for a version, and it starts with "." so no server takes it for a model.
 STAGING_PREFIX = ".tmp-"

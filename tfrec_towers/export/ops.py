@@ -16,6 +16,9 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from tfrec_towers.export.layout import SAVED_MODEL_FILE
 
+__all__ = ["ops_report"]
+
+
 _CLASSIFY = r"""
 import json, sys
 from tensorflow.python.framework import op_def_registry as reg

@@ -23,6 +23,9 @@ from tfrec_towers.export import filtering
 from tfrec_towers.export.filtering import DepthSchedule
 from tfrec_towers.export.index import Index
 
+__all__ = ["EXTRA_DEPTH", "PortableIndex", "RECALL_TARGET", "linear_schedule", "partition", "tuned_params"]
+
+
 RECALL_TARGET = 0.96  # of the tuned probe count: the benchmark's 0.95 plus the estimate's sampling error
 
 

@@ -31,6 +31,9 @@ from tfrec_towers.export.layout import ALLOWED_INPUT, EXCLUDE_INPUT, K_INPUT
 from tfrec_towers.features.spec import FeatureSpec
 
 
+__all__ = ["FILTERED_SIGNATURES", "RetrievalModule", "filter_parse_spec"]
+
+
 #: The inputs the filtered signatures add to the query features (names no query feature may take).
 FILTER_INPUTS = (K_INPUT, EXCLUDE_INPUT, ALLOWED_INPUT)
 #: The filtered signatures: name -> whether it takes ``allowed_item_ids``.

@@ -7,6 +7,9 @@ then the ``splits x k`` survivors: 1.85 ms on 2 cores with 4 slices (2 slices: 1
 """
 import tensorflow as tf
 
+__all__ = ["SPLITS", "split_top_k"]
+
+
 SPLITS = 4
 
 

@@ -24,6 +24,9 @@ from typing import Iterator, List, Tuple
 from tfrec_towers.export.layout import STAGING_PREFIX, latest_version, list_versions  # noqa: F401
 
 
+__all__ = ["staged_version"]
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -9,3 +9,6 @@ from tfrec_towers.features.spec import (  # noqa: F401
     TextFeature,
     TimestampFeature,
 )
+
+__all__ = ["CategoricalFeature", "Feature", "FeatureSpec", "IdFeature", "NumericFeature", "SequenceFeature",
+           "TextFeature", "TimestampFeature"]

@@ -8,6 +8,9 @@ maps to ~30K trigrams), which is why DSSM uses them instead of a word vocabulary
 import tensorflow as tf
 import tensorflow_text as tf_text
 
+__all__ = ["letter_trigrams", "word_hash"]
+
+
 _tokenizer = tf_text.WhitespaceTokenizer()
 
 

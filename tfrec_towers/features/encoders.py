@@ -14,6 +14,9 @@ from tfrec_towers.features import spec as S
 from tfrec_towers.features.dssm_word_hashing import word_hash
 
 
+__all__ = ["AttentionPooling", "EncoderFactory", "LookupEmbedding", "SequenceEncoder", "TextEncoder", "TimestampEncoder"]
+
+
 def masked_pool(values: tf.Tensor, mask: tf.Tensor, mode: str) -> tf.Tensor:
     """[B, L, D] values, [B, L] bool mask -> [B, D]; an all-masked row gives zeros (mean/sum)."""
     m = tf.cast(mask, values.dtype)[..., None]

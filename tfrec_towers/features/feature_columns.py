@@ -21,6 +21,9 @@ from typing import Iterable, List, Sequence
 from tfrec_towers.features import spec as S
 
 
+__all__ = ["feature_from_column", "from_feature_columns"]
+
+
 def _categorical(column, dim, combiner, multivalued):
     kind = type(column).__name__
     dtype = "int64" if getattr(column, "dtype", None) is None or column.dtype.is_integer else "string"

@@ -31,6 +31,11 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 import tensorflow as tf
 import yaml
 
+__all__ = ["CategoricalFeature", "FEATURE_TYPES", "Feature", "FeatureSpec", "IdFeature", "NumericFeature", "SIDES",
+           "SequenceFeature", "TextFeature", "TimestampFeature", "check_shareable", "check_type", "load_mapping",
+           "load_yaml", "quote", "select"]
+
+
 SIDES = ("query", "candidate")
 _DTYPES = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}
 

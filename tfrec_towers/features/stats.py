@@ -27,6 +27,9 @@ from tfrec_towers.features.spec import select
 from tfrec_towers.features.dssm_word_hashing import word_hash
 
 
+__all__ = ["FeatureStats", "StatsAccumulator", "continue_stats"]
+
+
 def _flat(values) -> np.ndarray:
     if isinstance(values, tf.RaggedTensor):
         values = values.flat_values

@@ -15,6 +15,9 @@ from tfrec_towers.data.inputs import first_occurrences
 from tfrec_towers.tasks.chain import Untracked
 
 
+__all__ = ["ItemCatalog", "KeyedItems"]
+
+
 class ItemCatalog:
     """Item IDs, their index, and their prepared candidate-side features.
 

@@ -9,6 +9,9 @@ candidate (``all_gather`` is differentiable).
 import tensorflow as tf
 
 
+__all__ = ["gather_across_replicas"]
+
+
 def gather_across_replicas(*columns: tf.Tensor):
     """Each [n, ...] tensor -> [sum of n over replicas, ...], this replica's rows first. A no-op
     outside a multi-replica strategy."""

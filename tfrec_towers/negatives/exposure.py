@@ -16,6 +16,9 @@ from tfrec_towers.data import reader
 from tfrec_towers.negatives.catalog import ItemCatalog, KeyedItems
 
 
+__all__ = ["collect_unclicked"]
+
+
 def field_kind(files, field: str, compression: str) -> tf.dtypes.DType:
     """The dtype of ``field`` in the first record that has it (int64, float32 or string)."""
     for path in files:

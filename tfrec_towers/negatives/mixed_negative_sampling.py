@@ -16,6 +16,9 @@ have no catalog-wide distribution and add nothing to E.
 """
 import tensorflow as tf
 
+__all__ = ["mixture_expected_counts"]
+
+
 #: Smallest expected count, so that log E stays finite for items no source would draw.
 MIN_EXPECTED = 1e-8
 

@@ -11,6 +11,9 @@ from tfrec_towers.negatives.exposure import collect_unclicked
 from tfrec_towers.negatives.mixed_negative_sampling import mixture_expected_counts
 
 
+__all__ = ["Negatives", "build_negatives", "popularity_distribution"]
+
+
 def popularity_distribution(catalog: ItemCatalog, counts: Dict[str, int], power: float = 0.75) -> np.ndarray:
     """q(y) ~ count(y)^power over the catalog (items never seen in training: never drawn). power 0.75
     is word2vec's: between uniform (0) and the raw popularity that in-batch negatives already give (1)."""

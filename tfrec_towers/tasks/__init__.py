@@ -21,3 +21,8 @@ from tfrec_towers.tasks.item_frequency import ItemFrequency  # noqa: F401
 from tfrec_towers.tasks.streaming_frequency import StreamingFrequency  # noqa: F401
 from tfrec_towers.tasks.cosine_contrastive_loss import CosineContrastiveLoss  # noqa: F401
 from tfrec_towers.tasks.bilateral_softmax_loss import BilateralSoftmaxLoss  # noqa: F401
+
+__all__ = ["AdaptiveSymmetricLoss", "AdaptiveTemperatureMargin", "AuxiliaryLoss", "BilateralSoftmaxLoss",
+           "CosineContrastiveLoss", "FocalLoss", "HardNegativeMining", "HingeLoss", "ItemFrequency", "LogQCorrection",
+           "LogitTransform", "PassageCentricLoss", "RemoveAccidentalHits", "Retrieval", "RetrievalContext",
+           "SameTowerNegatives", "StreamingFrequency", "Temperature", "WeightedBinaryCrossEntropy"]

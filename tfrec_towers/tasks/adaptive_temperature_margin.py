@@ -40,6 +40,9 @@ from tfrec_towers.tasks.masks import is_masked, same_entity
 from tfrec_towers.tasks.reduction import anchor_softmax_loss, check_reduction, reduce_rows, row_weights
 from tfrec_towers.tasks.similarity import cosine, row_cosine
 
+__all__ = ["AdaptiveSymmetricLoss", "AdaptiveTemperatureMargin"]
+
+
 #: alpha stays below 1 so that r = (1 - alpha) + alpha g, hence tau, stays positive when alpha is trained.
 _MAX_ALPHA = 0.99
 

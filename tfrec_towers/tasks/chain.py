@@ -10,6 +10,10 @@ import tensorflow as tf
 import tf_keras as keras
 
 
+__all__ = ["AuxiliaryLoss", "LogQCorrection", "LogitTransform", "MIN_LOGIT", "RemoveAccidentalHits", "RetrievalContext",
+           "Temperature", "Untracked", "equal_ids", "positive_temperature"]
+
+
 #: The logit of a pair that must not act as a negative (TFRS's value: finite, so 0 * logit stays 0).
 MIN_LOGIT = float(np.finfo(np.float32).min / 100.0)
 

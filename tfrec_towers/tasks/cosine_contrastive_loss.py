@@ -13,6 +13,9 @@ from tfrec_towers.tasks.masks import is_masked
 from tfrec_towers.tasks.reduction import check_reduction, reduce_rows
 
 
+__all__ = ["CosineContrastiveLoss"]
+
+
 class CosineContrastiveLoss:
     """``(y_true, y_pred, sample_weight=None) -> scalar``, a ``loss`` of the Retrieval task.
 

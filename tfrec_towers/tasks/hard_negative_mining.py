@@ -8,6 +8,9 @@ import tensorflow_recommenders as tfrs
 from tfrec_towers.tasks.chain import LogitTransform
 
 
+__all__ = ["HardNegativeMining"]
+
+
 class HardNegativeMining(LogitTransform):
     """Keep each row's positive and its ``k`` largest negative logits (columns shrink to k + 1)."""
 

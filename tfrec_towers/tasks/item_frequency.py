@@ -6,6 +6,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 
+__all__ = ["ItemFrequency"]
+
+
 class ItemFrequency(keras.layers.Layer):
     """Item ID -> q(item), its frequency among training positives (the in-batch sampling probability).
 

@@ -19,6 +19,9 @@ from tfrec_towers.tasks.pointwise_loss import FocalLoss, WeightedBinaryCrossEntr
 from tfrec_towers.tasks.reduction import REDUCTIONS
 
 
+__all__ = ["LOSSES", "loss_kind"]
+
+
 @dataclasses.dataclass(frozen=True)
 class LossKind:
     #: The task section of the config (``config.TaskConfig``) -> the loss.

@@ -11,6 +11,9 @@ import tensorflow as tf
 
 from tfrec_towers.tasks.chain import MIN_LOGIT, equal_ids
 
+__all__ = ["is_masked", "same_entity"]
+
+
 #: Two embeddings are identical when no coordinate differs by more than this.
 IDENTICAL_TOLERANCE = 1e-6
 

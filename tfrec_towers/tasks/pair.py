@@ -17,6 +17,9 @@ from tfrec_towers.tasks.reduction import anchor_softmax_loss, check_reduction, r
 from tfrec_towers.tasks.similarity import cosine, row_cosine
 
 
+__all__ = ["PassageCentricLoss"]
+
+
 class PassageCentricLoss(AuxiliaryLoss):
     """L_p over the batch's B (query, positive item) rows; the task adds ``weight * L_p``.
 

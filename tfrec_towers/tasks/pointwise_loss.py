@@ -11,6 +11,9 @@ from tfrec_towers.tasks.masks import is_masked
 from tfrec_towers.tasks.reduction import check_reduction, reduce_rows
 
 
+__all__ = ["FocalLoss", "WeightedBinaryCrossEntropy"]
+
+
 class _Pointwise:
     """Sums ``entry_loss`` over each row's valid entries, then reduces the rows."""
 

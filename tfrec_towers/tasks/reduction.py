@@ -12,6 +12,9 @@ import tf_keras as keras
 from tfrec_towers import choices
 from tfrec_towers.tasks.chain import MIN_LOGIT, RetrievalContext
 
+__all__ = ["REDUCTIONS", "anchor_softmax_loss", "check_reduction", "reduce_rows", "row_weights"]
+
+
 #: ``task.loss_reduction`` -> the Keras reduction of Keras's own losses: "sum" of the rows, or their
 #: "mean" (SUM_OVER_BATCH_SIZE); ``reduce_rows`` is the same reduction with row weights.
 REDUCTIONS = {"sum": keras.losses.Reduction.SUM, "mean": keras.losses.Reduction.SUM_OVER_BATCH_SIZE}

@@ -28,6 +28,9 @@ from tfrec_towers.tasks.chain import (
 from tfrec_towers.tasks.hard_negative_mining import HardNegativeMining
 
 
+__all__ = ["Retrieval"]
+
+
 class Retrieval(keras.layers.Layer, tfrs.tasks.Task):
     """A TFRS retrieval task whose loss is computed through ``transforms`` and ``auxiliary_losses``.
 

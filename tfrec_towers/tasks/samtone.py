@@ -16,6 +16,9 @@ from tfrec_towers.tasks.similarity import cosine
 from tfrec_towers.tasks.chain import MIN_LOGIT, LogitTransform, positive_temperature
 
 
+__all__ = ["SameTowerNegatives"]
+
+
 class SameTowerNegatives(LogitTransform):
     """Appends B columns s(q_i, q_j) / tau (cosines of the batch's queries) to the logits, labels 0.
 

@@ -82,6 +82,9 @@ from typing import Optional
 import tensorflow as tf
 import tf_keras as keras
 
+__all__ = ["StreamingFrequency"]
+
+
 #: Initialisations of B (see the module docstring).
 STARTS = ("first_gap", "paper")
 

@@ -10,3 +10,5 @@ from tfrec_towers.towers.tower import (  # noqa: F401
     build_towers,
     mlp,
 )
+
+__all__ = ["Encodings", "ExtensionsFn", "ExtraInput", "Tower", "TowerExtensions", "build_towers", "mlp"]

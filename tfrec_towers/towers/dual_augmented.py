@@ -24,6 +24,9 @@ import tf_keras as keras
 from tfrec_towers.tasks.chain import AuxiliaryLoss, RetrievalContext, Untracked
 
 
+__all__ = ["AugmentedVector", "CategoryAlignmentLoss", "MimicLoss", "category_covariances"]
+
+
 class AugmentedVector(keras.layers.Layer):
     """ID -> a (dim); OOV IDs share one vector. Called as a tower's extra input ``layer(features, x)``."""
 

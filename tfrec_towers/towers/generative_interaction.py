@@ -24,6 +24,9 @@ import tf_keras as keras
 from tfrec_towers.tasks.chain import AuxiliaryLoss, RetrievalContext, Untracked
 
 
+__all__ = ["PseudoQueryGenerator", "ReconstructionLoss"]
+
+
 class PseudoQueryGenerator(keras.layers.Layer):
     """x_v (item encodings) -> g_v (pseudo query-side encodings of ``target_dim``): an MLP.
 

@@ -27,6 +27,9 @@ from tfrec_towers.features.encoders import EncoderFactory
 from tfrec_towers.towers.user_gate import UserGate
 
 
+__all__ = ["Encodings", "ExtensionsFn", "ExtraInput", "Tower", "TowerExtensions", "build_towers", "mlp"]
+
+
 class Encodings:
     """A tower's feature encoders as one function: features -> the concatenation of their encodings, of
     every input of the tower or of ``names`` among them (``encodings(features, names)``).

@@ -15,6 +15,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 
+__all__ = ["UserGate"]
+
+
 class UserGate(keras.layers.Layer):
     """[B, D_id + D_rest] concatenated encodings -> [B, D_id] user vector (module docstring).
 
