@@ -283,6 +283,20 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "task": TaskConfig, "negat
 
 @dataclasses.dataclass
 class Config:
+    """A training configuration: the feature spec and one section per entry of ``SECTIONS``, each with
+    its defaults; ``Config.load(path)`` reads a YAML or JSON file, ``packaged(name)`` names a shipped one.
+
+    Example:
+
+    >>> from tfrec_towers.config import Config
+    >>> config = Config.from_dict({
+    ...     "features": {"query": [{"name": "user_id", "type": "id"}],
+    ...                  "candidate": [{"name": "item_id", "type": "id"}]},
+    ...     "task": {"temperature": 0.1}, "train": {"batch_size": 256}})
+    >>> config.task.temperature, config.train.batch_size
+    (0.1, 256)
+    """
+
     features: FeatureSpec
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)

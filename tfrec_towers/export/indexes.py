@@ -31,6 +31,17 @@ class BruteForceIndex(Index):
     E is stored transposed ([D, N]): ``q @ E_t`` streams the catalog once, as fast as NumPy's
     matrix-vector product (``q @ E^T`` was 1.1x slower at 1M x 64); large catalogs are ranked with
     ``split_top_k`` (several threads).
+
+    Example:
+
+    >>> import numpy as np
+    >>> import tensorflow as tf
+    >>> from tfrec_towers.export.indexes import BruteForceIndex
+    >>> ids = np.array(["a", "b", "c"])
+    >>> embeddings = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], np.float32)
+    >>> scores, top = BruteForceIndex(ids, embeddings, k=2)(tf.constant([[1.0, 0.0]]))
+    >>> print(scores.numpy().round(2), top.numpy())
+    [[1.  0.6]] [[b'a' b'c']]
     """
 
     kind = "brute"
@@ -82,7 +93,19 @@ def require_scann():
 
 
 class ScannIndex(Index):
-    """``tfrs.layers.factorized_top_k.ScaNN`` over the catalog, leaves and re-ranking tuned to its size."""
+    """``tfrs.layers.factorized_top_k.ScaNN`` over the catalog, leaves and re-ranking tuned to its size.
+
+    Example (needs the ``scann`` extra; ScaNN trains on the catalog, so it wants more than a few items):
+
+    >>> import numpy as np
+    >>> import tensorflow as tf
+    >>> from tfrec_towers.export.indexes import ScannIndex
+    >>> embeddings = np.random.default_rng(0).normal(size=(500, 8)).astype(np.float32)
+    >>> ids = np.array([f"item{i}" for i in range(500)])
+    >>> scores, top = ScannIndex(ids, embeddings, k=10)(tf.constant(embeddings[:2]))
+    >>> print(scores.shape, top.shape)
+    (2, 10) (2, 10)
+    """
 
     kind = "scann"
 

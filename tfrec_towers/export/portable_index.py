@@ -178,7 +178,19 @@ def partition(embeddings: np.ndarray, k: int, num_partitions: Optional[int] = No
 
 
 class PortableIndex(Index):
-    """IVF + int8 + exact re-rank top-K over a fixed catalog; ``index(queries)`` -> (scores, ids)."""
+    """IVF + int8 + exact re-rank top-K over a fixed catalog; ``index(queries)`` -> (scores, ids).
+
+    Example:
+
+    >>> import numpy as np
+    >>> import tensorflow as tf
+    >>> from tfrec_towers.export.portable_index import PortableIndex
+    >>> ids = np.array(["a", "b", "c"])
+    >>> embeddings = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], np.float32)
+    >>> scores, top = PortableIndex(ids, embeddings, k=2)(tf.constant([[1.0, 0.0]]))
+    >>> print(scores.numpy().round(2), top.numpy())
+    [[1.  0.6]] [[b'a' b'c']]
+    """
 
     kind = "portable"
 

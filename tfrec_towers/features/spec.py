@@ -583,7 +583,16 @@ def feature_from_dict(d: Dict[str, Any]) -> Feature:
 
 @dataclasses.dataclass
 class FeatureSpec:
-    """Query-side and candidate-side features, plus which candidate feature is the item ID."""
+    """Query-side and candidate-side features, plus which candidate feature is the item ID.
+
+    Example (``features:`` of a config, as a dict; ``FeatureSpec.load(path)`` reads a YAML or JSON file):
+
+    >>> from tfrec_towers.features.spec import FeatureSpec
+    >>> spec = FeatureSpec.from_dict({"query": [{"name": "user_id", "type": "id"}],
+    ...                               "candidate": [{"name": "item_id", "type": "id", "embedding_dim": 16}]})
+    >>> [f.name for f in spec.features], spec.by_name["item_id"].embedding_dim
+    (['user_id', 'item_id'], 16)
+    """
 
     query: List[Feature]
     candidate: List[Feature]

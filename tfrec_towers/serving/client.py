@@ -16,6 +16,8 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 
 from tfrec_towers.export.layout import ALLOWED_INPUT, EXCLUDE_INPUT, K_INPUT, MAX_MESSAGE_BYTES
 
+__all__ = ["RetrievalClient", "ServingError", "TopK"]
+
 
 class ServingError(grpc.RpcError):
     """A failed call: ``code()`` is the ``grpc.StatusCode`` and ``details()`` the server's message, as
@@ -104,6 +106,15 @@ class RetrievalClient:
 
     ``channel`` (optional) is an existing ``grpc.Channel`` to use instead of dialing ``target``; it is
     then left open by ``close()``.
+
+    Example (the channel connects on the first request, so this runs without a server; the commented
+    calls need ``tfrec-towers serve`` on the port):
+
+    >>> from tfrec_towers.serving import RetrievalClient
+    >>> with RetrievalClient("127.0.0.1:8500", model_name="tfrec_towers", timeout_s=1.0) as client:
+    ...     print(client.model_name)
+    ...     # answer = client.top_k({"user_id": ["42"]}, k=10)  # TopK: item_ids, scores, version
+    tfrec_towers
     """
 
     def __init__(self, target: str = "127.0.0.1:8500", model_name: str = "tfrec_towers", timeout_s: float = 5.0,

@@ -113,7 +113,20 @@ def positive_temperature(temperature: float) -> float:
 
 class Temperature(LogitTransform):
     """logits / tau. With L2-normalised towers the logits are cosines in [-1, 1]; a small tau
-    (0.05-0.3) sharpens the softmax enough to separate the positive from hundreds of negatives."""
+    (0.05-0.3) sharpens the softmax enough to separate the positive from hundreds of negatives.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> from tfrec_towers.tasks import RetrievalContext, Temperature
+    >>> queries = tf.constant([[1.0, 0.0], [0.0, 1.0]])
+    >>> positives = tf.constant([[0.6, 0.8], [0.0, 1.0]])  # row i's positive candidate
+    >>> logits = tf.linalg.matmul(queries, positives, transpose_b=True)
+    >>> scaled, labels = Temperature(0.5)(logits, tf.eye(2), context=RetrievalContext(queries, positives))
+    >>> print(scaled.numpy().round(2))
+    [[1.2 0. ]
+     [1.6 2. ]]
+    """
 
     def __init__(self, temperature: float, **kwargs):
         super().__init__(**kwargs)
@@ -132,6 +145,19 @@ class LogQCorrection(LogitTransform):
     ``tfrs.layers.loss.SamplingProbablityCorrection`` clips at 1 (it expects a probability), which
     flattened every item with B q > 1 to the same correction and cost the default MovieLens model
     about 5% HR@10 (issue 18). A row-constant shift (log B) leaves the softmax unchanged.
+
+    Example (column j's expected count E_j in the batch: 0.5 and 0.25):
+
+    >>> import tensorflow as tf
+    >>> from tfrec_towers.tasks import RetrievalContext, LogQCorrection
+    >>> queries = tf.constant([[1.0, 0.0], [0.0, 1.0]])
+    >>> positives = tf.constant([[0.6, 0.8], [0.0, 1.0]])  # row i's positive candidate
+    >>> context = RetrievalContext(queries, positives, candidate_sampling_probability=tf.constant([0.5, 0.25]))
+    >>> logits = tf.linalg.matmul(queries, positives, transpose_b=True)
+    >>> corrected, labels = LogQCorrection()(logits, tf.eye(2), context=context)
+    >>> print(corrected.numpy().round(2))
+    [[1.29 1.39]
+     [1.49 2.39]]
     """
 
     def call(self, logits, labels, context):
@@ -147,6 +173,20 @@ class RemoveAccidentalHits(LogitTransform):
     Row i's positive is column i (an event row whose label is 0 has none, and still masks its own item).
     With ``optional`` the step is skipped when the context has no IDs (e.g. no user ID in the item->user
     direction); otherwise missing IDs are an error.
+
+    Example (both rows' positives are item "a": neither row's other column is a negative):
+
+    >>> import tensorflow as tf
+    >>> from tfrec_towers.tasks import RetrievalContext, RemoveAccidentalHits
+    >>> queries = tf.constant([[1.0, 0.0], [0.0, 1.0]])
+    >>> positives = tf.constant([[0.6, 0.8], [0.0, 1.0]])  # row i's positive candidate
+    >>> from tfrec_towers.tasks.chain import MIN_LOGIT
+    >>> context = RetrievalContext(queries, positives, candidate_ids=tf.constant(["a", "a"]))
+    >>> logits = tf.linalg.matmul(queries, positives, transpose_b=True)
+    >>> masked, labels = RemoveAccidentalHits()(logits, tf.eye(2), context=context)
+    >>> print(masked.numpy() == MIN_LOGIT)
+    [[False  True]
+     [ True False]]
     """
 
     def __init__(self, optional: bool = False, **kwargs):

@@ -30,6 +30,15 @@ class HingeLoss:
         enough for most negatives to be satisfied (0 gradient) once trained.
       reduction: "sum" over rows (the scale of the TFRS task's summed cross-entropy) or "mean"
         (weighted mean over rows).
+
+    Example (two rows, three columns; row i's positive is column i; ``Retrieval(loss=...)`` takes it):
+
+    >>> import tensorflow as tf
+    >>> from tfrec_towers.tasks import HingeLoss
+    >>> y_true = tf.constant([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    >>> y_pred = tf.constant([[0.9, 0.2, -0.1], [0.3, 0.8, 0.7]])
+    >>> round(float(HingeLoss(margin=0.2)(y_true, y_pred)), 4)
+    0.05
     """
 
     def __init__(self, margin: float = 0.1, reduction: str = "sum"):

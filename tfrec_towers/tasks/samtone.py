@@ -33,6 +33,18 @@ class SameTowerNegatives(LogitTransform):
     Args:
       temperature: tau of the appended columns; use the chain's temperature so that both kinds of
         negative are on one scale, as in the paper (one tau for the whole softmax).
+
+    Example (B = 2 rows: 2 query-query columns appended, labelled 0):
+
+    >>> import tensorflow as tf
+    >>> from tfrec_towers.tasks import RetrievalContext, SameTowerNegatives
+    >>> queries = tf.constant([[1.0, 0.0], [0.0, 1.0]])
+    >>> positives = tf.constant([[0.6, 0.8], [0.0, 1.0]])  # row i's positive candidate
+    >>> logits = tf.linalg.matmul(queries, positives, transpose_b=True)
+    >>> extended, labels = SameTowerNegatives(0.5)(logits, tf.eye(2), context=RetrievalContext(queries, positives))
+    >>> print(extended.shape, labels.numpy())
+    (2, 4) [[1. 0. 0. 0.]
+     [0. 1. 0. 0.]]
     """
 
     changes_columns = True
