@@ -141,10 +141,10 @@ class LogQCorrection(LogitTransform):
     so without the correction popular items are over-penalised. No-op when E is not given.
 
     E_j is column j's expected count in the batch (B q_j in-batch, or the mixture's count with sampled
-    negatives), which exceeds 1 for popular items: it is floored at 1e-12 but never capped.
-    ``tfrs.layers.loss.SamplingProbablityCorrection`` clips at 1 (it expects a probability), which
-    flattened every item with B q > 1 to the same correction and cost the default MovieLens model
-    about 5% HR@10 (issue 18). A row-constant shift (log B) leaves the softmax unchanged.
+    negatives), which exceeds 1 for popular items: it is floored at 1e-12 but never capped. Capping it
+    at 1, as ``tfrs.layers.loss.SamplingProbablityCorrection`` does (it expects a probability), would
+    give every item with B q > 1 the same correction, so the popular items, the ones the correction is
+    for, would no longer be told apart. A row-constant shift (log B) leaves the softmax unchanged.
 
     Example (column j's expected count E_j in the batch: 0.5 and 0.25):
 
