@@ -89,11 +89,11 @@ def log(message: str) -> None:
 YEAR = {"name": "item_year", "type": "categorical", "dtype": "int64", "multivalued": True, "embedding_dim": 8}
 
 
-def configs(oov_rate: float, epochs: int) -> dict:
+def configs(oov_rate: float, epochs: int, seed: int = 0) -> dict:
     """main (default.yaml + item_year + oov_rate on user_id and item_id), no_oov (the same without
     oov_rate), id_only (main with an item tower of item_id alone)."""
     base = Config.load(packaged("default")).to_dict()
-    base["train"]["epochs"] = epochs
+    base["train"]["epochs"], base["train"]["seed"] = epochs, seed
     base["features"]["candidate"].append(dict(YEAR))
     out = {"no_oov": Config.from_dict(base)}
     for f in base["features"]["query"] + base["features"]["candidate"]:
@@ -177,7 +177,14 @@ def summarize(per_slice: list, num_slices: int) -> dict:
     return out
 
 
+def _m(x):
+    """A figure, or the mean of a merged one ({mean, std})."""
+    return x["mean"] if isinstance(x, dict) else x
+
+
 def _f(x, digits=3):
+    if isinstance(x, dict):
+        return f"{x['mean']:.{digits}f} ± {x['std']:.{digits}f}" if x["n"] > 1 else f"{x['mean']:.{digits}f}"
     return "–" if x is None else f"{x:.{digits}f}"
 
 
@@ -187,7 +194,8 @@ def markdown(doc: dict) -> str:
              f"{p['slice_days']:.1f} days, {sum(x['events'] for x in p['slices'])} events, "
              f"{p['cold_item_events']} with a cold item, {p['cold_user_events']} with a cold user; "
              f"catalog {p['catalog']} items. Full retrain {a['full_epochs']} epochs, increments {a['inc_epochs']} "
-             f"epochs; seed {a['seed']} (one seed); run {doc['wall_seconds'] / 60:.0f} min"
+             + (f"epochs; seeds {a['seeds']} (mean ± sample std over seeds)" if "seeds" in a else
+                f"epochs; seed {a['seed']} (one seed)") + f"; wall time {_m(doc['wall_seconds']) / 60:.0f} min"
              + ("." if doc["finished_slices"] == p["num_slices"] else
                 f"; PARTIAL: {doc['finished_slices']} of {p['num_slices']} slices finished."), "",
              f"### Mean over slices 2–{p['num_slices']} (HR over the catalog, user's earlier items removed)", "",
@@ -197,9 +205,9 @@ def markdown(doc: dict) -> str:
     for m, subsets in s["mean_slices_2_on"].items():
         t, r = s["update_seconds"].get(m), (s.get("time_ratio_vs_full") or {}).get(m)
         cells = [_f(subsets[sub][k]) for sub in SUBSETS for k in KS]
-        cells += [f"{t['fit_s']:.1f} ({t['fit_cpu_s']:.1f})" if t else "–",
-                  f"{t['train_s']:.1f} ({t['train_cpu_s']:.1f})" if t else "–",
-                  f"{r['fit_s']:.2f}x (CPU {r['fit_cpu_s']:.2f}x)" if r else "–"]
+        cells += [f"{_m(t['fit_s']):.1f} ({_m(t['fit_cpu_s']):.1f})" if t else "–",
+                  f"{_m(t['train_s']):.1f} ({_m(t['train_cpu_s']):.1f})" if t else "–",
+                  f"{_m(r['fit_s']):.2f}x (CPU {_m(r['fit_cpu_s']):.2f}x)" if r else "–"]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", f"### Cold start: events pooled over slices 1–{p['num_slices']}", "",
               "| model | cold-item events | cold items HR@10 | cold items HR@50 | cold users HR@50 | all HR@50 |",
@@ -207,27 +215,28 @@ def markdown(doc: dict) -> str:
     for m, subsets in s["pooled_all_slices"].items():
         lines.append(f"| {m} | {p['cold_item_events']} | {_f(subsets['cold_items'][10])} | "
                      f"{_f(subsets['cold_items'][50])} | {_f(subsets['cold_users'][50])} | {_f(subsets['all'][50])} |")
-    lines += ["", "### Per slice: HR@50 (all events)", "",
+    lines += ["", "### Per slice: HR@50 (all events" + (", mean over seeds" if "seeds" in a else "") + ")", "",
               "| slice | start | events | " + " | ".join(doc["per_slice"][0]["models"]) + " |",
               "|---|---|---|" + "---|" * len(doc["per_slice"][0]["models"])]
     for n, ps in enumerate(doc["per_slice"], 1):
-        lines.append(f"| {n} | {ps['start'][:10]} | {ps['events']} | "
-                     + " | ".join(_f(v["all"][50]) for v in ps["models"].values()) + " |")
+        lines.append(f"| {n} | {ps['start'][:10]} | {_m(ps['events']):.0f} | "
+                     + " | ".join(_f(_m(v["all"][50])) for v in ps["models"].values()) + " |")
     lines += ["", "Checks against the issue's targets: " + "; ".join(doc["checks"]) + ".", ""]
     return "\n".join(lines)
 
 
 def checks(s: dict) -> list:
     mean, pooled = s["mean_slices_2_on"], s["pooled_all_slices"]
-    full, out = mean["full"]["all"][50], []
+    full, out = _m(mean["full"]["all"][50]), []
     for m in ("incremental", "inc+replay"):
         if m in mean and full:
-            rel, ratio = mean[m]["all"][50] / full - 1, s["time_ratio_vs_full"][m]["fit_s"]
-            ok = rel >= -0.03 and ratio <= 0.25 and mean[m]["all"][50] > mean["stale"]["all"][50]
+            hr, stale = _m(mean[m]["all"][50]), _m(mean["stale"]["all"][50])
+            rel, ratio = hr / full - 1, _m(s["time_ratio_vs_full"][m]["fit_s"])
+            ok = rel >= -0.03 and ratio <= 0.25 and hr > stale
             out.append(f"{m} HR@50 {rel:+.1%} vs full at {ratio:.2f}x its fit time, "
-                       f"{'above' if mean[m]['all'][50] > mean['stale']['all'][50] else 'NOT above'} stale: "
+                       f"{'above' if hr > stale else 'NOT above'} stale ({hr:.3f} vs {stale:.3f}): "
                        f"{'met' if ok else 'MISSED'}")
-    cold = {m: pooled[m]["cold_items"][50] for m in ("stale", "stale ID-only items", "popularity")}
+    cold = {m: _m(pooled[m]["cold_items"][50]) for m in ("stale", "stale ID-only items", "popularity")}
     ok = cold["stale"] > cold["stale ID-only items"] and cold["stale"] > cold["popularity"]
     out.append(f"stale cold-item HR@50 {cold['stale']:.3f} vs ID-only {cold['stale ID-only items']:.3f} and "
                f"popularity {cold['popularity']:.3f}: {'met' if ok else 'MISSED'}")
@@ -246,10 +255,14 @@ def main(argv=None):
     p.add_argument("--pop-days", type=int, default=14)
     p.add_argument("--oov-rate", type=float, default=0.1)
     p.add_argument("--history-len", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="training seed, order of the logs, replay sample")
+    p.add_argument("--merge", default=None, help="comma-separated results JSONs of single seeds: write their "
+                                                  "mean ± std to --output-json/--output-md instead of running")
     p.add_argument("--output-json", default=os.path.join(REPO, "benchmarks", "results", "continuous.json"))
     p.add_argument("--output-md", default=os.path.join(REPO, "benchmarks", "results", "continuous.md"))
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge.split(","), args)
     started, t0 = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
     work = args.work_dir or tempfile.mkdtemp(prefix="continuous-")
     os.makedirs(work, exist_ok=True)
@@ -276,7 +289,7 @@ def main(argv=None):
                 "slices": [{"start": day(a), "events": len(s)} for a, s in zip(edges, slices)]}
     log(f"{protocol['initial_events']} initial events; slices {[len(s) for s in slices]}; work dir {work}")
 
-    cfg = configs(args.oov_rate, args.full_epochs)
+    cfg = configs(args.oov_rate, args.full_epochs, args.seed)
     inc_cfg = with_epochs(cfg["main"], args.inc_epochs)
     runs = os.path.join(work, "runs")
     initial_time = {}
@@ -336,6 +349,37 @@ def main(argv=None):
     log(f"done in {time.perf_counter() - t0:.0f}s: {args.output_json}, {args.output_md}")
     for line in doc.get("checks", []):
         log(line)
+    return 0
+
+
+def combine(values: list):
+    """Same-shaped per-seed results -> numbers as {mean, std, n}, anything else from the first seed."""
+    first = values[0]
+    if isinstance(first, dict):
+        return {int(k) if isinstance(k, str) and k.isdigit() else k: combine([v[k] for v in values]) for k in first}
+    if isinstance(first, list) and all(isinstance(v, list) and len(v) == len(first) for v in values):
+        return [combine(list(x)) for x in zip(*values)]
+    if isinstance(first, (int, float)) and not isinstance(first, bool) and all(v is not None for v in values):
+        return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                "n": len(values)}
+    return first
+
+
+def merge(paths: list, args) -> int:
+    docs = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            docs.append(json.load(f))
+    doc = {**docs[0], "date": [d["date"] for d in docs], "provenance": "; ".join(d["provenance"] for d in docs),
+           "merged": paths, "args": {**docs[0]["args"], "seeds": [d["args"]["seed"] for d in docs]},
+           "finished_slices": min(d["finished_slices"] for d in docs),
+           "wall_seconds": sum(d["wall_seconds"] for d in docs), "summary": combine([d["summary"] for d in docs]),
+           "per_slice": combine([d["per_slice"] for d in docs]),
+           "per_seed_checks": {str(d["args"]["seed"]): d["checks"] for d in docs}}
+    doc["protocol"] = docs[0]["protocol"]
+    doc["checks"] = checks(doc["summary"])
+    write_outputs(doc, args)
+    print(markdown(doc))
     return 0
 
 
