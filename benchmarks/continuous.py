@@ -13,15 +13,16 @@ models trained on everything before it; the models compared on the same slices:
 * ``stale``: the initial model, never updated (new users and items are OOV), the catalog re-embedded
   from the item features at every slice;
 * ``popularity``: training positives of the ``--pop-days`` days before the slice (ties broken by the
-  count of all earlier events).
+  count of all earlier events, then at random).
 
 For slice 1 every learned model is the initial model (trained like ``full`` on the initial period), so
 the comparison of updates averages slices 2..S (mean over slices). Metrics are the package's
 ``catalog_metrics``, ``exclude_history`` variant: HR@10 / HR@50 over the whole ML-100K catalog (1682
 items) with the user's items of all earlier slices removed, on all events of the slice, on the events
 whose target item never occurs in the initial period (``cold items``) and on those whose user does not
-(``cold users``). Update time: wall and process-CPU seconds of ``fit`` (``RunDir.fit_timing``), and of
-the whole ``train`` call (stats pass, model build, warm-start copy included).
+(``cold users``); equal scores are ranked in random order (``subset_metrics``). Update time: wall
+and process-CPU seconds of ``fit`` (``RunDir.fit_timing``), and of the whole ``train`` call (stats
+pass, model build, warm-start copy included).
 
 Cold start: the main config (``default.yaml``, ``oov_rate`` ``--oov-rate`` on ``item_id`` and on
 ``user_id``: most test users are new) is compared, as stale initial models that never saw the cold
@@ -79,6 +80,7 @@ SUBSETS = ("all", "cold_items", "cold_users")
 UPDATED = ("full", "incremental", "inc+replay")
 STALE = {"stale": "main", "stale no oov_rate": "no_oov", "stale ID-only items": "id_only"}
 QUIET = lambda message: None  # noqa: E731
+TIE = 1e-5  # random tie-breaking of equal scores (subset_metrics)
 
 
 def log(message: str) -> None:
@@ -119,8 +121,16 @@ def timed_train(config, pattern, run_dir, items, warm_start=None) -> dict:
             "train_s": round(time.perf_counter() - wall, 2), "train_cpu_s": round(time.process_time() - cpu, 2)}
 
 
-def subset_metrics(query, item_ids, item_emb, users, targets, history, cold_items, cold_users) -> dict:
-    """exclude_history metrics of catalog_metrics on all events and on the cold subsets."""
+def subset_metrics(query, item_ids, item_emb, users, targets, history, cold_items, cold_users, seed=0) -> dict:
+    """exclude_history metrics of catalog_metrics on all events and on the cold subsets.
+
+    catalog_metrics ranks an item by the items scoring strictly higher, so items of equal score would all
+    get the best rank of their tie: every new item of the ID-only tower (one shared OOV row), every unseen
+    item of popularity. Ties are broken at random instead: one more dimension, 1 in the query and
+    TIE * U(0, 1) in the items (TIE is far below the score gaps of distinct items, far above float32's
+    resolution of scores in [-1, 1])."""
+    query = np.hstack([query, np.ones((len(query), 1), dtype=np.float32)])
+    item_emb = np.hstack([item_emb, TIE * np.random.default_rng(seed).random((len(item_emb), 1), dtype=np.float32)])
     masks = {"all": np.ones(len(users), dtype=bool), "cold_items": np.isin(targets, list(cold_items)),
              "cold_users": np.isin(users, list(cold_users))}
     out = {}
@@ -146,9 +156,12 @@ def evaluate_popularity(events, test, start, days, item_ids, history, cold_items
     before = events[events.timestamp < start]
     recent = before[before.timestamp >= start - days * 86400]
     total, last = before.item_id.value_counts(), recent.item_id.value_counts()
-    score = last.reindex(item_ids).fillna(0).to_numpy() + total.reindex(item_ids).fillna(0).to_numpy() / (len(before) + 1)
+    order = np.lexsort((np.random.default_rng(0).random(len(item_ids)), total.reindex(item_ids).fillna(0).to_numpy(),
+                        last.reindex(item_ids).fillna(0).to_numpy()))
+    score = np.empty(len(item_ids), dtype=np.float32)
+    score[order] = np.arange(len(item_ids)) / len(item_ids)  # by recent count, then all earlier (ties: random)
     query = np.ones((len(test), 1), dtype=np.float32)
-    return subset_metrics(query, item_ids, score[:, None].astype(np.float32), test.user_id.to_numpy(dtype=object),
+    return subset_metrics(query, item_ids, score[:, None], test.user_id.to_numpy(dtype=object),
                           test.item_id.to_numpy(dtype=object), history, cold_items, cold_users)
 
 
