@@ -246,7 +246,7 @@ def checks(s: dict) -> list:
             hr, stale = _m(mean[m]["all"][50]), _m(mean["stale"]["all"][50])
             rel, ratio = hr / full - 1, _m(s["time_ratio_vs_full"][m]["fit_s"])
             ok = rel >= -0.03 and ratio <= 0.25 and hr > stale
-            out.append(f"{m} HR@50 {rel:+.1%} vs full at {ratio:.2f}x its fit time, "
+            out.append(f"{m} HR@50 {rel:+.2%} vs full at {ratio:.2f}x its fit time, "
                        f"{'above' if hr > stale else 'NOT above'} stale ({hr:.3f} vs {stale:.3f}): "
                        f"{'met' if ok else 'MISSED'}")
     cold = {m: _m(pooled[m]["cold_items"][50]) for m in ("stale", "stale ID-only items", "popularity")}
@@ -383,7 +383,7 @@ def merge(paths: list, args) -> int:
     for path in paths:
         with open(path, encoding="utf-8") as f:
             docs.append(json.load(f))
-    doc = {**docs[0], "date": [d["date"] for d in docs], "provenance": "; ".join(d["provenance"] for d in docs),
+    doc = {**docs[0], "date": [d["date"] for d in docs], "provenance": "; ".join(dict.fromkeys(d["provenance"] for d in docs)),
            "merged": paths, "args": {**docs[0]["args"], "seeds": [d["args"]["seed"] for d in docs]},
            "finished_slices": min(d["finished_slices"] for d in docs),
            "wall_seconds": sum(d["wall_seconds"] for d in docs), "summary": combine([d["summary"] for d in docs]),
