@@ -293,7 +293,10 @@ def main(argv=None):
     item_ids = items.item_id.to_numpy(dtype=object)
     initial = events[events.timestamp < edges[0]]
     cold_items, cold_users = set(items.item_id) - set(initial.item_id), set(events.user_id) - set(initial.user_id)
-    day = lambda t: datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(timespec="seconds")  # noqa: E731
+
+    def day(t):
+        return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(timespec="seconds")
+
     slices = [events[(events.timestamp >= a) & (events.timestamp < b)] for a, b in zip(edges[:-1], edges[1:])]
     protocol = {"initial_events": len(initial), "edges": [day(e) for e in edges], "num_slices": args.slices,
                 "slice_days": (edges[1] - edges[0]) / 86400, "catalog": len(items),
@@ -348,7 +351,8 @@ def main(argv=None):
         log(f"slice {k}: " + ", ".join(f"{m} {v['all'][50]:.3f}" for m, v in models.items())
             + "; " + ", ".join(f"{m} fit {u['fit_s']:.0f}s" for m, u in updates.items()))
         summary = summarize(per_slice, k)
-        doc = {"benchmark": "continuous", "dataset": "MovieLens-100K by time", "date": started.isoformat(timespec="seconds"),
+        doc = {"benchmark": "continuous", "dataset": "MovieLens-100K by time",
+               "date": started.isoformat(timespec="seconds"),
                "provenance": provenance("MovieLens-100K by time (continuous training)", started),
                "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "tensorflow": tf.__version__},
                "args": vars(args), "protocol": protocol, "initial_training": initial_time,
@@ -383,7 +387,8 @@ def merge(paths: list, args) -> int:
     for path in paths:
         with open(path, encoding="utf-8") as f:
             docs.append(json.load(f))
-    doc = {**docs[0], "date": [d["date"] for d in docs], "provenance": "; ".join(dict.fromkeys(d["provenance"] for d in docs)),
+    doc = {**docs[0], "date": [d["date"] for d in docs],
+           "provenance": "; ".join(dict.fromkeys(d["provenance"] for d in docs)),
            "merged": paths, "args": {**docs[0]["args"], "seeds": [d["args"]["seed"] for d in docs]},
            "finished_slices": min(d["finished_slices"] for d in docs),
            "wall_seconds": sum(d["wall_seconds"] for d in docs), "summary": combine([d["summary"] for d in docs]),
