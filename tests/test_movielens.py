@@ -175,3 +175,27 @@ def test_missing_data_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="protocol"):
         convert_movielens(DATA, str(tmp_path / "logs"), protocol="random", progress=None)
     assert not (tmp_path / "logs").exists()
+
+
+def test_events_by_time_and_write_time_window(tmp_path, log_reader):
+    """Time-ordered events (issue 25's continuous benchmark): histories from all earlier ratings, and a
+    time window written as event logs holds exactly that window's ratings."""
+    from tfrec_towers.data.movielens import events_by_time, write_time_window
+    from tfrec_towers.data.writer import EVENT_KINDS
+
+    events, items = events_by_time(DATA, history_len=3)
+    assert len(events) == 100_000 and len(items) == 1682
+    assert (np.diff(events.timestamp.to_numpy()) >= 0).all()
+    ratings = u_data()
+    check_histories(ratings, events.sample(2000, random_state=0), cap=3)
+    start, end = 885_000_000, 886_000_000
+    paths = write_time_window(events, str(tmp_path / "window"), start, end, num_shards=2)
+    assert len(paths) == 2 and all(os.path.exists(p) for p in paths)
+    written = log_reader(str(tmp_path / "window-*"), EVENT_KINDS)
+    ts = ratings.timestamp.astype(np.int64)
+    expected = ratings[(ts >= start) & (ts < end)]
+    assert len(written) == len(expected) > 0
+    assert set(zip(written.user_id, written.item_id)) == set(zip(expected.user_id, expected.item_id))
+    assert written.item_history.map(len).max() == 3
+    with pytest.raises(ValueError, match="no event"):
+        write_time_window(events, str(tmp_path / "empty"), 0, 1)

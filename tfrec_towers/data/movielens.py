@@ -14,13 +14,14 @@ import tempfile
 import time
 import urllib.request
 import zipfile
-from typing import Callable, Optional
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from tfrec_towers.data.writer import age_bucket, check_out_dir, past_items, write_log_dataset
+from tfrec_towers.data.writer import (EVENT_KINDS, age_bucket, check_out_dir, past_items,
+                                      write_log_dataset, write_tfrecords)
 
 URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 ENV_VAR = "TFREC_TOWERS_ML100K"
@@ -179,3 +180,45 @@ def convert_movielens(data_dir: Optional[str], out_dir: str, protocol: str = "tf
                              num_shards=num_shards, overwrite=overwrite, progress=progress)
     progress(f"converted MovieLens-100K ({protocol}) in {time.time() - started:.1f}s")
     return meta
+
+
+def events_by_time(data_dir: Optional[str] = None, history_len: int = 50) -> Tuple[pd.DataFrame, pd.DataFrame]:
+    """(events, items): every rating of u.data as a positive event in the log schema, sorted by timestamp
+    (u.data's row order among equal ones), and the item catalog (u.item), for time-ordered protocols
+    such as continuous training (``benchmarks/continuous.py``; write windows with ``write_time_window``).
+
+    ``item_history`` is the user's items of *all* ratings with a strictly earlier timestamp, the
+    ``history_len`` most recent (most recent last): the context a deployed model has at that time.
+    """
+    data_dir = os.path.abspath(_require(data_dir or default_data_dir()))
+    ratings = _read_ratings(os.path.join(data_dir, "u.data"))
+    events = ratings.assign(label=np.int64(1), request_id=ratings["user_id"] + "-" + ratings["timestamp"].astype(str))
+    events = events.merge(_read_users(data_dir), on="user_id", how="left")
+    items = _read_items(data_dir)
+    events = events.merge(items, on="item_id", how="left")
+    events["item_history"] = past_items(events["user_id"], events["item_id"], events["timestamp"],
+                                        np.ones(len(events), dtype=bool), history_len)
+    order = np.argsort(events["timestamp"].to_numpy(), kind="stable")
+    return events.iloc[order].reset_index(drop=True), items
+
+
+def write_time_window(events: pd.DataFrame, path_prefix: str, start: Optional[int] = None, end: Optional[int] = None,
+                      num_shards: int = 1, seed: int = 0) -> List[str]:
+    """Write the events with ``start <= timestamp < end`` (None: unbounded) as GZIP TFRecord event logs
+    (``writer.write_tfrecords``: ``path_prefix-0000i-of-0000N.tfrecord.gz``), in a seeded random order
+    so that a reader with a small shuffle buffer still sees times mixed; returns the paths. Raises
+    ValueError for an empty window (a log without records cannot be trained on).
+
+    ``events`` as ``events_by_time`` gives them (or any rows of the log schema); an item catalog is
+    written with ``write_tfrecords(items, prefix, 1, "GZIP", ITEM_KINDS)``.
+    """
+    keep = np.ones(len(events), dtype=bool)
+    if start is not None:
+        keep &= events["timestamp"].to_numpy() >= start
+    if end is not None:
+        keep &= events["timestamp"].to_numpy() < end
+    if not keep.any():
+        raise ValueError(f"no event with {start} <= timestamp < {end}")
+    window = events[keep]
+    window = window.iloc[np.random.default_rng(seed).permutation(len(window))]
+    return write_tfrecords(window, path_prefix, num_shards, "GZIP", EVENT_KINDS)
