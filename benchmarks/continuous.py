@@ -57,6 +57,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the library leaves TensorFlow's logging alone; a script may not
 
 import tfrec_towers  # noqa: E402,F401  (Keras 2 before TensorFlow loads)
 
@@ -70,8 +71,8 @@ import tf_keras as keras  # noqa: E402
 from tfrec_towers.config import Config, packaged  # noqa: E402
 from tfrec_towers.data.movielens import default_data_dir, events_by_time, write_time_window  # noqa: E402
 from tfrec_towers.data.writer import ITEM_KINDS, write_tfrecords  # noqa: E402
-from tfrec_towers.embeddings import embed_catalog, embed_events  # noqa: E402
-from tfrec_towers.evaluate import catalog_metrics  # noqa: E402
+from tfrec_towers.evaluation.embeddings import embed_catalog, embed_events  # noqa: E402
+from tfrec_towers.evaluation.metrics import catalog_metrics  # noqa: E402
 from tfrec_towers.run import RunDir, load_model  # noqa: E402
 from tfrec_towers.train import train  # noqa: E402
 
