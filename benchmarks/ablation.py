@@ -30,7 +30,7 @@ sys.path.insert(0, BENCH)
 import movielens as ml  # noqa: E402  (sets up the repository path and Keras 2)
 
 from tfrec_towers.config import Config, packaged  # noqa: E402
-from tfrec_towers.data.movielens import convert_movielens, default_data_dir  # noqa: E402
+from tfrec_towers.data.movielens import convert_movielens  # noqa: E402
 
 #: variant -> overrides of the default config. ``{run:reference}`` is the same seed's reference run dir.
 VARIANTS = {
@@ -182,7 +182,7 @@ def main(argv=None):
     VARIANTS.update(args.variants)
     workdir = os.path.abspath(args.workdir or tempfile.mkdtemp(prefix="tfrec-ablation-"))
     settings = {"protocols": args.protocols, "seeds": args.seeds, "budget_overrides": args.set}
-    data_dir = args.data_dir or default_data_dir()
+    data_dir = args.data_dir or ml.default_data_dir()
     for protocol in args.protocols:
         meta = convert_movielens(data_dir, os.path.join(workdir, "data", protocol), protocol=protocol,
                                  history_len=ml.HISTORY_LEN, overwrite=True, progress=lambda m: ml.log("  " + m))

@@ -69,7 +69,7 @@ import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
 from tfrec_towers.config import Config, packaged  # noqa: E402
-from tfrec_towers.data.movielens import default_data_dir, events_by_time, write_time_window  # noqa: E402
+from tfrec_towers.data.movielens import ENV_VAR, events_by_time, write_time_window  # noqa: E402
 from tfrec_towers.data.writer import ITEM_KINDS, write_tfrecords  # noqa: E402
 from tfrec_towers.evaluation.embeddings import embed_catalog, embed_events  # noqa: E402
 from tfrec_towers.evaluation.metrics import catalog_metrics  # noqa: E402
@@ -281,7 +281,8 @@ def main(argv=None):
     work = args.work_dir or tempfile.mkdtemp(prefix="continuous-")
     os.makedirs(work, exist_ok=True)
 
-    events, items = events_by_time(args.data_dir or default_data_dir(), args.history_len)
+    data_dir = args.data_dir or os.environ.get(ENV_VAR) or os.path.join(REPO, "..", "shared", "datasets", "ml-100k")
+    events, items = events_by_time(data_dir, args.history_len)
     ts = events.timestamp.to_numpy()
     first = int(ts.min() + (ts.max() - ts.min()) * args.initial_share)
     edges = np.linspace(first, ts.max() + 1, args.slices + 1).round().astype(np.int64).tolist()

@@ -52,11 +52,18 @@ import tf_keras as keras  # noqa: E402
 
 from tfrec_towers.config import Config, packaged  # noqa: E402
 from tfrec_towers.data import reader  # noqa: E402
-from tfrec_towers.data.movielens import convert_movielens, default_data_dir  # noqa: E402
+from tfrec_towers.data.movielens import ENV_VAR, convert_movielens  # noqa: E402
 from tfrec_towers.data.inputs import user_histories  # noqa: E402
 from tfrec_towers.evaluation.metrics import catalog_metrics  # noqa: E402
 from tfrec_towers.run import RunDir  # noqa: E402
 from tfrec_towers.train import train  # noqa: E402
+
+
+
+def default_data_dir() -> str:
+    """``$TFREC_TOWERS_ML100K``, else the checkout's ``../shared/datasets/ml-100k`` (benchmarks run from a checkout)."""
+    return os.environ.get(ENV_VAR) or os.path.join(REPO, "..", "shared", "datasets", "ml-100k")
+
 
 PROTOCOLS = ("tfrs", "last")
 MODELS = ("popularity", "tfrs_tutorial", "tutorial_like", "default")

@@ -18,7 +18,8 @@ import tensorflow as tf
 
 from tfrec_towers.data.movielens import ENV_VAR, URL, convert_movielens, default_data_dir, tfrs_order
 
-DATA = default_data_dir()
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.environ.get(ENV_VAR) or os.path.join(REPO, "..", "shared", "datasets", "ml-100k")
 pytestmark = pytest.mark.skipif(
     not os.path.exists(os.path.join(DATA, "u.data")),
     reason=f"MovieLens-100K not found at {DATA}: set ${ENV_VAR} to the unzipped ml-100k folder ({URL})")
@@ -199,3 +200,14 @@ def test_events_by_time_and_write_time_window(tmp_path, log_reader):
     assert written.item_history.map(len).max() == 3
     with pytest.raises(ValueError, match="no event"):
         write_time_window(events, str(tmp_path / "empty"), 0, 1)
+
+
+def test_the_library_has_no_data_path_of_its_own(monkeypatch, tmp_path):
+    """An installed library computes no repository-relative path: without data_dir and $TFREC_TOWERS_ML100K
+    it says what to give."""
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert default_data_dir() is None
+    with pytest.raises(FileNotFoundError, match="no MovieLens-100K directory"):
+        convert_movielens(None, str(tmp_path / "out"), progress=None)
+    monkeypatch.setenv(ENV_VAR, str(tmp_path))
+    assert default_data_dir() == str(tmp_path)

@@ -257,8 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_report)
 
     sp = sub.add_parser("movielens", help="MovieLens-100K -> TFRecord logs and item catalog")
-    sp.add_argument("--data-dir", help="folder with u.data, u.user, u.item (default: $TFREC_TOWERS_ML100K, "
-                                       "else ../shared/datasets/ml-100k beside the checkout)")
+    sp.add_argument("--data-dir", help="folder with u.data, u.user, u.item (default: $TFREC_TOWERS_ML100K)")
     sp.add_argument("--out", required=True)
     sp.add_argument("--protocol", choices=["tfrs", "last", "files"], default="tfrs")
     sp.add_argument("--history-len", type=int, default=50)

@@ -1,7 +1,7 @@
 """MovieLens-100K -> event logs in the project's schema (see ``writer.py``).
 
-The data is read from a local copy, never redistributed: ``$TFREC_TOWERS_ML100K``, or by default
-``<repo>/../shared/datasets/ml-100k``. It can be fetched with ``download_movielens_100k``.
+The data is read from a local copy, never redistributed: the ``data_dir`` given, else
+``$TFREC_TOWERS_ML100K``. It can be fetched with ``download_movielens_100k``.
 
 Every rating is a positive event (``label=1``, ``rating`` = the stars); ``request_id`` is
 ``"{user}-{timestamp}"``. Events are written in the order of the TFRS tutorial's seed-42 shuffle of
@@ -23,6 +23,9 @@ import tensorflow as tf
 from tfrec_towers.data.writer import (EVENT_KINDS, age_bucket, check_out_dir, past_items,
                                       write_log_dataset, write_tfrecords)
 
+__all__ = ["URL", "ENV_VAR", "PROTOCOLS", "GENRES", "default_data_dir", "download_movielens_100k", "tfrs_order",
+           "convert_movielens", "events_by_time", "write_time_window"]
+
 URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 ENV_VAR = "TFREC_TOWERS_ML100K"
 PROTOCOLS = ("tfrs", "last", "files")
@@ -33,10 +36,10 @@ GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy",
 _RATING_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
 
 
-def default_data_dir() -> str:
-    """``$TFREC_TOWERS_ML100K``, else ``<repo root>/../shared/datasets/ml-100k``."""
-    repo_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return os.environ.get(ENV_VAR, os.path.join(repo_root, "..", "shared", "datasets", "ml-100k"))
+def default_data_dir() -> Optional[str]:
+    """``$TFREC_TOWERS_ML100K``, or None: an installed library knows no place of its own for the data
+    (the repository's benchmarks and tests fall back to the checkout's ``../shared/datasets``)."""
+    return os.environ.get(ENV_VAR) or None
 
 
 def download_movielens_100k(dest: str) -> str:
@@ -51,7 +54,12 @@ def download_movielens_100k(dest: str) -> str:
     return os.path.join(dest, "ml-100k")
 
 
-def _require(path: str) -> str:
+def _require(path: Optional[str]) -> str:
+    if not path:
+        raise FileNotFoundError(
+            f"no MovieLens-100K directory: give one (--data-dir, data_dir) or set ${ENV_VAR} to the unzipped "
+            f"ml-100k directory; the dataset is downloadable from {URL} "
+            "(tfrec_towers.data.movielens.download_movielens_100k does that).")
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"MovieLens-100K file or directory not found: {path}. Point ${ENV_VAR} (or data_dir) at the "
