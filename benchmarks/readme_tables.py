@@ -1,18 +1,20 @@
-"""Copy the benchmarks' generated tables into the README, so that no figure there is typed by hand.
+"""Copy the benchmarks' generated tables into the Markdown files, so that no figure there is typed by hand.
 
-The README marks each generated block with the results file it comes from:
+A Markdown file (``README.md``, ``benchmarks/README.md``, ``docs/*.md``: ``MARKDOWN``) marks each
+generated block with the results file it comes from:
 
     <!-- generated from benchmarks/results/movielens.md: python benchmarks/readme_tables.py -->
     ... (replaced by that file's content) ...
     <!-- end of generated block -->
 
-    python benchmarks/readme_tables.py           # rewrite the blocks from the results files
+    python benchmarks/readme_tables.py           # rewrite the blocks of every file from the results files
     python benchmarks/readme_tables.py --check   # exit 1 naming each block that differs from its file
 
 Each results file starts with a provenance line (``provenance()``): dataset, date, commit, machine.
 """
 import argparse
 import datetime
+import glob
 import os
 import platform
 import re
@@ -21,6 +23,9 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(REPO, "README.md")
+#: The Markdown files whose generated blocks are rewritten and checked (issue 27: the benchmark sections
+#: moved from the README to benchmarks/README.md, the reference sections to docs/).
+MARKDOWN = ("README.md", "benchmarks/README.md", "docs/*.md", "serving/README.md", "pipelines/README.md")
 BLOCK = re.compile(r"(<!-- generated from (\S+): python benchmarks/readme_tables.py -->\n)(.*?)(<!-- end of generated block -->)",
                    re.S)
 
@@ -49,8 +54,19 @@ def runs_provenance(doc: dict) -> str:
             f"{m['cpu_count']} CPUs, TensorFlow {m['tensorflow']}")
 
 
+def markdown_files():
+    """The repository-relative paths of ``MARKDOWN``'s files that exist, in that order."""
+    paths = []
+    for pattern in MARKDOWN:
+        for path in sorted(glob.glob(os.path.join(REPO, pattern))):
+            rel = os.path.relpath(path, REPO)
+            if rel not in paths:
+                paths.append(rel)
+    return paths
+
+
 def render(readme: str):
-    """(README with every block replaced by its file, [paths of blocks that changed])."""
+    """(the Markdown text with every block replaced by its file, [paths of blocks that changed])."""
     changed = []
 
     def replace(match):
@@ -68,21 +84,29 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--check", action="store_true", help="only report blocks that differ from their files")
     args = p.parse_args(argv)
-    with open(README, encoding="utf-8") as f:
-        readme = f.read()
-    new, changed = render(readme)
-    if not BLOCK.search(readme):
-        print("README.md has no generated block", file=sys.stderr)
+    found, failed = 0, False
+    for rel in markdown_files():
+        path = os.path.join(REPO, rel)
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        if not BLOCK.search(text):
+            continue
+        found += 1
+        new, changed = render(text)
+        if args.check:
+            for block in changed:
+                print(f"{rel}: the block from {block} differs from the file; run python benchmarks/readme_tables.py",
+                      file=sys.stderr)
+            failed = failed or bool(changed)
+            continue
+        if new != text:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(new)
+        print(f"{rel}: {len(changed)} block(s) rewritten: {', '.join(changed) or 'none'}")
+    if not found:
+        print(f"no generated block in {', '.join(MARKDOWN)}", file=sys.stderr)
         return 1
-    if args.check:
-        for path in changed:
-            print(f"README.md: the block from {path} differs from the file; run python benchmarks/readme_tables.py",
-                  file=sys.stderr)
-        return 1 if changed else 0
-    with open(README, "w", encoding="utf-8") as f:
-        f.write(new)
-    print(f"README.md: {len(changed)} block(s) rewritten: {', '.join(changed) or 'none'}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

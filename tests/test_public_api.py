@@ -16,7 +16,7 @@ from test_architecture import DEPRECATED
 MODULES = sorted(m.name for m in pkgutil.walk_packages(tfrec_towers.__path__, "tfrec_towers.")
                  if m.name not in DEPRECATED)
 
-#: Modules that must declare ``__all__`` (issue 27): the ones users, the CLI, pipelines and README import.
+#: Modules that must declare ``__all__`` (issue 27): the ones users, the CLI, pipelines, README.md and docs/ import.
 DECLARED = ["tfrec_towers.config", "tfrec_towers.choices", "tfrec_towers.lazy_adam", "tfrec_towers.model",
             "tfrec_towers.run", "tfrec_towers.train", "tfrec_towers.warm_start", "tfrec_towers.mining",
             "tfrec_towers.features", "tfrec_towers.features.spec", "tfrec_towers.features.stats",

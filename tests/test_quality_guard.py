@@ -1,5 +1,5 @@
 """Quality guard (issue 18): the default model on MovieLens-100K's `tfrs` split, seed 0, trained and
-scored by ``benchmarks/movielens.py`` itself, stays above floors set just under the README's 3-seed
+scored by ``benchmarks/movielens.py`` itself, stays above floors set just under benchmarks/README.md's 3-seed
 figures (``benchmarks/results/movielens.json``, 2026-11-30, commit 55e2945: HR@10 0.1444 +- 0.0019,
 HR@100 0.6383 +- 0.0019 over 3 seeds), about 3 standard deviations under the means.
 
