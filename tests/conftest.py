@@ -1,6 +1,10 @@
 """Shared test helpers."""
 import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 
+import hashlib
+import os
+
+import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
@@ -52,3 +56,26 @@ def small_trained_run(root, num_users: int, num_items: int, num_requests: int, s
     run_dir = str(root / "run")
     train(config, files["train"], run_dir, files["test"], files["items"], verbose=0, progress=lambda message: None)
     return run_dir, files, config
+
+
+def hashes(directory) -> dict:
+    """sha256 of every file under ``directory`` (relative path -> hex digest): a run or artifact that
+    must not be modified is hashed before and after."""
+    out = {}
+    for base, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(base, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def mixture(rng, counts, dim, clusters, spread):
+    """Unit vectors around ``clusters`` random centres (noise ``spread``): one array per count."""
+    centres = rng.normal(size=(clusters, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    out = []
+    for n in counts:
+        x = centres[rng.integers(clusters, size=n)] + spread / np.sqrt(dim) * rng.normal(size=(n, dim))
+        out.append((x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32))
+    return out

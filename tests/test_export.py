@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 from cli_helpers import cli
 from cli_helpers import subprocess_env as env
-from conftest import small_trained_run
+from conftest import mixture, small_trained_run
 
 from tfrec_towers.evaluation.embeddings import embed_catalog
 from tfrec_towers.export.exporter import export_run, read_metadata, refresh_items
@@ -379,16 +379,6 @@ def test_portable_index_probing_everything_is_exact_and_defaults_keep_recall():
     padded = got.numpy() == b""
     assert padded.any() and np.all(np.isneginf(scores.numpy()[padded]))
     assert set(got.numpy()[~padded].astype(str)) <= set(ids[:40])
-
-
-def mixture(rng, counts, dim, clusters, spread):
-    centres = rng.normal(size=(clusters, dim))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    out = []
-    for n in counts:
-        x = centres[rng.integers(clusters, size=n)] + spread / np.sqrt(dim) * rng.normal(size=(n, dim))
-        out.append((x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32))
-    return out
 
 
 def test_tuned_probe_follows_the_data_and_keeps_recall():

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from cli_helpers import cli, serve_in_subprocess
 from cli_helpers import subprocess_env as env
-from conftest import small_trained_run
+from conftest import mixture, small_trained_run
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 from test_serving_server import declared, http, predict_request
 
@@ -30,16 +30,6 @@ from tfrec_towers.serving import ModelServer, RetrievalClient, ServingError
 
 INDEXES = ["brute", "portable", "scann"]
 Code = grpc.StatusCode
-
-
-def mixture(rng, counts, dim, clusters, spread):
-    centres = rng.normal(size=(clusters, dim))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    out = []
-    for n in counts:
-        x = centres[rng.integers(clusters, size=n)] + spread / np.sqrt(dim) * rng.normal(size=(n, dim))
-        out.append((x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32))
-    return out
 
 
 def padded(rows, width=None):

@@ -14,7 +14,6 @@ pipeline tests are skipped with the build script's last lines; they never pass w
 Select it with ``pytest tests/test_tfx_pipeline.py`` (or ``-k tfx``).
 """
 import glob
-import hashlib
 import importlib
 import importlib.util
 import json
@@ -25,6 +24,7 @@ import tfrec_towers  # first: Keras 2 before TensorFlow loads
 
 import numpy as np
 import pytest
+from conftest import hashes
 import tensorflow as tf
 
 from tfrec_towers.config import Config, packaged
@@ -73,17 +73,6 @@ def run_pipeline(workdir, data, pipeline_root, serving_base, *extra) -> str:
 
 def listing(directory) -> list:
     return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
-
-
-def hashes(directory) -> dict:
-    """sha256 of every file under ``directory`` (relative path -> hex digest)."""
-    out = {}
-    for base, _, names in os.walk(directory):
-        for name in names:
-            path = os.path.join(base, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 def query_batch(config, pattern, n=None, where=None):

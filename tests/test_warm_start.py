@@ -3,7 +3,6 @@
 Real synthetic TFRecord logs of two "days" (the second with more users and items), real runs; the
 previous run's files are hashed before and after to show that nothing in it is modified.
 """
-import hashlib
 import os
 import subprocess
 
@@ -21,6 +20,7 @@ from tfrec_towers.train import train
 from tfrec_towers.warm_start import WarmStartError
 
 from cli_helpers import cli, subprocess_env
+from conftest import hashes
 
 
 def quiet(message):
@@ -50,16 +50,6 @@ def day1_run(days):
     run_dir = str(root / "run1")
     train(small_config(), one["train"], run_dir, items_pattern=one["items"], verbose=0, progress=quiet)
     return run_dir
-
-
-def hashes(directory):
-    out = {}
-    for base, _, names in os.walk(directory):
-        for name in names:
-            path = os.path.join(base, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 # --- statistics -----------------------------------------------------------------------------------
