@@ -6,31 +6,29 @@ trained at the same budget (epochs, batch size, optimizer) on both protocols of
 over the whole catalog. The reference row is the default model: in-batch softmax, logQ from training
 counts, temperature 0.2. Speed is training examples/s relative to the reference's in the same seed loop.
 
-    python benchmarks/ablation.py                                   # everything, 3 seeds, both protocols
-    python benchmarks/ablation.py --variants reference,samtone --seeds 0 --protocols tfrs
-    python benchmarks/ablation.py --protocols last --output-json /tmp/last.json --resume   # continue a run
-    python benchmarks/ablation.py --merge /tmp/tfrs.json /tmp/last.json    # one JSON + table from parts
+    python -m benchmarks.ablation                                   # everything, 3 seeds, both protocols
+    python -m benchmarks.ablation --variants reference,samtone --seeds 0 --protocols tfrs
+    python -m benchmarks.ablation --protocols last --output-json /tmp/last.json --resume   # continue a run
+    python -m benchmarks.ablation --merge /tmp/tfrs.json /tmp/last.json    # one JSON + table from parts
 
 Results go to ``benchmarks/results/ablation.{json,md}`` after every run (an interrupted ablation keeps
 what finished; ``--resume`` skips it). ML-100K is read from ``$TFREC_TOWERS_ML100K`` (default
 ``<repo>/../shared/datasets/ml-100k``), never copied.
 """
-import argparse
 import datetime
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
 
-BENCH = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, BENCH)
+from tfrec_towers.config import Config, packaged
+from tfrec_towers.data.movielens import convert_movielens
 
-import movielens as ml  # noqa: E402  (sets up the repository path and Keras 2)
+from benchmarks.harness import (add_common_flags, argument_parser, comma_list, data_dir, fmt, log, machine,
+                                machine_line, mean_std_by_key, read_json, write_results)
+from benchmarks.movielens import HISTORY_LEN, Dataset, run_package
 
-from tfrec_towers.config import Config, packaged  # noqa: E402
-from tfrec_towers.data.movielens import convert_movielens  # noqa: E402
+__all__ = ["VARIANTS", "variant_config", "summarize", "markdown", "main"]
 
 #: variant -> overrides of the default config. ``{run:reference}`` is the same seed's reference run dir.
 VARIANTS = {
@@ -84,10 +82,8 @@ def summarize(results: dict) -> dict:
                     row["speed"] = r["examples_per_s"] / ref[seed]["examples_per_s"]
                     row["cpu_speed"] = r["examples_per_cpu_s"] / ref[seed]["examples_per_cpu_s"]
                 rows[seed] = row
-            keys = sorted({k for row in rows.values() for k in row})
-            stats = {k: ml._mean_std([row.get(k) for row in rows.values()]) for k in keys}
-            out[protocol][variant] = {"mean": {k: v[0] for k, v in stats.items()},
-                                      "std": {k: v[1] for k, v in stats.items()}, "seeds": sorted(rows)}
+            mean, std = mean_std_by_key(rows.values(), sorted({k for row in rows.values() for k in row}))
+            out[protocol][variant] = {"mean": mean, "std": std, "seeds": sorted(rows)}
     return out
 
 
@@ -101,12 +97,12 @@ def markdown(summary: dict) -> str:
                   "|" + "---|" * (len(METRICS) + 7)]
         for variant, s in variants.items():
             m, d = s["mean"], s["std"]
-            cells = [variant, str(len(s["seeds"]))] + [ml._fmt(m.get(k), d.get(k)) for k, _ in METRICS]
+            cells = [variant, str(len(s["seeds"]))] + [fmt(m.get(k), d.get(k)) for k, _ in METRICS]
             cells.append(f"{100 * (m['hr@50'] / ref - 1):+.1f}%" if ref else "–")
-            cells.append(ml._fmt(m.get("hr@50_excl"), d.get("hr@50_excl")))
-            cells.append(ml._fmt(m.get("train_seconds"), d.get("train_seconds"), 0))
+            cells.append(fmt(m.get("hr@50_excl"), d.get("hr@50_excl")))
+            cells.append(fmt(m.get("train_seconds"), d.get("train_seconds"), 0))
             for key in ("speed", "cpu_speed"):
-                cells.append("–" if m.get(key) is None else ml._fmt(m[key], d[key], 2) + "x")
+                cells.append(fmt(m.get(key), d.get(key), 2, "x"))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     lines.append("All items ranked (`all_items`), mean ± sample std over seeds; HR@50 excl.: the user's training "
@@ -117,36 +113,28 @@ def markdown(summary: dict) -> str:
 
 def write(results: dict, settings: dict, json_path: str, md_path: str) -> str:
     summary = summarize(results)
-    doc = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-           "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+    doc = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "machine": machine(),
            "settings": settings, "variants": VARIANTS, "results": results, "summary": summary}
-    for path, text in ((json_path, json.dumps(doc, indent=2)), (md_path, markdown(summary))):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            f.write(text if path == json_path else f"MovieLens-100K ablation, {doc['date'][:10]}, "
-                    f"{doc['machine']['platform']}, {os.cpu_count()} CPUs; settings {settings}\n\n" + text)
-        os.replace(path + ".tmp", path)
-    return markdown(summary)
+    table = markdown(summary)
+    write_results(doc, f"MovieLens-100K ablation, {doc['date'][:10]}, {machine_line(doc['machine'])}; settings "
+                       f"{settings}\n\n{table}", json_path, md_path)
+    return table
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argument_parser(__doc__)
+    add_common_flags(p, "ablation", seeds="0,1,2", dataset="ml-100k")
     p.add_argument("--protocols", default="tfrs,last")
-    p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"from: {', '.join(VARIANTS)}, or a custom "
                    "NAME=override;override (e.g. 'best=task.samtone=query;negatives.uniform=512')")
     p.add_argument("--set", action="append", default=[], help="override applied to every variant (the budget)")
     p.add_argument("--workdir", help="data and runs (default: a temporary directory)")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--output-json", default=os.path.join(BENCH, "results", "ablation.json"))
-    p.add_argument("--output-md", default=os.path.join(BENCH, "results", "ablation.md"))
     p.add_argument("--resume", action="store_true", help="keep the output JSON's results and skip them")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="merge result files into the outputs and exit")
     args = p.parse_args(argv)
-    args.protocols, args.seeds = ml._list(args.protocols), ml._list(args.seeds, int)
+    args.protocols = comma_list(args.protocols)
     variants = {}
-    for item in ml._list(args.variants):
+    for item in comma_list(args.variants):
         name, sep, overrides = item.partition("=")
         if sep:
             variants[name] = [o for o in overrides.split(";") if o]
@@ -168,8 +156,7 @@ def main(argv=None):
     results = {}
     if args.merge:
         for path in args.merge:
-            with open(path, encoding="utf-8") as f:
-                doc = json.load(f)
+            doc = read_json(path)
             VARIANTS.update(doc.get("variants", {}))
             for protocol, variants in doc["results"].items():
                 for variant, seeds in variants.items():
@@ -177,27 +164,26 @@ def main(argv=None):
         print(write(results, {"merged": args.merge}, args.output_json, args.output_md))
         return 0
     if args.resume and os.path.exists(args.output_json):
-        with open(args.output_json, encoding="utf-8") as f:
-            results = json.load(f)["results"]
+        results = read_json(args.output_json)["results"]
     VARIANTS.update(args.variants)
     workdir = os.path.abspath(args.workdir or tempfile.mkdtemp(prefix="tfrec-ablation-"))
     settings = {"protocols": args.protocols, "seeds": args.seeds, "budget_overrides": args.set}
-    data_dir = args.data_dir or ml.default_data_dir()
+    folder = data_dir("ml-100k", args.data_dir)
     for protocol in args.protocols:
-        meta = convert_movielens(data_dir, os.path.join(workdir, "data", protocol), protocol=protocol,
-                                 history_len=ml.HISTORY_LEN, overwrite=True, progress=lambda m: ml.log("  " + m))
-        data = ml.Dataset(meta, Config.load(packaged("default")))
+        meta = convert_movielens(folder, os.path.join(workdir, "data", protocol), protocol=protocol,
+                                 history_len=HISTORY_LEN, overwrite=True, progress=lambda m: log("  " + m))
+        data = Dataset(meta, Config.load(packaged("default")))
         for seed in args.seeds:
             for name, overrides in args.variants.items():
                 done = results.get(protocol, {}).get(name, {})
                 if str(seed) in done:
                     continue
-                ml.log(f"\n=== {protocol} seed {seed}: {name} {overrides} ===")
+                log(f"\n=== {protocol} seed {seed}: {name} {overrides} ===")
                 start = time.perf_counter()
                 config = variant_config(name, seed, overrides, args.set, workdir, protocol)
-                r = ml.run_package(config, data, run_dir(workdir, protocol, name, seed))
+                r = run_package(config, data, run_dir(workdir, protocol, name, seed))
                 results.setdefault(protocol, {}).setdefault(name, {})[str(seed)] = r
-                ml.log(f"    HR@50 {r['all_items']['hr@50']:.4f}, HR@100 {r['all_items']['hr@100']:.4f}, "
+                log(f"    HR@50 {r['all_items']['hr@50']:.4f}, HR@100 {r['all_items']['hr@100']:.4f}, "
                        f"{r['examples_per_s']:.0f} examples/s ({time.perf_counter() - start:.0f} s in all)")
                 write(results, settings, args.output_json, args.output_md)
     print(write(results, settings, args.output_json, args.output_md))

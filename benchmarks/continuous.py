@@ -37,44 +37,38 @@ gave 0.117 (all 0.359), without ``oov_rate`` (and year) 0.004. Increments warm-s
 the next half of the 20% and tested on the last half: 3 / 5 / 10 epochs gave HR@50 0.363 / 0.366 / 0.337
 (full retrain 0.370), hence 5. The 10 epochs of full retraining (default.yaml: 20) fit the time budget.
 
-    python benchmarks/continuous.py                                # the full run (results/continuous.*)
-    python benchmarks/continuous.py --slices 3 --full-epochs 1 --output-json /tmp/c.json --output-md /tmp/c.md
+    python -m benchmarks.continuous                                # the full run (results/continuous.*)
+    python -m benchmarks.continuous --slices 3 --full-epochs 1 --output-json /tmp/c.json --output-md /tmp/c.md
 
 ML-100K is read by path (``$TFREC_TOWERS_ML100K``, default ``<repo>/../shared/datasets/ml-100k``); the logs
 go to a temporary work directory, never into the repository (MovieLens' terms forbid redistribution).
 """
-import argparse
 import datetime
 import gc
-import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the library leaves TensorFlow's logging alone; a script may not
+import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 
-import tfrec_towers  # noqa: E402,F401  (Keras 2 before TensorFlow loads)
+import numpy as np
+import pandas as pd
+import tf_keras as keras
 
-from readme_tables import provenance  # noqa: E402
+from tfrec_towers.config import Config, packaged
+from tfrec_towers.data.movielens import events_by_time, write_time_window
+from tfrec_towers.data.writer import ITEM_KINDS, write_tfrecords
+from tfrec_towers.evaluation.embeddings import embed_catalog, embed_events
+from tfrec_towers.evaluation.metrics import catalog_metrics
+from tfrec_towers.run import RunDir, load_model
+from tfrec_towers.train import train
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
+from benchmarks.harness import (Timer, add_common_flags, argument_parser, comma_list, data_dir, fmt, log, machine,
+                                mean_std, provenance, read_json, write_results)
 
-from tfrec_towers.config import Config, packaged  # noqa: E402
-from tfrec_towers.data.movielens import ENV_VAR, events_by_time, write_time_window  # noqa: E402
-from tfrec_towers.data.writer import ITEM_KINDS, write_tfrecords  # noqa: E402
-from tfrec_towers.evaluation.embeddings import embed_catalog, embed_events  # noqa: E402
-from tfrec_towers.evaluation.metrics import catalog_metrics  # noqa: E402
-from tfrec_towers.run import RunDir, load_model  # noqa: E402
-from tfrec_towers.train import train  # noqa: E402
+__all__ = ["configs", "subset_metrics", "summarize", "markdown", "checks", "combine", "merge", "main"]
 
 KS = (10, 50)
 SUBSETS = ("all", "cold_items", "cold_users")
@@ -82,10 +76,6 @@ UPDATED = ("full", "incremental", "inc+replay")
 STALE = {"stale": "main", "stale no oov_rate": "no_oov", "stale ID-only items": "id_only"}
 QUIET = lambda message: None  # noqa: E731
 TIE = 1e-5  # random tie-breaking of equal scores (subset_metrics)
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 #: The release year on the item side (selected on the initial period: see the module docstring).
@@ -115,11 +105,11 @@ def with_epochs(config: Config, epochs: int) -> Config:
 
 
 def timed_train(config, pattern, run_dir, items, warm_start=None) -> dict:
-    wall, cpu = time.perf_counter(), time.process_time()
-    train(config, pattern, run_dir, items_pattern=items, verbose=0, progress=QUIET, warm_start=warm_start)
+    with Timer() as t:
+        train(config, pattern, run_dir, items_pattern=items, verbose=0, progress=QUIET, warm_start=warm_start)
     timing = RunDir(run_dir).fit_timing()
     return {"fit_s": timing["seconds"], "fit_cpu_s": timing["cpu_seconds"], "examples": timing["examples"],
-            "train_s": round(time.perf_counter() - wall, 2), "train_cpu_s": round(time.process_time() - cpu, 2)}
+            "train_s": round(t.wall, 2), "train_cpu_s": round(t.cpu, 2)}
 
 
 def subset_metrics(query, item_ids, item_emb, users, targets, history, cold_items, cold_users, seed=0) -> dict:
@@ -197,9 +187,10 @@ def _m(x):
 
 
 def _f(x, digits=3):
+    """A figure, or a merged one as mean ± std (std shown for more than one seed)."""
     if isinstance(x, dict):
-        return f"{x['mean']:.{digits}f} ± {x['std']:.{digits}f}" if x["n"] > 1 else f"{x['mean']:.{digits}f}"
-    return "–" if x is None else f"{x:.{digits}f}"
+        return fmt(x["mean"], x["std"], digits, n=x["n"])
+    return fmt(x, digits=digits)
 
 
 def markdown(doc: dict) -> str:
@@ -258,8 +249,8 @@ def checks(s: dict) -> list:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", default=None)
+    p = argument_parser(__doc__)
+    add_common_flags(p, "continuous", dataset="ml-100k")
     p.add_argument("--work-dir", default=None, help="logs and runs (default: a temporary directory, deleted)")
     p.add_argument("--slices", type=int, default=8)
     p.add_argument("--initial-share", type=float, default=0.5)
@@ -272,17 +263,14 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="training seed, order of the logs, replay sample")
     p.add_argument("--merge", default=None, help="comma-separated results JSONs of single seeds: write their "
                                                   "mean ± std to --output-json/--output-md instead of running")
-    p.add_argument("--output-json", default=os.path.join(REPO, "benchmarks", "results", "continuous.json"))
-    p.add_argument("--output-md", default=os.path.join(REPO, "benchmarks", "results", "continuous.md"))
     args = p.parse_args(argv)
     if args.merge:
-        return merge(args.merge.split(","), args)
+        return merge(comma_list(args.merge), args)
     started, t0 = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
     work = args.work_dir or tempfile.mkdtemp(prefix="continuous-")
     os.makedirs(work, exist_ok=True)
 
-    data_dir = args.data_dir or os.environ.get(ENV_VAR) or os.path.join(REPO, "..", "shared", "datasets", "ml-100k")
-    events, items = events_by_time(data_dir, args.history_len)
+    events, items = events_by_time(data_dir("ml-100k", args.data_dir), args.history_len)
     ts = events.timestamp.to_numpy()
     first = int(ts.min() + (ts.max() - ts.min()) * args.initial_share)
     edges = np.linspace(first, ts.max() + 1, args.slices + 1).round().astype(np.int64).tolist()
@@ -356,7 +344,7 @@ def main(argv=None):
         doc = {"benchmark": "continuous", "dataset": "MovieLens-100K by time",
                "date": started.isoformat(timespec="seconds"),
                "provenance": provenance("MovieLens-100K by time (continuous training)", started),
-               "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "tensorflow": tf.__version__},
+               "machine": machine(),
                "args": vars(args), "protocol": protocol, "initial_training": initial_time,
                "finished_slices": k, "wall_seconds": round(time.perf_counter() - t0, 1),
                "summary": summary, "per_slice": per_slice}
@@ -379,16 +367,13 @@ def combine(values: list):
     if isinstance(first, list) and all(isinstance(v, list) and len(v) == len(first) for v in values):
         return [combine(list(x)) for x in zip(*values)]
     if isinstance(first, (int, float)) and not isinstance(first, bool) and all(v is not None for v in values):
-        return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-                "n": len(values)}
+        mean, std = mean_std(values)
+        return {"mean": mean, "std": std, "n": len(values)}
     return first
 
 
 def merge(paths: list, args) -> int:
-    docs = []
-    for path in paths:
-        with open(path, encoding="utf-8") as f:
-            docs.append(json.load(f))
+    docs = [read_json(path) for path in paths]
     doc = {**docs[0], "date": [d["date"] for d in docs],
            "provenance": "; ".join(dict.fromkeys(d["provenance"] for d in docs)),
            "merged": paths, "args": {**docs[0]["args"], "seeds": [d["args"]["seed"] for d in docs]},
@@ -404,12 +389,7 @@ def merge(paths: list, args) -> int:
 
 
 def write_outputs(doc: dict, args) -> None:
-    for path in (args.output_json, args.output_md):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(args.output_json, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=2, default=str)
-    with open(args.output_md, "w", encoding="utf-8") as f:
-        f.write(doc["provenance"] + "\n\n" + markdown(doc))
+    write_results(doc, doc["provenance"] + "\n\n" + markdown(doc), args.output_json, args.output_md)
 
 
 if __name__ == "__main__":

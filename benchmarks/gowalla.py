@@ -5,7 +5,7 @@ Protocol of the published numbers (LightGCN, He et al. 2020): train on train.txt
 NDCG@20 (ideal DCG over min(|test items|, 20)) averaged over test users. ``--split valid`` trains on
 train.txt and evaluates on valid.txt (tuning); ``--split test`` is for the final figures. Models:
 
-* ``popularity``: score = the item's count among the training interactions;
+* ``popularity``: score = the item's count among the training interactions (run once: no seed);
 * ``als``: ``implicit`` 0.7.3's CPU ``AlternatingLeastSquares`` (2 threads, 15 iterations) on the
   binary user x item CSR matrix; factors, regularisation and alpha are tuned on train -> valid by a
   coordinate search from implicit's defaults (``ALS_SEARCH``), then refitted for the test split;
@@ -32,49 +32,43 @@ train.txt and evaluates on valid.txt (tuning); ``--split test`` is for the final
 ``tfrs_basic``'s in the same run and seed (the machine is shared). Peak memory: the process's peak
 RSS (VmHWM, reset through /proc/self/clear_refs before each phase) during training and evaluation.
 
-    python benchmarks/gowalla.py --split test --models popularity,als,tfrs_basic,default --seeds 0
-    python benchmarks/gowalla.py --split test --models tfrs_basic,best --seeds 0,1,2
-    python benchmarks/gowalla.py --split valid --models default --set task.temperature=0.05 --output-json /tmp/v.json
+    python -m benchmarks.gowalla --split test --models popularity,als,tfrs_basic,default --seeds 0
+    python -m benchmarks.gowalla --split test --models tfrs_basic,best --seeds 0,1,2
+    python -m benchmarks.gowalla --split valid --models default --set task.temperature=0.05 --output-json /tmp/v.json
 
 Results of several invocations are merged into the same JSON (per split and model; ``--fresh`` starts
 over). Gowalla is read by path from ``$TFREC_TOWERS_GOWALLA`` (default ``<repo>/../shared/datasets/gowalla``).
 """
-import argparse
 import datetime
 import gc
 import json
 import os
-import platform
 import resource
 import shutil
 import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the library leaves TensorFlow's logging alone; a script may not
-import tfrec_towers  # noqa: E402,F401  (Keras 2 before TensorFlow loads)
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+import tf_keras as keras
 
-from readme_tables import commit  # noqa: E402  (benchmarks/ is on the path: scripts run from it)
+from tfrec_towers.config import Config, packaged
+from tfrec_towers.data.user_item_lists import convert_user_item_lists, merge_lists, read_user_item_lists
+from tfrec_towers.evaluation.job import evaluate_users
+from tfrec_towers.evaluation.metrics import user_catalog_metrics
+from tfrec_towers.run import RunDir, load_model
+from tfrec_towers.train import train
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tensorflow_recommenders as tfrs  # noqa: E402
-import tf_keras as keras  # noqa: E402
+from benchmarks.harness import (ResultsFile, Timer, add_common_flags, argument_parser, comma_list, data_dir, fmt,
+                                fresh_start, log, mean_std_by_key, read_json, run_info, runs_provenance)
 
-from tfrec_towers.config import Config, packaged  # noqa: E402
-from tfrec_towers.data.user_item_lists import convert_user_item_lists, merge_lists, read_user_item_lists  # noqa: E402
-from tfrec_towers.evaluation.job import evaluate_users  # noqa: E402
-from tfrec_towers.evaluation.metrics import user_catalog_metrics  # noqa: E402
-from tfrec_towers.run import RunDir, load_model  # noqa: E402
-from tfrec_towers.train import train  # noqa: E402
+__all__ = ["MODELS", "K", "BEST", "BEST_DROP_QUERY", "Split", "run_popularity", "run_als", "run_tfrs_basic",
+           "package_config", "run_package", "summarize", "markdown", "checks", "main"]
 
-from benchmarks.movielens import Timer, _list, _mean_std, log  # noqa: E402
-
-ENV_VAR = "TFREC_TOWERS_GOWALLA"
 MODELS = ("popularity", "als", "tfrs_basic", "package_basic", "default", "best")
 PACKAGE_MODELS = ("package_basic", "default", "best")
 TUNED_MODELS = ("default", "best")  # the package models held to the quality targets; --set applies to them
@@ -106,10 +100,6 @@ ANCHORS = [("LightGCN (published)", 0.1830, 0.1554), ("SimpleX (published)", 0.1
 TARGET_RECALL = 0.1830
 
 TFRS_LR = 0.1  # the basic-retrieval tutorial's Adagrad learning rate
-
-
-def default_data_dir() -> str:
-    return os.environ.get(ENV_VAR, os.path.join(REPO, "..", "shared", "datasets", "gowalla"))
 
 
 # --- memory ---------------------------------------------------------------------------------------
@@ -380,9 +370,7 @@ SUMMARY_KEYS = (f"recall@{K}", f"ndcg@{K}", "train_seconds", "examples_per_s", "
 
 
 def summarize(per_seed: list) -> dict:
-    mean, std = {}, {}
-    for k in SUMMARY_KEYS:
-        mean[k], std[k] = _mean_std([s.get(k) for s in per_seed])
+    mean, std = mean_std_by_key(per_seed, SUMMARY_KEYS)
     return {"seeds": per_seed, "mean": mean, "std": std}
 
 
@@ -399,12 +387,6 @@ def pooled(models: dict) -> dict:
     return out
 
 
-def _fmt(mean, std, digits=4, suffix=""):
-    if mean is None:
-        return "–"
-    return (f"{mean:.{digits}f} ± {std:.{digits}f}" if std else f"{mean:.{digits}f}") + suffix
-
-
 def markdown(results: dict, split: str, anchors: bool = True) -> str:
     models = pooled(results.get(split, {}))
     lines = [f"| model | Recall@{K} | NDCG@{K} | seeds | train s | examples/s | speed vs tfrs_basic (CPU) | "
@@ -412,16 +394,16 @@ def markdown(results: dict, split: str, anchors: bool = True) -> str:
     for name, r in models.items():
         m, s = r["mean"], r["std"]
         speed = "–" if m["speed_vs_tfrs_basic"] is None else (
-            _fmt(m["speed_vs_tfrs_basic"], s["speed_vs_tfrs_basic"], 2, "x")
-            + f" ({_fmt(m['cpu_speed_vs_tfrs_basic'], s['cpu_speed_vs_tfrs_basic'], 2, 'x')})")
-        rss = f"{_fmt(m['train_peak_rss_mb'], None, 0)} / {_fmt(m['eval_peak_rss_mb'], None, 0)}"
+            fmt(m["speed_vs_tfrs_basic"], s["speed_vs_tfrs_basic"], 2, "x")
+            + f" ({fmt(m['cpu_speed_vs_tfrs_basic'], s['cpu_speed_vs_tfrs_basic'], 2, 'x')})")
+        rss = f"{fmt(m['train_peak_rss_mb'], None, 0)} / {fmt(m['eval_peak_rss_mb'], None, 0)}"
         label = name + (" (= default: its seeds pooled)" if r.get("pooled_with_default") else "")
         if name == "als":
             label += " (tuned: " + ", ".join(f"{k} {v}" for k, v in r["seeds"][0]["als"]["params"].items()) + ")"
-        lines.append(f"| {label} | {_fmt(m[f'recall@{K}'], s[f'recall@{K}'])} | {_fmt(m[f'ndcg@{K}'], s[f'ndcg@{K}'])} | "
-                     f"{[x['seed'] for x in r['seeds']]} | {_fmt(m['train_seconds'], s['train_seconds'], 0)} | "
-                     f"{_fmt(m['examples_per_s'], s['examples_per_s'], 0)} | {speed} | "
-                     f"{_fmt(m['eval_seconds'], s['eval_seconds'], 1)} | {rss} |")
+        lines.append(f"| {label} | {fmt(m[f'recall@{K}'], s[f'recall@{K}'], 4)} | {fmt(m[f'ndcg@{K}'], s[f'ndcg@{K}'], 4)} | "
+                     f"{[x['seed'] for x in r['seeds']]} | {fmt(m['train_seconds'], s['train_seconds'], 0)} | "
+                     f"{fmt(m['examples_per_s'], s['examples_per_s'], 0)} | {speed} | "
+                     f"{fmt(m['eval_seconds'], s['eval_seconds'], 1)} | {rss} |")
     for name, recall, ndcg in ANCHORS if split == "test" and anchors else []:  # the anchors are test figures
         lines.append(f"| *{name}* | *{recall:.4f}* | *{ndcg:.4f}* | | | | | | |")
     return "\n".join(lines) + "\n"
@@ -452,28 +434,25 @@ def checks(results: dict, split: str) -> list:
 # --- main -----------------------------------------------------------------------------------------
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argument_parser(__doc__)
+    add_common_flags(p, "gowalla", seeds="0", dataset="gowalla")
     p.add_argument("--split", choices=["valid", "test"], default="test",
                    help="valid: train.txt -> valid.txt (tuning); test: train+valid -> test (the published protocol)")
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from: {', '.join(MODELS)}")
-    p.add_argument("--seeds", default="0", help="comma-separated integers (popularity runs once)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override for the package models (default and best), e.g. task.samtone=query (repeatable)")
     p.add_argument("--als-params", type=json.loads, default=None,
                    help='skip the ALS search: JSON like {"factors": 128, "regularization": 0.01, "alpha": 5.0}')
-    p.add_argument("--data-dir", default=None, help=f"Gowalla folder (default: ${ENV_VAR} or <repo>/../shared/datasets/gowalla)")
     p.add_argument("--dataset-name", default="Gowalla (LightGCN split)",
                    help="the results' title; another name also leaves out Gowalla's published anchors")
     p.add_argument("--workdir", help="converted data and runs (default: a temporary directory, removed)")
-    p.add_argument("--output-json", default=os.path.join(REPO, "benchmarks", "results", "gowalla.json"))
-    p.add_argument("--output-md", default=os.path.join(REPO, "benchmarks", "results", "gowalla.md"))
     p.add_argument("--fresh", action="store_true", help="do not merge into an existing --output-json")
     p.add_argument("--no-curve", dest="curve", action="store_false",
                    help="--split valid: do not validate the package models during training (no valid_curve)")
     p.add_argument("--best-dim", type=int, default=None,
                    help=f"best: every embedding and the output at this size instead of {BEST_EMBEDDING_DIM}")
     args = p.parse_args(argv)
-    args.models, args.seeds = _list(args.models), _list(args.seeds, int)
+    args.models = comma_list(args.models)
     args.anchors, args.catalog_size = args.dataset_name == "Gowalla (LightGCN split)", None
     bad = [m for m in args.models if m not in MODELS]
     if bad:
@@ -487,51 +466,31 @@ def parse_args(argv=None):
 
 
 def header(doc: dict) -> str:
-    """The results file's provenance line: the runs' dates and commits (several invocations merge into
-    one file), the machine, and what the figures are."""
-    dates = sorted({r["date"][:10] for r in doc["runs"] if r["date"][:4].isdigit()})
-    commits = sorted({r["commit"] for r in doc["runs"] if r.get("commit")}) or ["not recorded"]
-    m = doc["machine"]
-    return (f"{doc.get('dataset', 'Gowalla (LightGCN split)')}, {' to '.join(dict.fromkeys([dates[0], dates[-1]]))}, "
-            f"commit {', '.join(commits)}, {m['platform']}, {m['cpu_count']} CPUs, TensorFlow {m['tensorflow']}, "
-            f"implicit {m.get('implicit')}; per-user Recall@20 / NDCG@20 over all {doc.get('catalog_size', 40981):,} "
-            "items, training items removed" + (" (italics: anchors, not run here)" if doc.get("anchors", True) else ""))
+    """The results file's provenance line (``runs_provenance``: several invocations merge into one file)
+    and what the figures are."""
+    return (f"{doc.get('dataset', 'Gowalla (LightGCN split)')}, {runs_provenance(doc)}, "
+            f"implicit {doc['machine'].get('implicit')}; per-user Recall@20 / NDCG@20 over all "
+            f"{doc.get('catalog_size', 40981):,} items, training items removed"
+            + (" (italics: anchors, not run here)" if doc.get("anchors", True) else ""))
 
 
-def write_outputs(args, mine: dict, run_info: dict, machine: dict) -> str:
-    """Merge this invocation's models (``mine``) into ``--output-json`` as it is now (so that runs in
-    parallel processes, e.g. other seeds, keep each other's results), then write it and the table."""
-    doc = {"results": {}, "runs": []}
-    if os.path.exists(args.output_json) and not (args.fresh and not getattr(args, "written", False)):
-        with open(args.output_json, encoding="utf-8") as f:
-            doc = json.load(f)
-    args.written = True  # --fresh: only the first write starts over
-    stored = doc["results"].setdefault(args.split, {})
-    for model, summary in mine.items():  # seeds of the same configuration run elsewhere are kept
-        ours = {s["seed"]: s for s in summary["seeds"]}
-        key = lambda s: (s.get("overrides"), s.get("dropped_query_features"), s.get("embedding_dim"),  # noqa: E731
-                         s.get("als", {}).get("params"))
-        first = next(iter(ours.values()))
-        kept = {s["seed"]: s for s in stored.get(model, {}).get("seeds", []) if key(s) == key(first)}
-        stored[model] = summarize([{**kept, **ours}[k] for k in sorted({**kept, **ours})])
-    runs = doc.setdefault("runs", [])
-    if run_info["date"] not in [r["date"] for r in runs]:
-        runs.append(run_info)
-    doc["machine"] = machine
+def config_key(seed_result: dict) -> tuple:
+    """What makes two seeds' results the same configuration (``ResultsFile.merge`` pools only those)."""
+    s = seed_result
+    return (s.get("overrides"), s.get("dropped_query_features"), s.get("embedding_dim"), s.get("als", {}).get("params"))
+
+
+def write_outputs(args, results: ResultsFile, mine: dict, run: dict) -> str:
+    """Merge this invocation's models (``mine``) into ``--output-json`` as it is now, then write it and the table."""
+    doc = results.merge(args.split, mine, run, summarize, config_key)
     doc.update(dataset=args.dataset_name, catalog_size=args.catalog_size, anchors=args.anchors)
     doc.setdefault("pooled_best", {})[args.split] = pooled(doc["results"][args.split]).get("best")
-    for path in (args.output_json, args.output_md):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(args.output_json, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=2)
     text = [header(doc), ""]
     for split in ("test", "valid"):
         if doc["results"].get(split):
             text += [f"### split `{split}`" + (" (train+valid -> test: the published protocol)" if split == "test"
                                                 else " (train -> valid: tuning)"), "", markdown(doc["results"], split, doc["anchors"])]
-    with open(args.output_md, "w", encoding="utf-8") as f:
-        f.write("\n".join(text))
-    return "\n".join(text)
+    return results.write(doc, "\n".join(text))
 
 
 def main(argv=None):
@@ -540,28 +499,23 @@ def main(argv=None):
     t0 = time.perf_counter()
     temp = args.workdir is None
     args.workdir = os.path.abspath(args.workdir or tempfile.mkdtemp(prefix="tfrec-gowalla-"))
-    data_dir = os.path.abspath(args.data_dir or default_data_dir())
+    folder = os.path.abspath(data_dir("gowalla", args.data_dir))
     try:
-        import implicit
-        implicit_version = implicit.__version__
+        import implicit  # noqa: F401  (its version goes into the results: harness.machine)
     except ImportError:
-        implicit_version = None
-    machine = {"platform": platform.platform(), "processor": platform.processor() or None,
-                      "cpu_count": os.cpu_count(), "python": platform.python_version(), "tensorflow": tf.__version__,
-                      "tensorflow_recommenders": tfrs.__version__, "implicit": implicit_version}
-    run_info = {"date": started.isoformat(timespec="seconds"), "commit": commit(), "split": args.split,
-                "models": args.models,
-                "seeds": args.seeds, "set": args.set, "best": BEST}
-    log(f"Gowalla benchmark: split {args.split}, models {args.models}, seeds {args.seeds}; data {data_dir}; "
+        pass
+    results = ResultsFile(args.output_json, args.output_md, args.fresh)
+    run = run_info(started, split=args.split, models=args.models, seeds=args.seeds, set=args.set, best=BEST)
+    log(f"Gowalla benchmark: split {args.split}, models {args.models}, seeds {args.seeds}; data {folder}; "
         f"workdir {args.workdir}")
     mine = {}
     try:
-        data = Split(args.split, data_dir, args.workdir)
+        data = Split(args.split, folder, args.workdir)
         args.catalog_size = len(data.catalog)
         valid = data if args.split == "valid" else None
         if "als" in args.models and args.als_params is None and valid is None:
             log("=== converting train -> valid for the ALS search ===")
-            valid = Split("valid", data_dir, args.workdir)
+            valid = Split("valid", folder, args.workdir)
         log(f"{len(data.users)} training users, {data.num_train} training interactions, {len(data.test)} eval users, "
             f"{len(data.event_items)} eval interactions, catalog of {len(data.catalog)} items")
         per_model = {m: [] for m in args.models}
@@ -570,9 +524,7 @@ def main(argv=None):
                 if model == "popularity" and n:
                     continue
                 log(f"--- split {args.split} / seed {seed} / model {model} ---")
-                keras.backend.clear_session()
-                gc.collect()
-                keras.utils.set_random_seed(seed)
+                fresh_start(seed)
                 wall, load = time.perf_counter(), os.getloadavg()[0]
                 if model == "popularity":
                     r = run_popularity(data, seed, args)
@@ -594,15 +546,13 @@ def main(argv=None):
                     + (f" ({r['speed_vs_tfrs_basic']:.2f}x tfrs_basic)" if r.get("speed_vs_tfrs_basic") else "")
                     + f"; eval {r['eval_seconds']:.1f}s; {r['wall_seconds']:.1f}s in all")
                 mine.update({m: summarize(v) for m, v in per_model.items() if v})
-                write_outputs(args, mine, run_info, machine)
+                write_outputs(args, results, mine, run)
     finally:
         if temp:
             shutil.rmtree(args.workdir, ignore_errors=True)
-    log("\n" + write_outputs(args, mine, run_info, machine))
-    with open(args.output_json, encoding="utf-8") as f:
-        results = json.load(f)["results"]
+    log("\n" + write_outputs(args, results, mine, run))
     log("Checks:")
-    for status, text in checks(results, args.split):
+    for status, text in checks(read_json(args.output_json)["results"], args.split):
         log(f"  [{status}] {text}")
     log(f"peak RSS of the process (getrusage): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB; "
         f"wrote {args.output_json} and {args.output_md}; {time.perf_counter() - t0:.0f}s in all")

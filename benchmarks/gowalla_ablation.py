@@ -8,28 +8,23 @@ reference plus the ``--set``-style overrides of ``VARIANTS``, trained on train.t
 valid.txt with the published protocol (Recall@20 / NDCG@20 over all items, training items removed):
 tuning data only, the test split is never read. Relative change = variant / reference - 1.
 
-    python benchmarks/gowalla_ablation.py --workdir /tmp/gw/bench --variants reference,samtone_query
-    python benchmarks/gowalla_ablation.py --workdir /tmp/gw/bench --variants adaptive   # merged into the JSON
+    python -m benchmarks.gowalla_ablation --workdir /tmp/gw/bench --variants reference,samtone_query
+    python -m benchmarks.gowalla_ablation --workdir /tmp/gw/bench --variants adaptive   # merged into the JSON
 
-Results are merged into ``benchmarks/results/gowalla_ablation.{json,md}`` after every variant, so that
+Results are merged into ``--output-json`` / ``--output-md`` (default
+``benchmarks/results/gowalla_ablation.{json,md}``) after every variant, so that
 each variant can run in its own process; the table lists the variants not run yet.
 """
-import argparse
 import datetime
-import gc
-import json
 import os
 import sys
 import time
 
-BENCH = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, BENCH)
+from benchmarks.gowalla import BEST, BEST_DROP_QUERY, K, Split, package_config, run_package
+from benchmarks.harness import (add_common_flags, add_run, argument_parser, comma_list, data_dir, fresh_start, log,
+                                machine, read_json, run_info, runs_provenance, write_results, write_text)
 
-import gowalla as gw  # noqa: E402  (sets up the repository path and Keras 2)
-
-from readme_tables import commit, runs_provenance  # noqa: E402
-
-import tf_keras as keras  # noqa: E402
+__all__ = ["VARIANTS", "variant_config", "markdown", "main"]
 
 #: variant -> (what it tests, overrides of the reference). Mixed negatives are in the reference (1024
 #: uniform draws + in-batch): their row takes them out. Dual augmented towers key the user's augmented
@@ -52,11 +47,11 @@ VARIANTS = {
 }
 REFERENCE = "reference"
 WITH_USER_ID = ("dual_augmented", "user_id")
-METRICS = [(f"recall@{gw.K}", f"Recall@{gw.K}"), (f"ndcg@{gw.K}", f"NDCG@{gw.K}")]
+METRICS = [(f"recall@{K}", f"Recall@{K}"), (f"ndcg@{K}", f"NDCG@{K}")]
 
 
 def variant_config(name: str, dim: int, seed: int):
-    config = gw.package_config("best", seed, VARIANTS[name][1], embedding_dim=dim)
+    config = package_config("best", seed, VARIANTS[name][1], embedding_dim=dim)
     if name in WITH_USER_ID:
         d = config.to_dict()
         d["features"]["query"].insert(0, {"name": "user_id", "type": "id", "embedding_dim": dim})
@@ -66,14 +61,14 @@ def variant_config(name: str, dim: int, seed: int):
 
 def reference_overrides(dim: int) -> list:
     """``BEST`` with the output at ``dim`` (every embedding is ``dim`` too)."""
-    return [o for o in gw.BEST if not o.startswith("model.output_dim=")] + [f"model.output_dim={dim}"]
+    return [o for o in BEST if not o.startswith("model.output_dim=")] + [f"model.output_dim={dim}"]
 
 
 def markdown(doc: dict) -> str:
     runs, ref = doc["variants"], doc["variants"].get(REFERENCE)
     lines = [doc["header"], "",
              f"Reference: `best` at {doc['dim']}-d ({' '.join(reference_overrides(doc['dim']))}; without "
-             f"{', '.join(gw.BEST_DROP_QUERY)}), split `valid` (train.txt -> valid.txt), seed {doc['seed']}. "
+             f"{', '.join(BEST_DROP_QUERY)}), split `valid` (train.txt -> valid.txt), seed {doc['seed']}. "
              "Change: relative to the reference.", "",
              "| method | overrides | " + " | ".join(f"{label} | change" for _, label in METRICS)
              + " | train s | examples/s | speed vs reference |", "|---|---|" + "---|---|" * len(METRICS) + "---|---|---|"]
@@ -97,28 +92,23 @@ def markdown(doc: dict) -> str:
 
 
 def header(doc: dict) -> str:
-    return (f"Gowalla seed-method ablation, {runs_provenance(doc)}; per-user Recall@{gw.K} / NDCG@{gw.K} over all "
+    return (f"Gowalla seed-method ablation, {runs_provenance(doc)}; per-user Recall@{K} / NDCG@{K} over all "
             "40,981 items, training items removed")
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argument_parser(__doc__)
+    add_common_flags(p, "gowalla_ablation", dataset="gowalla")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from: {', '.join(VARIANTS)}")
     p.add_argument("--dim", type=int, default=64, help="every embedding and the output (the reference's size)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--workdir", help="gowalla.py's workdir (converted data reused from data/valid)")
-    p.add_argument("--output", default=os.path.join(BENCH, "results", "gowalla_ablation"), help="path without .json/.md")
-    p.add_argument("--render", action="store_true", help="only rewrite the .md table from the .json")
+    p.add_argument("--workdir", help="gowalla's workdir (converted data reused from data/valid)")
+    p.add_argument("--render", action="store_true", help="only rewrite --output-md from --output-json")
     args = p.parse_args(argv)
     if args.render:
-        with open(args.output + ".json", encoding="utf-8") as f:
-            doc = json.load(f)
-        with open(args.output + ".md", "w", encoding="utf-8") as f:
-            f.write(markdown(doc))
+        write_text(args.output_md, markdown(read_json(args.output_json)))
         return 0
-    names = gw._list(args.variants)
+    names = comma_list(args.variants)
     bad = [n for n in names if n not in VARIANTS]
     if bad:
         p.error(f"unknown variant(s) {bad}; known: {list(VARIANTS)}")
@@ -126,42 +116,28 @@ def main(argv=None):
         p.error("--workdir is required to run variants")
     for name in names:  # fail now, not after an hour of training
         variant_config(name, args.dim, args.seed)
-    args.set = []
+    args.set, args.curve = [], False  # what gowalla's run_package reads: no --set, no validation curve
     started = datetime.datetime.now().astimezone()
-    data = gw.Split("valid", os.path.abspath(args.data_dir or gw.default_data_dir()), os.path.abspath(args.workdir))
-    path = args.output + ".json"
+    data = Split("valid", os.path.abspath(data_dir("gowalla", args.data_dir)), os.path.abspath(args.workdir))
     for name in names:
-        gw.log(f"--- variant {name} ---")
-        keras.backend.clear_session()
-        gc.collect()
-        keras.utils.set_random_seed(args.seed)
+        log(f"--- variant {name} ---")
+        fresh_start(args.seed)
         wall = time.perf_counter()
         config = variant_config(name, args.dim, args.seed)
-        r = gw.run_package("best", data, args.seed, args, config=config, run_name=f"ablation-{name}")
+        r = run_package("best", data, args.seed, args, config=config, run_name=f"ablation-{name}")
         r.update({"variant": name, "overrides": VARIANTS[name][1], "with_user_id": name in WITH_USER_ID,
                   "wall_seconds": time.perf_counter() - wall, "load_average": os.getloadavg()[0]})
-        gw.log(f"    {name}: Recall@{gw.K} {r[f'recall@{gw.K}']:.4f} NDCG@{gw.K} {r[f'ndcg@{gw.K}']:.4f}; "
-               f"train {r['train_seconds']:.0f}s, {r['examples_per_s']:.0f} examples/s")
-        doc = {"variants": {}, "runs": []}
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                doc = json.load(f)
+        log(f"    {name}: Recall@{K} {r[f'recall@{K}']:.4f} NDCG@{K} {r[f'ndcg@{K}']:.4f}; "
+            f"train {r['train_seconds']:.0f}s, {r['examples_per_s']:.0f} examples/s")
+        doc = read_json(args.output_json) if os.path.exists(args.output_json) else {"variants": {}}
         if doc.get("dim", args.dim) != args.dim or doc.get("seed", args.seed) != args.seed:
-            raise SystemExit(f"{path} holds an ablation at another --dim/--seed; use another --output")
-        doc.update(dim=args.dim, seed=args.seed, reference_overrides=reference_overrides(args.dim),
-                   machine={"platform": gw.platform.platform(), "cpu_count": os.cpu_count(),
-                            "tensorflow": gw.tf.__version__})
+            raise SystemExit(f"{args.output_json} holds an ablation at another --dim/--seed; use another --output-json")
+        doc.update(dim=args.dim, seed=args.seed, reference_overrides=reference_overrides(args.dim), machine=machine())
         doc["variants"][name] = r
-        run = {"date": started.isoformat(timespec="seconds"), "commit": commit()}
-        if run not in doc["runs"]:
-            doc["runs"].append(run)
+        add_run(doc, run_info(started))
         doc["header"] = header(doc)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2)
-        with open(args.output + ".md", "w", encoding="utf-8") as f:
-            f.write(markdown(doc))
-    gw.log(markdown(doc))
+        write_results(doc, markdown(doc), args.output_json, args.output_md)
+    log(markdown(doc))
     return 0
 
 

@@ -4,27 +4,25 @@ second dataset of that format to check a configuration chosen on Gowalla before 
 Ratings >= 3 are interactions; each user's interactions are split at random (seeded) into 70% train,
 10% valid and 20% test, at least one in train. Writes OUT/train.txt, valid.txt, test.txt (one line per
 user: `user item item ...`, 0-based integer IDs in order of first appearance), which
-``benchmarks/gowalla.py --data-dir OUT`` reads like Gowalla (``--split valid``: train -> valid;
+``python -m benchmarks.gowalla --data-dir OUT`` reads like Gowalla (``--split valid``: train -> valid;
 ``--split test``: train+valid -> test):
 
-    python benchmarks/ml100k_implicit.py --out /tmp/ml100k-implicit
-    python benchmarks/gowalla.py --data-dir /tmp/ml100k-implicit --split valid --models als,default \\
+    python -m benchmarks.ml100k_implicit --out /tmp/ml100k-implicit
+    python -m benchmarks.gowalla --data-dir /tmp/ml100k-implicit --split valid --models als,default \\
         --output-json benchmarks/results/ml100k_implicit.json --output-md benchmarks/results/ml100k_implicit.md
 
 The derived files are written outside the repository: MovieLens' terms forbid redistributing its data.
 """
-import argparse
 import os
 import sys
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks.harness import add_data_flag, argument_parser, data_dir
+
+__all__ = ["build", "main"]
+
 SPLITS = (("train", 0.7), ("valid", 0.1), ("test", 0.2))
-
-
-def default_data_dir() -> str:
-    return os.environ.get("TFREC_TOWERS_ML100K", os.path.join(REPO, "..", "shared", "datasets", "ml-100k"))
 
 
 def build(data_dir: str, out: str, min_rating: int = 3, seed: int = 0) -> dict:
@@ -55,14 +53,13 @@ def build(data_dir: str, out: str, min_rating: int = 3, seed: int = 0) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", default=None, help="MovieLens-100K folder (default: $TFREC_TOWERS_ML100K or "
-                                                    "<repo>/../shared/datasets/ml-100k)")
+    p = argument_parser(__doc__)
+    add_data_flag(p, "ml-100k")
     p.add_argument("--out", required=True)
     p.add_argument("--min-rating", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    print(build(args.data_dir or default_data_dir(), args.out, args.min_rating, args.seed))
+    print(build(data_dir("ml-100k", args.data_dir), args.out, args.min_rating, args.seed))
     return 0
 
 

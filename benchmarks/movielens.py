@@ -18,52 +18,40 @@ Every model is evaluated by ``tfrec_towers.evaluation.metrics.catalog_metrics`` 
 examples per second of ``fit`` wall time, and is compared as a ratio to ``tfrs_tutorial``'s measured
 in the same seed loop (the machines are shared and noisy).
 
-    python benchmarks/movielens.py                      # the full benchmark (3 seeds, 2 protocols)
-    python benchmarks/movielens.py --seeds 0 --models popularity,tfrs_tutorial,tutorial_like --protocols tfrs
-    python benchmarks/movielens.py --models default --set train.epochs=2
+    python -m benchmarks.movielens                      # the full benchmark (3 seeds, 2 protocols)
+    python -m benchmarks.movielens --seeds 0 --models popularity,tfrs_tutorial,tutorial_like --protocols tfrs
+    python -m benchmarks.movielens --models default --set train.epochs=2
 
 ML-100K is read by path from ``$TFREC_TOWERS_ML100K`` (default ``<repo>/../shared/datasets/ml-100k``)
 and never copied into the repository.
 """
-import argparse
 import datetime
-import gc
-import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the library leaves TensorFlow's logging alone; a script may not
-import tfrec_towers  # noqa: E402,F401  (Keras 2 before TensorFlow loads)
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+import tf_keras as keras
 
-from readme_tables import provenance  # noqa: E402  (benchmarks/ is on the path: scripts run from it)
+from tfrec_towers.config import Config, packaged
+from tfrec_towers.data import reader
+from tfrec_towers.data.movielens import convert_movielens
+from tfrec_towers.data.inputs import user_histories
+from tfrec_towers.evaluation.metrics import catalog_metrics
+from tfrec_towers.run import RunDir
+from tfrec_towers.train import train
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tensorflow_recommenders as tfrs  # noqa: E402
-import tf_keras as keras  # noqa: E402
+from benchmarks.harness import (Timer, add_common_flags, argument_parser, comma_list, data_dir, fmt, fresh_start, log,
+                                machine, mean_std_by_key, provenance, write_results)
 
-from tfrec_towers.config import Config, packaged  # noqa: E402
-from tfrec_towers.data import reader  # noqa: E402
-from tfrec_towers.data.movielens import ENV_VAR, convert_movielens  # noqa: E402
-from tfrec_towers.data.inputs import user_histories  # noqa: E402
-from tfrec_towers.evaluation.metrics import catalog_metrics  # noqa: E402
-from tfrec_towers.run import RunDir  # noqa: E402
-from tfrec_towers.train import train  # noqa: E402
-
-
-
-def default_data_dir() -> str:
-    """``$TFREC_TOWERS_ML100K``, else the checkout's ``../shared/datasets/ml-100k`` (benchmarks run from a checkout)."""
-    return os.environ.get(ENV_VAR) or os.path.join(REPO, "..", "shared", "datasets", "ml-100k")
-
+__all__ = ["PROTOCOLS", "MODELS", "HISTORY_LEN", "Dataset", "run_popularity", "run_tfrs_tutorial", "run_package",
+           "package_config", "summarize", "markdown", "checks", "main"]
 
 PROTOCOLS = ("tfrs", "last")
 MODELS = ("popularity", "tfrs_tutorial", "tutorial_like", "default")
@@ -85,21 +73,6 @@ TABLE_METRICS = [("all_items", "hr@10", "HR@10"), ("all_items", "hr@50", "HR@50"
 #: Figures seen earlier on this machine kind (all_items), printed next to ours for orientation.
 REFERENCE = {("tfrs", "tfrs_tutorial", "hr@100"): 0.242, ("tfrs", "popularity", "hr@100"): 0.297,
              ("last", "popularity", "hr@50"): 0.153, ("last", "popularity", "hr@10"): 0.050}
-
-
-def log(message: str) -> None:
-    print(message, flush=True)
-
-
-class Timer:
-    """Wall and process-CPU seconds of a block (CPU time is less disturbed by other jobs)."""
-
-    def __enter__(self):
-        self._wall, self._cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall, self.cpu = time.perf_counter() - self._wall, time.process_time() - self._cpu
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -231,34 +204,15 @@ def package_config(name: str, seed: int, overrides) -> Config:
 
 # --- summaries ------------------------------------------------------------------------------------
 
-def _mean_std(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return float(np.mean(values)), std
-
-
 def summarize(per_seed: list) -> dict:
-    mean, std = {}, {}
+    mean, std = mean_std_by_key(per_seed, ("train_seconds", "examples_per_s", "speed_vs_tfrs_tutorial",
+                                           "fit_cpu_seconds", "cpu_speed_vs_tfrs_tutorial"))
     for variant in ("all_items", "exclude_history"):
-        keys = [k for k in per_seed[0].get(variant, {})]
-        if keys:
-            mean[variant], std[variant] = {}, {}
-            for k in keys:
-                mean[variant][k], std[variant][k] = _mean_std([s[variant][k] for s in per_seed])
-    for k in ("train_seconds", "examples_per_s", "speed_vs_tfrs_tutorial", "fit_cpu_seconds",
-              "cpu_speed_vs_tfrs_tutorial"):
-        mean[k], std[k] = _mean_std([s.get(k) for s in per_seed])
+        if per_seed[0].get(variant):
+            mean[variant], std[variant] = mean_std_by_key([s[variant] for s in per_seed], per_seed[0][variant])
     return {"seeds": per_seed, "mean": mean, "std": std, "examples_per_s": mean["examples_per_s"],
             "train_seconds": mean["train_seconds"], "speed_vs_tfrs_tutorial": mean["speed_vs_tfrs_tutorial"],
             "cpu_speed_vs_tfrs_tutorial": mean["cpu_speed_vs_tfrs_tutorial"]}
-
-
-def _fmt(mean, std, digits=3):
-    if mean is None:
-        return "–"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std else f"{mean:.{digits}f}"
 
 
 def markdown(results: dict, protocols) -> str:
@@ -277,11 +231,11 @@ def markdown(results: dict, protocols) -> str:
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for model, r in models.items():
             m, s = r["mean"], r["std"]
-            cells = [model] + [_fmt(m.get(v, {}).get(k), s.get(v, {}).get(k)) for v, k, _ in TABLE_METRICS]
-            cells.append(_fmt(m["train_seconds"], s["train_seconds"], 1))
-            cells.append(_fmt(m["examples_per_s"], s["examples_per_s"], 0))
+            cells = [model] + [fmt(m.get(v, {}).get(k), s.get(v, {}).get(k)) for v, k, _ in TABLE_METRICS]
+            cells.append(fmt(m["train_seconds"], s["train_seconds"], 1))
+            cells.append(fmt(m["examples_per_s"], s["examples_per_s"], 0))
             for key in ("speed_vs_tfrs_tutorial", "cpu_speed_vs_tfrs_tutorial"):
-                cells.append("–" if m[key] is None else _fmt(m[key], s[key], 2) + "x")
+                cells.append(fmt(m[key], s[key], 2, "x"))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     lines.append("HR/NDCG/MRR over the whole catalog (`all_items`); \"excl.\": the user's training items removed "
@@ -336,25 +290,16 @@ def checks(results: dict) -> list:
 
 # --- main -----------------------------------------------------------------------------------------
 
-def _list(text, cast=str):
-    return [cast(x) for x in text.split(",") if x.strip()]
-
-
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argument_parser(__doc__)
+    add_common_flags(p, "movielens", seeds="0,1,2", dataset="ml-100k")
     p.add_argument("--protocols", default=",".join(PROTOCOLS), help="comma-separated, from: tfrs, last")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated integers")
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from: {', '.join(MODELS)}")
     p.add_argument("--workdir", help="where converted data and runs go (default: a temporary directory, removed)")
-    p.add_argument("--data-dir", default=None, help="unzipped ml-100k (default: $TFREC_TOWERS_ML100K or "
-                                                    "<repo>/../shared/datasets/ml-100k)")
-    p.add_argument("--output-json", default=os.path.join(REPO, "benchmarks", "results", "movielens.json"))
-    p.add_argument("--output-md", default=os.path.join(REPO, "benchmarks", "results", "movielens.md"))
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override for the 'default' model's config, e.g. train.epochs=10 (repeatable)")
     args = p.parse_args(argv)
-    args.protocols, args.models, args.seeds = _list(args.protocols), _list(args.models), _list(args.seeds, int)
+    args.protocols, args.models = comma_list(args.protocols), comma_list(args.models)
     bad = [x for x in args.protocols if x not in PROTOCOLS] + [x for x in args.models if x not in MODELS]
     if bad:
         p.error(f"unknown protocol(s)/model(s) {bad}; protocols: {PROTOCOLS}, models: {MODELS}")
@@ -367,21 +312,13 @@ def parse_args(argv=None):
 
 
 def write_outputs(args, results, started):
-    doc = {**results, "machine": {"platform": platform.platform(), "processor": platform.processor() or None,
-                                  "machine": platform.machine(), "cpu_count": os.cpu_count(),
-                                  "python": platform.python_version(), "tensorflow": tf.__version__,
-                                  "tensorflow_recommenders": tfrs.__version__},
-           "date": started.isoformat(timespec="seconds"),
+    doc = {**results, "machine": machine(), "date": started.isoformat(timespec="seconds"),
            "settings": {"protocols": args.protocols, "seeds": args.seeds, "models": args.models,
                         "default_overrides": args.set, "history_len": HISTORY_LEN}}
-    for path in (args.output_json, args.output_md):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(args.output_json, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=2)
     table = markdown(results, args.protocols)
-    with open(args.output_md, "w", encoding="utf-8") as f:
-        f.write(provenance("MovieLens-100K", started)
-                + (f"; default overrides: {' '.join(args.set)}" if args.set else "") + "\n\n" + table)
+    overrides = f"; default overrides: {' '.join(args.set)}" if args.set else ""
+    write_results(doc, f"{provenance('MovieLens-100K', started)}{overrides}\n\n{table}", args.output_json,
+                  args.output_md)
     return table
 
 
@@ -391,23 +328,21 @@ def main(argv=None):
     t0 = time.perf_counter()
     temp = args.workdir is None
     workdir = os.path.abspath(args.workdir or tempfile.mkdtemp(prefix="tfrec-movielens-"))
-    data_dir = args.data_dir or default_data_dir()
+    folder = data_dir("ml-100k", args.data_dir)
     log(f"MovieLens-100K benchmark: protocols {args.protocols}, seeds {args.seeds}, models {args.models}; "
-        f"data {data_dir}; workdir {workdir}")
+        f"data {folder}; workdir {workdir}")
     results = {}
     try:
         for protocol in args.protocols:
             log(f"\n=== protocol {protocol}: converting ML-100K ===")
-            meta = convert_movielens(data_dir, os.path.join(workdir, "data", protocol), protocol=protocol,
+            meta = convert_movielens(folder, os.path.join(workdir, "data", protocol), protocol=protocol,
                                      history_len=HISTORY_LEN, overwrite=True, progress=lambda m: log("  " + m))
             data = Dataset(meta, Config.load(packaged("default")))
             per_model = {m: [] for m in args.models}
             for seed in args.seeds:
                 for model in args.models:
                     log(f"--- protocol {protocol} / seed {seed} / model {model} ---")
-                    keras.backend.clear_session()
-                    gc.collect()
-                    keras.utils.set_random_seed(seed)
+                    fresh_start(seed)
                     wall, load = time.perf_counter(), os.getloadavg()[0]
                     if model == "popularity":
                         r = run_popularity(data, seed)

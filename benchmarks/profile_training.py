@@ -22,41 +22,33 @@ The in-memory stages run in interleaved rounds (median kept) and read from batch
 input pipeline costs when it shares the 2 cores with the step. A stage's share is its time minus the
 previous stage's (cumulative stages); examples/s = steps x batch / seconds.
 
-    python benchmarks/profile_training.py --workdir /tmp/gw/bench     # Gowalla valid: default and package_basic
-    python benchmarks/profile_training.py --workdir /tmp/gw/bench --configs default --set negatives.uniform=0
+    python -m benchmarks.profile_training --workdir /tmp/gw/bench     # Gowalla valid: default and package_basic
+    python -m benchmarks.profile_training --workdir /tmp/gw/bench --configs default --set negatives.uniform=0
 """
-import argparse
 import datetime
-import json
 import os
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the library leaves TensorFlow's logging alone; a script may not
-import tfrec_towers  # noqa: E402,F401  (Keras 2 before TensorFlow loads)
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
 
-from readme_tables import provenance  # noqa: E402  (benchmarks/ is on the path: scripts run from it)
+from tfrec_towers.config import Config, packaged
+from tfrec_towers.data import reader
+from tfrec_towers.data.inputs import compute_stats, make_input
+from tfrec_towers.train import build_trainable
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
+from benchmarks.gowalla import package_config
+from benchmarks.harness import (REPO, add_common_flags, argument_parser, comma_list, fresh_start, log, provenance,
+                                write_results)
 
-from tfrec_towers.config import Config, packaged  # noqa: E402
-from tfrec_towers.data import reader  # noqa: E402
-from tfrec_towers.data.inputs import compute_stats, make_input  # noqa: E402
-from tfrec_towers.train import build_trainable  # noqa: E402
+__all__ = ["profile", "markdown", "load_config", "main"]
 
-RESULTS = os.path.join(REPO, "benchmarks", "results")
 #: The packaged Gowalla model before LazyAdam (2026-11-30), with Adam and with LazyAdam: the optimizer's share.
 OLD = os.path.join(REPO, "benchmarks", "configs", "gowalla_2026-11-30")
-
-
-def log(msg: str):
-    print(msg, flush=True)
 
 
 def timed(step, batches, warmup: int) -> float:
@@ -210,15 +202,14 @@ WHAT = {"default": "cf.yaml: gated user ID + 50-item history, 256-d, BSL over 80
 def load_config(name: str, overrides) -> Config:
     """gowalla.py's ``default`` / ``best`` / ``package_basic``, else a packaged config name or a YAML path."""
     if name in WHAT:
-        from gowalla import package_config
-
         return package_config(name, 0, [] if name == "package_basic" else overrides)
     path = name if os.path.exists(name) else packaged(name)
     return Config.load(path).with_overrides(overrides)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argument_parser(__doc__)
+    add_common_flags(p, "profile_training")
     p.add_argument("--workdir", default="/tmp/gw/bench", help="gowalla.py's workdir (converted data in data/<split>)")
     p.add_argument("--split", default="valid", choices=["valid", "test"])
     p.add_argument("--configs", default=f"{OLD}_adam.yaml,{OLD}_lazy_adam.yaml,default,package_basic",
@@ -228,17 +219,15 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds of the in-memory stages (median)")
-    p.add_argument("--output", default=os.path.join(RESULTS, "profile_training"), help="path without .json/.md")
     args = p.parse_args(argv)
     started = datetime.datetime.now().astimezone()
     data = os.path.join(args.workdir, "data", args.split)
     files = reader.list_files(os.path.join(data, "train", "*"))
     items = os.path.join(data, "items", "*")
     profiles = []
-    for name in [c for c in args.configs.split(",") if c]:
+    for name in comma_list(args.configs):
         config = load_config(name, args.set)
-        keras.backend.clear_session()
-        keras.utils.set_random_seed(config.train.seed)
+        fresh_start(config.train.seed)
         log(f"--- {name} ---")
         label = os.path.splitext(os.path.basename(name))[0] if os.path.exists(name) else name
         profiles.append({"name": label, "what": WHAT.get(name), "config": config.to_dict(),
@@ -248,12 +237,7 @@ def main(argv=None):
            + f", TensorFlow {tf.__version__}", "date": started.isoformat(timespec="seconds"), "set": args.set,
            "batch_size": first["batch_size"], "steps": first["steps"], "examples": first["examples"],
            "rounds": args.rounds, "profiles": profiles}
-    with open(args.output + ".json", "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=2)
-    text = markdown(doc)
-    with open(args.output + ".md", "w", encoding="utf-8") as f:
-        f.write(text)
-    log(text)
+    log(write_results(doc, markdown(doc), args.output_json, args.output_md))
     return 0
 
 

@@ -3,55 +3,30 @@
 A Markdown file (``README.md``, ``benchmarks/README.md``, ``docs/*.md``: ``MARKDOWN``) marks each
 generated block with the results file it comes from:
 
-    <!-- generated from benchmarks/results/movielens.md: python benchmarks/readme_tables.py -->
+    <!-- generated from benchmarks/results/movielens.md: python -m benchmarks.readme_tables -->
     ... (replaced by that file's content) ...
     <!-- end of generated block -->
 
-    python benchmarks/readme_tables.py           # rewrite the blocks of every file from the results files
-    python benchmarks/readme_tables.py --check   # exit 1 naming each block that differs from its file
+    python -m benchmarks.readme_tables           # rewrite the blocks of every file from the results files
+    python -m benchmarks.readme_tables --check   # exit 1 naming each block that differs from its file
 
-Each results file starts with a provenance line (``provenance()``): dataset, date, commit, machine.
+Each results file starts with a provenance line (``benchmarks.harness.provenance``): dataset, date,
+commit, machine.
 """
-import argparse
-import datetime
 import glob
 import os
-import platform
 import re
-import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-README = os.path.join(REPO, "README.md")
+from benchmarks.harness import REPO, argument_parser
+
+__all__ = ["MARKDOWN", "BLOCK", "markdown_files", "render", "main"]
+
 #: The Markdown files whose generated blocks are rewritten and checked (issue 27: the benchmark sections
 #: moved from the README to benchmarks/README.md, the reference sections to docs/).
 MARKDOWN = ("README.md", "benchmarks/README.md", "docs/*.md", "serving/README.md", "pipelines/README.md")
-BLOCK = re.compile(r"(<!-- generated from (\S+): python benchmarks/readme_tables.py -->\n)(.*?)(<!-- end of generated block -->)",
+BLOCK = re.compile(r"(<!-- generated from (\S+): python -m benchmarks\.readme_tables -->\n)(.*?)(<!-- end of generated block -->)",
                    re.S)
-
-
-def commit() -> str:
-    """The checkout's short commit, with ``+changes`` when tracked files differ from it."""
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
-
-
-def provenance(dataset: str, started: datetime.datetime) -> str:
-    """The first line of a results file: what, when, from which code, on what machine."""
-    return (f"{dataset}, {started:%Y-%m-%d}, commit {commit()}, {platform.platform()}, "
-            f"{os.cpu_count()} CPUs")
-
-
-def runs_provenance(doc: dict) -> str:
-    """A merged results file's provenance: its runs' date range and commits, the machine, TensorFlow."""
-    dates = sorted({r["date"][:10] for r in doc["runs"]})
-    commits = sorted({r["commit"] for r in doc["runs"]})
-    m = doc["machine"]
-    return (f"{' to '.join(dict.fromkeys([dates[0], dates[-1]]))}, commit {', '.join(commits)}, {m['platform']}, "
-            f"{m['cpu_count']} CPUs, TensorFlow {m['tensorflow']}")
 
 
 def markdown_files():
@@ -81,7 +56,7 @@ def render(readme: str):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argument_parser(__doc__)
     p.add_argument("--check", action="store_true", help="only report blocks that differ from their files")
     args = p.parse_args(argv)
     found, failed = 0, False
@@ -95,7 +70,7 @@ def main(argv=None) -> int:
         new, changed = render(text)
         if args.check:
             for block in changed:
-                print(f"{rel}: the block from {block} differs from the file; run python benchmarks/readme_tables.py",
+                print(f"{rel}: the block from {block} differs from the file; run python -m benchmarks.readme_tables",
                       file=sys.stderr)
             failed = failed or bool(changed)
             continue

@@ -11,7 +11,7 @@ Models (``--models``):
 * ``bm25``: ``bm25s`` with PyStemmer's English stemmer and bm25s' English stopwords (its defaults
   k1 1.5, b 0.75), over title + text;
 * ``tfidf``: scikit-learn ``TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 3), sublinear_tf=True)``
-  cosine: roughly what a DSSM trigram tower sees before training;
+  cosine: roughly what a DSSM trigram tower sees before training (these two run once: no seed);
 * ``untrained``: this package's SDE tower of ``scifact.yaml`` before any training step (the random
   projection of the trigram TF-IDF bag it starts from);
 * ``SHAPE/OBJECTIVE`` (e.g. ``sde/softmax``, ``ade/samtone_both``): ``scifact.yaml`` with the encoder
@@ -27,48 +27,40 @@ fresh projection per tower) with and without the concatenated form of generative
 of ADE and SDE with and without SamToNe. ``--export DIR`` exports the first seed of ``best`` with the
 portable index in TF Serving's layout.
 
-    python benchmarks/scifact.py --split dev --ablation --models bm25,tfidf,untrained
-    python benchmarks/scifact.py --split test --models bm25,tfidf,untrained,best --seeds 0,1,2
+    python -m benchmarks.scifact --split dev --ablation --models bm25,tfidf,untrained
+    python -m benchmarks.scifact --split test --models bm25,tfidf,untrained,best --seeds 0,1,2
 
 SciFact is read by path from ``$TFREC_TOWERS_SCIFACT`` (default ``<repo>/../shared/datasets/scifact``);
 any BEIR folder works. Results merge into ``benchmarks/results/scifact.{json,md}`` per split and model.
 """
-import argparse
 import datetime
-import gc
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the library leaves TensorFlow's logging alone; a script may not
-import tfrec_towers  # noqa: E402,F401  (Keras 2 before TensorFlow loads)
+import numpy as np
+import tensorflow as tf
 
-from readme_tables import commit, runs_provenance  # noqa: E402  (benchmarks/ is on the path: scripts run from it)
+from tfrec_towers.config import Config, packaged
+from tfrec_towers.data.beir import convert_beir, read_beir
+from tfrec_towers.data.inputs import compute_stats
+from tfrec_towers.data.reader import list_files
+from tfrec_towers.evaluation.embeddings import embed_catalog, embed_events
+from tfrec_towers.model import build_model
+from tfrec_towers.run import RunDir, load_model
+from tfrec_towers.train import train
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
+from benchmarks.harness import (ResultsFile, Timer, add_common_flags, argument_parser, comma_list, data_dir, fmt,
+                                fresh_start, log, mean_std_by_key, read_json, run_info, runs_provenance, write_text)
 
-from tfrec_towers.config import Config, packaged  # noqa: E402
-from tfrec_towers.data.beir import convert_beir, read_beir  # noqa: E402
-from tfrec_towers.data.inputs import compute_stats  # noqa: E402
-from tfrec_towers.data.reader import list_files  # noqa: E402
-from tfrec_towers.evaluation.embeddings import embed_catalog, embed_events  # noqa: E402
-from tfrec_towers.model import build_model  # noqa: E402
-from tfrec_towers.run import RunDir, load_model  # noqa: E402
-from tfrec_towers.train import train  # noqa: E402
+__all__ = ["SHAPES", "OBJECTIVES", "BEST", "Split", "run_bm25", "run_tfidf", "run_untrained", "run_package",
+           "variant_overrides", "summarize", "markdown", "render", "main"]
 
-from benchmarks.movielens import Timer, _list, _mean_std, log  # noqa: E402
-
-ENV_VAR = "TFREC_TOWERS_SCIFACT"
 CORPUS_PAIRS = ["title", "ict"]
 #: With corpus pairs (~11K training pairs instead of ~740-920): 2 epochs, ~170 steps of 128, about the
 #: steps of scifact.yaml's 20 epochs over the qrels pairs alone.
@@ -113,10 +105,6 @@ ANCHORS = [("BM25, Elasticsearch (BEIR paper)", 0.665, None), ("DPR (BEIR paper)
            ("bm25s, measured for the issue (this machine kind)", 0.686, 0.913),
            ("char-trigram TF-IDF, measured for the issue (this machine kind)", 0.637, 0.912)]
 TARGET = 0.637
-
-
-def default_data_dir() -> str:
-    return os.environ.get(ENV_VAR, os.path.join(REPO, "..", "shared", "datasets", "scifact"))
 
 
 # --- data and scoring -----------------------------------------------------------------------------
@@ -266,16 +254,16 @@ def embedding_report(data: Split, args) -> dict:
 
 def summarize(per_seed: list) -> dict:
     out = {"seeds": per_seed}
-    for key in ("ndcg@10", "recall@100", "ndcg@10 unseen", "recall@100 unseen", "train_seconds"):
-        out[key], out[key + "_std"] = _mean_std([r.get(key) for r in per_seed])
+    mean, std = mean_std_by_key(per_seed, ("ndcg@10", "recall@100", "ndcg@10 unseen", "recall@100 unseen",
+                                           "train_seconds"))
+    for key in mean:
+        out[key], out[key + "_std"] = mean[key], std[key]
     return out
 
 
-def _fmt(summary, key, digits=3):
-    mean, std = summary.get(key), summary.get(key + "_std")
-    if mean is None:
-        return "–"
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(summary["seeds"]) > 1 else "")
+def cell(summary, key, digits=3):
+    """``key``'s mean ± std over the summary's seeds (just the mean for one seed)."""
+    return fmt(summary.get(key), summary.get(key + "_std"), digits, n=len(summary["seeds"]))
 
 
 def row_order(name: str) -> tuple:
@@ -307,9 +295,9 @@ def markdown(results: dict) -> str:
                 delta = f"{s['ndcg@10'] - ref['ndcg@10']:+.3f}"
         label = name if name != "best" else f"best ({variant})"
         pairs = {True: "yes", False: "no"}.get(first.get("corpus_pairs"), "–")
-        subset = f" {_fmt(s, 'ndcg@10 unseen')} / {_fmt(s, 'recall@100 unseen')} |" if unseen else ""
-        rows.append(f"| {label} | {pairs} | {_fmt(s, 'ndcg@10')} | {_fmt(s, 'recall@100')} | {delta} |{subset} "
-                    f"{[r['seed'] for r in s['seeds']]} | {_fmt(s, 'train_seconds', 0)} |")
+        subset = f" {cell(s, 'ndcg@10 unseen')} / {cell(s, 'recall@100 unseen')} |" if unseen else ""
+        rows.append(f"| {label} | {pairs} | {cell(s, 'ndcg@10')} | {cell(s, 'recall@100')} | {delta} |{subset} "
+                    f"{[r['seed'] for r in s['seeds']]} | {cell(s, 'train_seconds', 0)} |")
     return "\n".join(rows)
 
 
@@ -318,25 +306,15 @@ def header(doc: dict) -> str:
             "5,183 documents (italics: anchors, not run here)")
 
 
-def write_outputs(args, mine: dict, run_info: dict, machine: dict, extra: dict) -> str:
-    doc = {"results": {}, "runs": []}
-    if os.path.exists(args.output_json) and not (args.fresh and not getattr(args, "written", False)):
-        with open(args.output_json, encoding="utf-8") as f:
-            doc = json.load(f)
-    args.written = True
-    doc["results"].setdefault(args.split, {}).update(mine)
-    if run_info["date"] not in [r["date"] for r in doc["runs"]]:
-        doc["runs"].append(run_info)
-    doc["machine"] = machine
+def write_outputs(args, results: ResultsFile, mine: dict, run: dict, extra: dict) -> str:
+    """Merge this invocation's models (``mine``) and ``extra`` into ``--output-json``, then write it and the tables."""
+    doc = results.merge(args.split, mine, run)
     for key, value in extra.items():
         doc.setdefault(key, {})[args.split] = value
-    os.makedirs(os.path.dirname(os.path.abspath(args.output_json)), exist_ok=True)
-    with open(args.output_json, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=2)
-    return render(doc, args.output_md)
+    return results.write(doc, render(doc))
 
 
-def render(doc: dict, output_md: str) -> str:
+def render(doc: dict) -> str:
     """The results file's tables (test, dev, embedding space) from the JSON document."""
     text = [header(doc), ""]
     for split, title in (("test", "train claims -> the 300 test claims: final figures"),
@@ -354,35 +332,27 @@ def render(doc: dict, output_md: str) -> str:
             "%.3f ± %.3f" % tuple(r[k]) for k in ("query_query", "item_item", "query_item", "query_true_item")) + " |"
                  for n, r in report.items()]
         text.append("")
-    with open(output_md, "w", encoding="utf-8") as f:
-        f.write("\n".join(text))
     return "\n".join(text)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argument_parser(__doc__)
+    add_common_flags(p, "scifact", seeds="0", dataset="scifact")
     p.add_argument("--split", choices=["dev", "test"], default="dev")
     p.add_argument("--models", default="",
                    help="comma-separated: bm25, tfidf, untrained, best, SHAPE/OBJECTIVE[+pairs]")
     p.add_argument("--ablation", action="store_true", help="add every shape x objective (see the module docstring)")
-    p.add_argument("--seeds", default="0", help="comma-separated integers (bm25 and tfidf run once)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override for every DSSM model")
-    p.add_argument("--data-dir", default=None,
-                   help=f"BEIR folder (default: ${ENV_VAR} or <repo>/../shared/datasets/scifact)")
     p.add_argument("--workdir", help="converted data and runs (default: a temporary directory, removed)")
     p.add_argument("--embedding-report", metavar="DIR", help="write the embedding report of ADE/SDE +- SamToNe here")
     p.add_argument("--export", metavar="DIR", help="export best's first seed with the portable index here")
-    p.add_argument("--output-json", default=os.path.join(REPO, "benchmarks", "results", "scifact.json"))
-    p.add_argument("--output-md", default=os.path.join(REPO, "benchmarks", "results", "scifact.md"))
     p.add_argument("--fresh", action="store_true", help="do not merge into an existing --output-json")
     p.add_argument("--render", action="store_true", help="only rewrite --output-md from --output-json")
     args = p.parse_args(argv)
     if args.render:
         return args
-    args.seeds = _list(args.seeds, int)
-    args.models = _list(args.models)
+    args.models = comma_list(args.models)
     if args.ablation:
         args.models += [f"{s}/{o}" for s in SHAPES for o in OBJECTIVES if (s, o) not in NOT_APPLICABLE]
         args.models += ["ade_proj/softmax", "ade_proj/generative_concat"]
@@ -398,30 +368,27 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     if args.render:
-        with open(args.output_json, encoding="utf-8") as f:
-            log(render(json.load(f), args.output_md))
+        text = render(read_json(args.output_json))
+        write_text(args.output_md, text)
+        log(text)
         return 0
     started = datetime.datetime.now().astimezone()
     t0 = time.perf_counter()
     temp = args.workdir is None
     args.workdir = os.path.abspath(args.workdir or tempfile.mkdtemp(prefix="tfrec-scifact-"))
-    data_dir = os.path.abspath(args.data_dir or default_data_dir())
-    machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-               "tensorflow": tf.__version__}
-    run_info = {"date": started.isoformat(timespec="seconds"), "commit": commit(), "split": args.split,
-                "models": args.models, "seeds": args.seeds, "set": args.set, "best": BEST}
-    log(f"SciFact benchmark: split {args.split}, {len(args.models)} models, seeds {args.seeds}; data {data_dir}; "
+    folder = os.path.abspath(data_dir("scifact", args.data_dir))
+    results = ResultsFile(args.output_json, args.output_md, args.fresh)
+    run = run_info(started, split=args.split, models=args.models, seeds=args.seeds, set=args.set, best=BEST)
+    log(f"SciFact benchmark: split {args.split}, {len(args.models)} models, seeds {args.seeds}; data {folder}; "
         f"workdir {args.workdir}")
     mine, extra, failed = {}, {}, []
     try:
-        data = Split(args.split, data_dir, args.workdir)
+        data = Split(args.split, folder, args.workdir)
         log(f"{len(data.query_ids)} eval queries, {len(data.doc_ids)} documents")
         for model in args.models:
             per_seed = []
             for seed in args.seeds[:1] if model in ("bm25", "tfidf") else args.seeds:
-                keras.backend.clear_session()
-                gc.collect()
-                keras.utils.set_random_seed(seed)
+                fresh_start(seed)
                 wall = time.perf_counter()
                 if model == "bm25":
                     r = run_bm25(data)
@@ -443,13 +410,13 @@ def main(argv=None):
             if not per_seed:
                 continue
             mine[model] = summarize(per_seed)
-            write_outputs(args, mine, run_info, machine, extra)
+            write_outputs(args, results, mine, run, extra)
         if args.embedding_report:
             extra["embedding_report"] = embedding_report(data, args)
     finally:
         if temp:
             shutil.rmtree(args.workdir, ignore_errors=True)
-    log("\n" + write_outputs(args, mine, run_info, machine, extra))
+    log("\n" + write_outputs(args, results, mine, run, extra))
     log(f"wrote {args.output_json} and {args.output_md}; {time.perf_counter() - t0:.0f}s in all")
     for line in failed:
         log(f"FAILED: {line}")

@@ -22,43 +22,39 @@
    500-600); recall@100 against the exact filtered ranking; the targets (p50 +20% at most at M = 500,
    recall within 1 point of unfiltered) checked at the largest catalog.
 
-    python benchmarks/serving.py                               # trains first (a few minutes)
-    python benchmarks/serving.py --run-dir RUN --seconds 10    # an existing ML-100K run
-    python benchmarks/serving.py --only-scaling --scaling-sizes 20000 --output-json /tmp/s.json --output-md /tmp/s.md
+    python -m benchmarks.serving                               # trains first (a few minutes)
+    python -m benchmarks.serving --run-dir RUN --seconds 10    # an existing ML-100K run
+    python -m benchmarks.serving --only-scaling --scaling-sizes 20000 --output-json /tmp/s.json --output-md /tmp/s.md
                                                                # parts 6-7 alone, a small catalog (development)
 
 ML-100K is read by path from ``$TFREC_TOWERS_ML100K`` (default ``<repo>/../shared/datasets/ml-100k``).
 """
-import argparse
 import datetime
 import glob
-import json
 import os
-import platform
-import sys
 import threading
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the library leaves TensorFlow's logging alone; a script may not
-import tfrec_towers  # noqa: E402,F401  (Keras 2 before TensorFlow loads)
+import numpy as np
+import tensorflow as tf
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from tfrec_towers.choices import INDEX_TYPES
+from tfrec_towers.config import Config, packaged
+from tfrec_towers.data import reader
+from tfrec_towers.data.movielens import convert_movielens
+from tfrec_towers.export.exporter import export_run, read_metadata, refresh_items
+from tfrec_towers.run import RunDir
+from tfrec_towers.serving.client import RetrievalClient
+from tfrec_towers.serving.server import ModelServer, import_custom_ops
+from tfrec_towers.data.inputs import parse_spec, positives
+from tfrec_towers.train import train
 
-from tfrec_towers.choices import INDEX_TYPES  # noqa: E402
-from tfrec_towers.config import Config, packaged  # noqa: E402
-from tfrec_towers.data import reader  # noqa: E402
-from tfrec_towers.data.movielens import convert_movielens  # noqa: E402
-from tfrec_towers.export.exporter import export_run, read_metadata, refresh_items  # noqa: E402
-from tfrec_towers.run import RunDir  # noqa: E402
-from tfrec_towers.serving.client import RetrievalClient  # noqa: E402
-from tfrec_towers.serving.server import ModelServer, import_custom_ops  # noqa: E402
-from tfrec_towers.data.inputs import parse_spec, positives  # noqa: E402
-from tfrec_towers.train import train  # noqa: E402
+from benchmarks.harness import (add_common_flags, argument_parser, comma_list, data_dir, machine, machine_line,
+                                write_results)
+
+__all__ = ["INDEXES", "index_quality_and_speed", "load_test", "index_scaling", "grpc_overhead", "markdown", "main"]
 
 #: The index types (``tfrec_towers.choices.INDEX_TYPES``), brute force first: the exact ranking the others are
 #: compared with.
@@ -385,9 +381,11 @@ def filtered_markdown(spread: str, scaling: dict, result: dict) -> list:
 
 def markdown(result) -> str:
     if "indexes" not in result:  # --only-scaling
-        lines = [f"Index scaling and filtered retrieval only (`--only-scaling`), {result['date']}, {result['machine']}."]
+        lines = [f"Index scaling and filtered retrieval only (`--only-scaling`), {result['date']}, "
+                 f"{machine_line(result['machine'])}."]
         return "\n".join(scaling_markdown(result, lines)) + "\n"
-    lines = [f"Export and serving on MovieLens-100K (`tfrs` protocol), {result['date']}, {result['machine']}; "
+    lines = [f"Export and serving on MovieLens-100K (`tfrs` protocol), {result['date']}, "
+             f"{machine_line(result['machine'])}; "
              f"{result['queries']} test queries, catalog of {result['catalog']} items, k = {K}.", "",
              "| index | HR@10 | HR@50 | HR@100 | overlap@10 with exact | overlap@100 | batch 1 ms | batch 256 ms "
              "| speed vs brute (1 / 256) |", "|---|---|---|---|---|---|---|---|---|"]
@@ -431,10 +429,10 @@ def scaling_markdown(result, lines) -> list:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argument_parser(__doc__)
+    add_common_flags(p, "serving", dataset="ml-100k")
     p.add_argument("--run-dir", help="a trained ML-100K run (default: train the default config in --workdir)")
     p.add_argument("--workdir", default="/tmp/tfrec-serving-bench")
-    p.add_argument("--data-dir", help="ml-100k folder (default: $TFREC_TOWERS_ML100K or ../shared/datasets/ml-100k)")
     p.add_argument("--set", action="append", default=[], help="config override for the trained run")
     p.add_argument("--queries", type=int, default=2000)
     p.add_argument("--threads", type=int, default=4)
@@ -446,21 +444,23 @@ def main(argv=None):
                         "1.0 gives tighter clusters")
     p.add_argument("--only-scaling", action="store_true",
                    help="run parts 6-7 only (no ML-100K training, exports or gRPC): for development")
-    p.add_argument("--output-json", default=os.path.join(REPO, "benchmarks", "results", "serving.json"))
-    p.add_argument("--output-md", default=os.path.join(REPO, "benchmarks", "results", "serving.md"))
     args = p.parse_args(argv)
     import_custom_ops()
 
-    sizes = [int(n) for n in args.scaling_sizes.split(",") if n]
+    sizes = comma_list(args.scaling_sizes, int)
+
+    def scaling():
+        return {spread: index_scaling(sizes, float(spread)) for spread in comma_list(args.scaling_spreads) if sizes}
+
+    about = {"date": datetime.date.today().isoformat(), "machine": machine()}
     if args.only_scaling:
-        scaling = {spread: index_scaling(sizes, float(spread)) for spread in args.scaling_spreads.split(",") if sizes}
-        write({"date": datetime.date.today().isoformat(), "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
-               "scaling": scaling}, args)
+        write({**about, "scaling": scaling()}, args)
         return
     workdir = os.path.abspath(args.workdir)
     run_dir = args.run_dir
     if not run_dir:
-        data = convert_movielens(args.data_dir, os.path.join(workdir, "data"), protocol="tfrs", overwrite=True)
+        data = convert_movielens(data_dir("ml-100k", args.data_dir), os.path.join(workdir, "data"), protocol="tfrs",
+                                 overwrite=True)
         files = data["files"]
         run_dir = os.path.join(workdir, "run")
         if not os.path.exists(RunDir(run_dir).weights + ".index"):
@@ -480,22 +480,14 @@ def main(argv=None):
             w.write(r.numpy())
     grpc = grpc_overhead(versions["brute"], base, "brute", queries)
     load = load_test(base, "portable", queries, args.threads, args.seconds, catalog)
-    scaling = {spread: index_scaling(sizes, float(spread)) for spread in args.scaling_spreads.split(",") if sizes}
-    result = {"date": datetime.date.today().isoformat(), "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
-              "run_dir": run_dir, "queries": len(targets),
+    result = {**about, "run_dir": run_dir, "queries": len(targets),
               "catalog": read_metadata(versions["brute"])["catalog"]["num_items"],
-              "indexes": indexes, "grpc": grpc, "load_test": load, "scaling": scaling}
+              "indexes": indexes, "grpc": grpc, "load_test": load, "scaling": scaling()}
     write(result, args)
 
 
 def write(result, args):
-    os.makedirs(os.path.dirname(args.output_json), exist_ok=True)
-    with open(args.output_json, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
-    text = markdown(result)
-    with open(args.output_md, "w", encoding="utf-8") as f:
-        f.write(text)
-    print(text)
+    print(write_results(result, markdown(result), args.output_json, args.output_md))
 
 
 if __name__ == "__main__":

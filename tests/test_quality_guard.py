@@ -1,5 +1,5 @@
 """Quality guard (issue 18): the default model on MovieLens-100K's `tfrs` split, seed 0, trained and
-scored by ``benchmarks/movielens.py`` itself, stays above floors set just under benchmarks/README.md's 3-seed
+scored by ``python -m benchmarks.movielens`` itself, stays above floors set just under benchmarks/README.md's 3-seed
 figures (``benchmarks/results/movielens.json``, 2026-11-30, commit 55e2945: HR@10 0.1444 +- 0.0019,
 HR@100 0.6383 +- 0.0019 over 3 seeds), about 3 standard deviations under the means.
 
@@ -31,10 +31,10 @@ FLOORS = {"hr@10": 0.138, "hr@100": 0.630}
 def test_default_model_stays_above_its_quality_floors(tmp_path):
     out = tmp_path / "movielens.json"
     done = subprocess.run(
-        [sys.executable, os.path.join(REPO, "benchmarks", "movielens.py"), "--protocols", "tfrs", "--models", "default",
+        [sys.executable, "-m", "benchmarks.movielens", "--protocols", "tfrs", "--models", "default",
          "--seeds", "0", "--data-dir", DATA, "--workdir", str(tmp_path / "work"), "--output-json", str(out),
          "--output-md", str(tmp_path / "movielens.md")],
-        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""},
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""},
         timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     with open(out, encoding="utf-8") as f:

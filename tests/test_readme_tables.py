@@ -1,24 +1,17 @@
-"""The Markdown files' benchmark tables are the results files, copied by benchmarks/readme_tables.py (issue 18);
+"""The Markdown files' benchmark tables are the results files, copied by benchmarks.readme_tables (issue 18);
 since issue 27 the benchmark sections live in benchmarks/README.md and the reference sections in docs/."""
-import importlib.util
 import os
 import re
 import shutil
 import subprocess
 import sys
 
+from benchmarks import readme_tables
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(REPO, "benchmarks", "readme_tables.py")
 #: The Markdown files of issue 27's documentation move: README.md and the pages it links to.
 PAGES = ("README.md", "benchmarks/README.md", "docs/guide.md", "docs/serving.md", "docs/operations.md",
          "docs/architecture.md", "serving/README.md", "pipelines/README.md")
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("readme_tables", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _read(rel):
@@ -27,33 +20,34 @@ def _read(rel):
 
 
 def test_readme_tables_equal_their_results_files():
-    done = subprocess.run([sys.executable, SCRIPT, "--check"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "benchmarks.readme_tables", "--check"], cwd=REPO, capture_output=True,
+                          text=True)
     assert done.returncode == 0, done.stderr
 
 
 def test_the_script_covers_the_new_places():
-    files = _module().markdown_files()
+    files = readme_tables.markdown_files()
     assert {"README.md", "benchmarks/README.md", "docs/guide.md", "docs/architecture.md"} <= set(files)
     # every results file with a generated block is in benchmarks/README.md now
-    blocks = re.findall(r"<!-- generated from (\S+): python benchmarks/readme_tables.py -->", _read("benchmarks/README.md"))
+    blocks = re.findall(r"<!-- generated from (\S+): python -m benchmarks.readme_tables -->", _read("benchmarks/README.md"))
     assert {"benchmarks/results/movielens.md", "benchmarks/results/continuous.md", "benchmarks/results/gowalla.md",
             "benchmarks/results/ml100k_implicit.md", "benchmarks/results/scifact.md", "benchmarks/results/ablation.md",
             "benchmarks/results/serving.md"} <= set(blocks)
 
 
-def test_check_names_a_stale_block_in_a_moved_file(tmp_path):
-    module = _module()
+def test_check_names_a_stale_block_in_a_moved_file(tmp_path, monkeypatch):
+    module = readme_tables
     for rel in ("benchmarks/README.md", "benchmarks/results/movielens.md"):
         os.makedirs(tmp_path / os.path.dirname(rel), exist_ok=True)
         shutil.copy(os.path.join(REPO, rel), tmp_path / rel)
     page = tmp_path / "benchmarks" / "README.md"
     text = page.read_text(encoding="utf-8")
-    block = "<!-- generated from benchmarks/results/movielens.md: python benchmarks/readme_tables.py -->\n"
+    block = "<!-- generated from benchmarks/results/movielens.md: python -m benchmarks.readme_tables -->\n"
     page.write_text(text.replace(block, block + "stale line\n", 1), encoding="utf-8")
     # only the movielens block is kept, so that the other results files need not be copied
     kept = module.BLOCK.sub(lambda m: m.group(0) if "movielens.md" in m.group(2) else "", page.read_text(encoding="utf-8"))
     page.write_text(kept, encoding="utf-8")
-    module.REPO = str(tmp_path)
+    monkeypatch.setattr(module, "REPO", str(tmp_path))
     assert module.main(["--check"]) == 1
     assert module.main([]) == 0
     assert module.main(["--check"]) == 0
