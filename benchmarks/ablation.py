@@ -184,7 +184,7 @@ def main(argv=None):
                 r = run_package(config, data, run_dir(workdir, protocol, name, seed))
                 results.setdefault(protocol, {}).setdefault(name, {})[str(seed)] = r
                 log(f"    HR@50 {r['all_items']['hr@50']:.4f}, HR@100 {r['all_items']['hr@100']:.4f}, "
-                       f"{r['examples_per_s']:.0f} examples/s ({time.perf_counter() - start:.0f} s in all)")
+                    f"{r['examples_per_s']:.0f} examples/s ({time.perf_counter() - start:.0f} s in all)")
                 write(results, settings, args.output_json, args.output_md)
     print(write(results, settings, args.output_json, args.output_md))
     return 0

@@ -400,7 +400,8 @@ def markdown(results: dict, split: str, anchors: bool = True) -> str:
         label = name + (" (= default: its seeds pooled)" if r.get("pooled_with_default") else "")
         if name == "als":
             label += " (tuned: " + ", ".join(f"{k} {v}" for k, v in r["seeds"][0]["als"]["params"].items()) + ")"
-        lines.append(f"| {label} | {fmt(m[f'recall@{K}'], s[f'recall@{K}'], 4)} | {fmt(m[f'ndcg@{K}'], s[f'ndcg@{K}'], 4)} | "
+        lines.append(f"| {label} | {fmt(m[f'recall@{K}'], s[f'recall@{K}'], 4)} | "
+                     f"{fmt(m[f'ndcg@{K}'], s[f'ndcg@{K}'], 4)} | "
                      f"{[x['seed'] for x in r['seeds']]} | {fmt(m['train_seconds'], s['train_seconds'], 0)} | "
                      f"{fmt(m['examples_per_s'], s['examples_per_s'], 0)} | {speed} | "
                      f"{fmt(m['eval_seconds'], s['eval_seconds'], 1)} | {rss} |")

@@ -115,8 +115,8 @@ def test_provenance_lines():
     started = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
     m = harness.machine()
     assert {"platform", "processor", "cpu_count", "python"} <= set(m)
-    assert re.fullmatch(r"ML, 2026-01-02, commit \w+(\+changes)?, " + re.escape(f"{m['platform']}, {m['cpu_count']} CPUs"),
-                        harness.provenance("ML", started))
+    machine = re.escape(f"{m['platform']}, {m['cpu_count']} CPUs")
+    assert re.fullmatch(r"ML, 2026-01-02, commit \w+(\+changes)?, " + machine, harness.provenance("ML", started))
     assert harness.run_info(started, split="test") == {"date": "2026-01-02T03:04:05+00:00",
                                                        "commit": harness.commit(), "split": "test"}
     doc = {"machine": {"platform": "P", "cpu_count": 2, "tensorflow": "2.20.0"},
@@ -137,7 +137,8 @@ def _seed(seed, value, config="a"):
 
 def test_results_file_merges_by_seed_and_configuration(tmp_path):
     path, md = str(tmp_path / "r.json"), str(tmp_path / "out" / "r.md")
-    stored = {"results": {"test": {"m": _summarize([_seed(0, 1.0), _seed(1, 2.0)]), "other": _summarize([_seed(0, 9.0)])}},
+    models = {"m": _summarize([_seed(0, 1.0), _seed(1, 2.0)]), "other": _summarize([_seed(0, 9.0)])}
+    stored = {"results": {"test": models},
               "runs": [{"date": "2026-01-01T00:00:00", "commit": "a"}]}
     with open(path, "w", encoding="utf-8") as f:
         json.dump(stored, f)

@@ -34,7 +34,8 @@ def test_default_model_stays_above_its_quality_floors(tmp_path):
         [sys.executable, "-m", "benchmarks.movielens", "--protocols", "tfrs", "--models", "default",
          "--seeds", "0", "--data-dir", DATA, "--workdir", str(tmp_path / "work"), "--output-json", str(out),
          "--output-md", str(tmp_path / "movielens.md")],
-        cwd=REPO, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""},
+        cwd=REPO, capture_output=True, text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""},
         timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     with open(out, encoding="utf-8") as f:
