@@ -182,12 +182,21 @@ class DepthSchedule:
                              f"{depths.tolist()} / {probes.tolist()}")
         self.depths, self.probes, self.num_partitions = depths, np.minimum(probes, num_partitions), int(num_partitions)
 
+    #: Depths up to this share past the first grid depth keep its probe count: a row whose answers sit
+    #: a few places below the unfiltered top-k (a few excluded items among the top k, the common case)
+    #: finds them in nearly the same partitions, and a second search for each such row cost the ScaNN
+    #: index +25% at batch 64 with 500 random exclusions on 1M items (``benchmarks/serving.py``).
+    SLACK = 0.1
+
     def table(self) -> np.ndarray:
-        """Partitions to probe for every depth 0 .. last grid depth, then every partition: interpolated
-        between the grid's entries and rounded, so a depth a few items past the first entry's (a couple of
-        excluded items among the top k, the common case) keeps the unfiltered probe count."""
+        """Partitions to probe for every depth 0 .. last grid depth, then every partition: the first
+        entry's up to ``SLACK`` past its depth, then interpolated between the grid's entries and rounded."""
         depths = np.arange(int(self.depths[-1]) + 1)
-        probes = np.round(np.interp(depths, self.depths, self.probes)).astype(np.int32)
+        grid, probes = self.depths, self.probes
+        flat = int(grid[0] + self.SLACK * grid[0])
+        if len(grid) > 1 and grid[0] < flat < grid[1]:
+            grid, probes = np.insert(grid, 1, flat), np.insert(probes, 1, probes[0])
+        probes = np.round(np.interp(depths, grid, probes)).astype(np.int32)
         return np.append(probes, self.num_partitions).astype(np.int32)
 
     def probe(self, depth: tf.Tensor) -> tf.Tensor:
