@@ -1,7 +1,7 @@
-"""One registry per choice (issue 27): every name the config, the CLI and the errors offer comes from
-``tfrec_towers.choices``, each registry implements exactly those names, and every registered name
-builds; every checked config option is a field of its section; every feature type parses, encodes and
-counts its statistics."""
+"""One registry per choice (issue 27): every name the config, the CLI and the errors offer comes from its
+registry (``tfrec_towers.choices`` reads the names from the registries' sources), and every registered
+name builds; every checked config option is a field of its section; every feature type parses, encodes
+and counts its statistics."""
 import argparse
 import dataclasses
 import typing
@@ -75,7 +75,7 @@ def test_the_config_offers_the_registries_names():
     assert offered["model.sharing"] == choices.SHARING
 
 
-def test_each_registry_implements_exactly_its_names():
+def test_the_names_read_from_the_sources_are_the_imported_registries():
     from tfrec_towers import lazy_adam, train
     from tfrec_towers.data import reader, user_item_lists
     from tfrec_towers.export import indexes
@@ -85,16 +85,56 @@ def test_each_registry_implements_exactly_its_names():
     assert tuple(n for n, kind in losses.LOSSES.items() if kind.pointwise) == choices.POINTWISE_LOSSES
     assert tuple(reduction.REDUCTIONS) == choices.REDUCTIONS
     assert tuple(lazy_adam.OPTIMIZERS) == choices.OPTIMIZERS
+    assert lazy_adam.OPTIMIZER_SLOTS == choices.OPTIMIZER_SLOTS
     assert tuple(train.STRATEGIES) == choices.STRATEGIES
     assert tuple(indexes.INDEXES) == choices.INDEX_TYPES
     assert all(cls.kind == kind for kind, cls in indexes.INDEXES.items())
     assert reader.POLICIES == user_item_lists.POLICIES == choices.RECORD_POLICIES
 
 
-def test_check_registry_names_the_difference():
-    choices.check_registry("x", ("a", "b"), {"a": 1, "b": 2})
-    with pytest.raises(RuntimeError, match=r"the x registry implements \('a',\), but tfrec_towers.choices names"):
-        choices.check_registry("x", ("a", "b"), {"a": 1})
+def test_the_names_load_nothing_of_the_package_but_themselves():
+    import subprocess
+    import sys
+
+    code = ("import sys, tfrec_towers.choices; "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow loaded'; "
+            "loaded = sorted(m for m in sys.modules if m.startswith('tfrec_towers')); "
+            "assert loaded == ['tfrec_towers', 'tfrec_towers.choices'], loaded")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("source, error", [
+    ("X = {'a': 1, 'b': 2}\n", None),
+    ("X = dict(a=1)\n", r"X must be assigned once at module level, a dict literal with string keys"),
+    ("X = {k: 1 for k in 'ab'}\n", "a dict literal"),
+    ("X = {A: 1}\n", "a dict literal"),
+    ("X = {'a': 1, **Y}\n", "a dict literal"),
+    ("Y = {'a': 1}\n", "assigned once"),
+    ("X = {'a': 1}\nX = {'b': 1}\n", "assigned once"),
+    ("X = {'a': 1, 'b': N}\n", r"X\['b'\]: must be an int literal"),
+])
+def test_the_source_reader_refuses_what_it_cannot_read(tmp_path, source, error):
+    path = tmp_path / "registry.py"
+    path.write_text(source)
+    if error is None:
+        assert choices.read_registry(str(path), "X", choices._count) == {"a": 1, "b": 2}
+        return
+    with pytest.raises(RuntimeError, match=error) as raised:
+        choices.read_registry(str(path), "X", choices._count)
+    assert str(path) in str(raised.value)
+
+
+def test_a_pointwise_flag_must_be_a_literal(tmp_path):
+    path = tmp_path / "losses.py"
+    path.write_text("LOSSES = {'a': LossKind(f), 'b': LossKind(g, pointwise=True), 'c': LossKind(h, pointwise=P)}\n")
+    with pytest.raises(RuntimeError, match=r"LOSSES\['c'\]: malformed node"):
+        choices.read_registry(str(path), "LOSSES", choices._pointwise)
+    path.write_text("LOSSES = {'a': LossKind(f), 'b': LossKind(g, pointwise=True), 'c': KINDS['c']}\n")
+    with pytest.raises(RuntimeError, match=r"LOSSES\['c'\]: must be a LossKind\(...\) call"):
+        choices.read_registry(str(path), "LOSSES", choices._pointwise)
+    path.write_text("LOSSES = {'a': LossKind(f), 'b': LossKind(g, pointwise=True)}\n")
+    assert choices.read_registry(str(path), "LOSSES", choices._pointwise) == {"a": False, "b": True}
 
 
 def test_the_cli_offers_the_registries_names():

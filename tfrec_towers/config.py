@@ -9,7 +9,7 @@ checked again after the statistics pass, before the run directory is written.
 An option's allowed values are on its field (``option(default, choices=...)`` or ``range=...``), so a
 check cannot name a key that does not exist. The names of the options that pick an implementation
 (loss, reduction, optimizer, strategy, corrupt-record policy, compression) come from
-``tfrec_towers.choices``, which each implementation's registry checks itself against.
+``tfrec_towers.choices``, which reads them from each implementation's registry without importing it.
 """
 import dataclasses
 import os
@@ -380,8 +380,8 @@ def packaged(name: str = "default") -> str:
 # ceiling would refuse what a large machine can do or admit what a small one cannot. Being floors,
 # they only refuse what cannot fit at all; a size just under the memory may still fail later.
 
-# OPTIMIZER_SLOTS, the float32 slots each optimizer keeps per trainable weight, is in tfrec_towers.choices,
-# beside the optimizer names.
+# OPTIMIZER_SLOTS, the float32 slots each optimizer keeps per trainable weight, is lazy_adam's, beside the
+# optimizers, read by tfrec_towers.choices.
 
 #: Bytes TensorFlow's shuffle allocates per buffer slot when its iterator starts, before any record
 #: arrives (a std::vector<Tensor> each: data.shuffle_buffer 10^12 asked for 24 TB and segfaulted).

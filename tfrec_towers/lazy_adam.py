@@ -12,16 +12,14 @@ and rows outside R keep their values and slots (their moments are not decayed wh
 the "lazy" part, as TensorFlow Addons' LazyAdam). Dense gradients get Adam's own update. The slots are
 Adam's (``m``, ``v``), so checkpoints move between the two.
 
-``OPTIMIZERS``, at the end: the registry of ``train.optimizer``, every optimizer by its config name (the
-names are in ``tfrec_towers.choices.OPTIMIZERS`` too, with each one's slots, for the config's checks).
+``OPTIMIZERS``, at the end: the registry of ``train.optimizer``, every optimizer by its config name, and
+``OPTIMIZER_SLOTS``, each one's slots; two dict literals, from whose source ``tfrec_towers.choices`` reads
+the names and slots for the config's checks. Adding an optimizer: its entry in both, and its test.
 """
 import tensorflow as tf
 import tf_keras as keras
 
-from tfrec_towers import choices
-
-
-__all__ = ["LazyAdam", "OPTIMIZERS"]
+__all__ = ["LazyAdam", "OPTIMIZERS", "OPTIMIZER_SLOTS"]
 
 
 @keras.utils.register_keras_serializable(package="tfrec_towers")
@@ -64,4 +62,8 @@ class LazyAdam(keras.optimizers.Adam):
 #: ``train.optimizer`` -> the optimizer class (built with ``learning_rate=``: ``model.make_optimizer``).
 OPTIMIZERS = {"adam": keras.optimizers.Adam, "adagrad": keras.optimizers.Adagrad, "sgd": keras.optimizers.SGD,
               "rmsprop": keras.optimizers.RMSprop, "lazy_adam": LazyAdam}
-choices.check_registry("train.optimizer", choices.OPTIMIZERS, OPTIMIZERS)
+#: ``train.optimizer`` -> float32 slots the optimizer keeps per trainable weight, beside the weight itself
+#: (``config.check_sizes``, through ``choices.OPTIMIZER_SLOTS``): int literals.
+OPTIMIZER_SLOTS = {"adam": 2, "adagrad": 1, "sgd": 0, "rmsprop": 1, "lazy_adam": 2}
+if tuple(OPTIMIZER_SLOTS) != tuple(OPTIMIZERS):
+    raise RuntimeError(f"lazy_adam: OPTIMIZER_SLOTS names {tuple(OPTIMIZER_SLOTS)}, OPTIMIZERS {tuple(OPTIMIZERS)}")

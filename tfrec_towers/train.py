@@ -10,7 +10,6 @@ from typing import Optional
 import tensorflow as tf
 import tf_keras as keras
 
-from tfrec_towers import choices
 from tfrec_towers.config import Config, ValidationConfig
 from tfrec_towers.data import reader
 from tfrec_towers.data.inputs import check_training_sizes, compute_stats, make_input, parse_spec, user_histories
@@ -48,16 +47,15 @@ def _multi_worker_strategy() -> tf.distribute.Strategy:
 
 
 #: ``train.strategy`` -> a function making it: default (one device), mirrored (all local GPUs/CPU),
-#: multi_worker (the cluster from TF_CONFIG). Names also in ``tfrec_towers.choices.STRATEGIES``.
+#: multi_worker (the cluster from TF_CONFIG). A dict literal: ``tfrec_towers.choices`` reads its names.
 STRATEGIES = {"default": tf.distribute.get_strategy, "mirrored": tf.distribute.MirroredStrategy,
               "multi_worker": _multi_worker_strategy}
-choices.check_registry("train.strategy", choices.STRATEGIES, STRATEGIES)
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """The distribution strategy ``name`` of ``STRATEGIES``."""
     if name not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {choices.STRATEGIES}, got {name!r}")
+        raise ValueError(f"strategy must be one of {tuple(STRATEGIES)}, got {name!r}")
     return STRATEGIES[name]()
 
 

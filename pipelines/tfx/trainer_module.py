@@ -63,9 +63,9 @@ import tfrec_towers  # first: sets up Keras 2 for TFRS before TensorFlow loads
 
 import tensorflow as tf
 
+from tfrec_towers.choices import INDEX_TYPES
 from tfrec_towers.config import Config, packaged
 from tfrec_towers.export.exporter import export_run
-from tfrec_towers.export.indexes import INDEX_TYPES
 from tfrec_towers.train import train
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,6 @@ import tensorflow as tf
 
 from tfrec_towers.export import filtering
 from tfrec_towers.export.index import Index
-from tfrec_towers.choices import INDEX_TYPES, check_registry
 from tfrec_towers.export.portable_index import (EXTRA_DEPTH, RECALL_TARGET, PortableIndex, linear_schedule,
                                                 partition, tuned_params)
 from tfrec_towers.export.top_k import SPLITS, split_top_k
@@ -207,16 +206,17 @@ class ScannIndex(Index):
         return answer, tf.where(dropped, scores, float("-inf"))
 
 
-#: index type (``--index``) -> its class, each class naming its type (``Index.kind``). The CLI offers the
-#: names without TensorFlow, from ``tfrec_towers.choices.INDEX_TYPES``, checked against this here.
-INDEXES = {cls.kind: cls for cls in (ScannIndex, PortableIndex, BruteForceIndex)}
-check_registry("index type", INDEX_TYPES, INDEXES)
+#: index type (``--index``) -> its class, which names its type too (``Index.kind``). A dict literal: the CLI
+#: offers the names without TensorFlow, from ``tfrec_towers.choices.INDEX_TYPES``, which reads them here.
+INDEXES = {"scann": ScannIndex, "portable": PortableIndex, "brute": BruteForceIndex}
+if any(cls.kind != kind for kind, cls in INDEXES.items()):
+    raise RuntimeError("export.indexes.INDEXES: each class's kind must be its key")
 
 
 def index_class(kind: str) -> type:
     """The class of index type ``kind``; an unknown type is a ValueError listing the known ones."""
     if kind not in INDEXES:
-        raise ValueError(f"index type must be one of {INDEX_TYPES}, got {kind!r}")
+        raise ValueError(f"index type must be one of {tuple(INDEXES)}, got {kind!r}")
     return INDEXES[kind]
 
 

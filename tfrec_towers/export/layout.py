@@ -3,7 +3,7 @@
 ``BASE/NAME`` is a model; its integer-named subdirectories are versions (TF Serving ignores every other
 child, so a version staged in ``BASE/NAME/.tmp-*`` and renamed into place appears whole or not at all);
 a version is complete once it holds ``saved_model.pb``. No TensorFlow here: the server imports nothing
-else of ``export``. (The index types, ``--index``, are named in ``tfrec_towers.choices``.)
+else of ``export``. (The index types, ``--index``, are ``tfrec_towers.choices.INDEX_TYPES``.)
 """
 import os
 from typing import Dict, List, Optional

@@ -2,16 +2,15 @@
 
 Each name maps to a ``LossKind``: how to build the loss from the task section of the config, and
 whether the batch recall@k metrics apply (the loss ranks each row's columns, one positive each).
-The names are written in ``tfrec_towers.choices.LOSSES`` too, where the config (below this layer)
-checks ``task.loss`` when it is loaded; ``choices.check_registry`` keeps the two in step. Adding a
-loss: its layer in its own module, its entry here, its name in ``choices.LOSSES``, and its test.
+This dict literal is the only place a loss is named: ``tfrec_towers.choices`` reads its keys (and
+``pointwise``, a literal) from this file's source, for the config below this layer, which checks
+``task.loss`` when it is loaded. Adding a loss: its layer in its own module, its entry here, its test.
 """
 import dataclasses
 from typing import Any, Callable
 
 import tf_keras as keras
 
-from tfrec_towers import choices
 from tfrec_towers.tasks.bilateral_softmax_loss import BilateralSoftmaxLoss
 from tfrec_towers.tasks.cosine_contrastive_loss import CosineContrastiveLoss
 from tfrec_towers.tasks.margin_loss import HingeLoss
@@ -28,7 +27,8 @@ class LossKind:
     build: Callable[[Any], keras.losses.Loss]
     #: Whether ``task.batch_recall_k`` metrics are reported (a softmax-like loss ranking each row's columns).
     batch_recall: bool = False
-    #: Whether every event trains with its label as the target (else positives only): ``choices.POINTWISE_LOSSES``.
+    #: Whether every event trains with its label as the target (else positives only): ``choices.POINTWISE_LOSSES``
+    #: (read from the source: write it as a literal).
     pointwise: bool = False
 
 
@@ -53,12 +53,10 @@ LOSSES = {
     "ccl": LossKind(_ccl, batch_recall=True),
     "bsl": LossKind(lambda t: BilateralSoftmaxLoss(t.bsl_tau2, t.loss_reduction), batch_recall=True),
 }
-choices.check_registry("task.loss", choices.LOSSES, LOSSES)
-choices.check_registry("pointwise loss", choices.POINTWISE_LOSSES, [n for n, k in LOSSES.items() if k.pointwise])
 
 
 def loss_kind(name: str) -> LossKind:
     """The ``LossKind`` of loss ``name``; an unknown name is a ValueError listing the known ones."""
     if name not in LOSSES:
-        raise ValueError(f"task.loss must be one of {choices.LOSSES}, got {name!r}")
+        raise ValueError(f"task.loss must be one of {tuple(LOSSES)}, got {name!r}")
     return LOSSES[name]

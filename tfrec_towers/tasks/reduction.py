@@ -1,6 +1,6 @@
 """Per-row losses of the auxiliary objectives and their row-weighted reduction to one scalar.
 
-``REDUCTIONS``: the registry of ``task.loss_reduction`` (names in ``tfrec_towers.choices``): each name ->
+``REDUCTIONS``: the registry of ``task.loss_reduction`` (``tfrec_towers.choices`` reads its names): each name ->
 Keras's equivalent reduction, for Keras's own losses (softmax cross-entropy); the package's losses
 reduce their rows with ``reduce_rows``.
 """
@@ -9,7 +9,6 @@ from typing import Optional
 import tensorflow as tf
 import tf_keras as keras
 
-from tfrec_towers import choices
 from tfrec_towers.tasks.chain import MIN_LOGIT, RetrievalContext
 
 __all__ = ["REDUCTIONS", "anchor_softmax_loss", "check_reduction", "reduce_rows", "row_weights"]
@@ -18,7 +17,6 @@ __all__ = ["REDUCTIONS", "anchor_softmax_loss", "check_reduction", "reduce_rows"
 #: ``task.loss_reduction`` -> the Keras reduction of Keras's own losses: "sum" of the rows, or their
 #: "mean" (SUM_OVER_BATCH_SIZE); ``reduce_rows`` is the same reduction with row weights.
 REDUCTIONS = {"sum": keras.losses.Reduction.SUM, "mean": keras.losses.Reduction.SUM_OVER_BATCH_SIZE}
-choices.check_registry("task.loss_reduction", choices.REDUCTIONS, REDUCTIONS)
 
 
 def anchor_softmax_loss(positive: tf.Tensor, negatives: tf.Tensor, excluded: tf.Tensor) -> tf.Tensor:
@@ -39,7 +37,7 @@ def row_weights(context: RetrievalContext) -> Optional[tf.Tensor]:
 
 def check_reduction(reduction: str) -> str:
     if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {choices.REDUCTIONS}, got {reduction!r}")
+        raise ValueError(f"reduction must be one of {tuple(REDUCTIONS)}, got {reduction!r}")
     return reduction
 
 
