@@ -476,9 +476,14 @@ def header(doc: dict) -> str:
 
 
 def config_key(seed_result: dict) -> tuple:
-    """What makes two seeds' results the same configuration (``ResultsFile.merge`` pools only those)."""
+    """What makes two seeds' results the same configuration (``ResultsFile.merge`` pools only those): the
+    package model's whole config but its seed (a change to the packaged cf.yaml is another configuration),
+    or ALS's parameters."""
     s = seed_result
-    return (s.get("overrides"), s.get("dropped_query_features"), s.get("embedding_dim"), s.get("als", {}).get("params"))
+    config = {**s.get("config", {}), "train": {k: v for k, v in s.get("config", {}).get("train", {}).items()
+                                              if k != "seed"}}
+    return (json.dumps(config, sort_keys=True), s.get("overrides"), s.get("dropped_query_features"),
+            s.get("embedding_dim"), json.dumps(s.get("als", {}).get("params"), sort_keys=True))
 
 
 def write_outputs(args, results: ResultsFile, mine: dict, run: dict) -> str:

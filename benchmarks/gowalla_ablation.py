@@ -1,12 +1,13 @@
-"""The seed methods on Gowalla, each alone against a reference configuration (issue 16).
+"""The seed methods on Gowalla, each alone on top of the packaged ``cf`` configuration (issues 16, 24).
 
-The reference is ``benchmarks/gowalla.py``'s ``best`` configuration (the user's training items as a
-mean-pooled history, no user ID, cosine / temperature 0.1, 1024 uniform negatives mixed with in-batch
-ones, logQ, accidental hits, Adam, 2 epochs) at ``--dim`` (64 by default: the 256-d ``best`` trains
-about 3x longer, and every variant must finish within 20 minutes on 2 cores). Each variant is the
-reference plus the ``--set``-style overrides of ``VARIANTS``, trained on train.txt and scored on
-valid.txt with the published protocol (Recall@20 / NDCG@20 over all items, training items removed):
-tuning data only, the test split is never read. Relative change = variant / reference - 1.
+The reference is ``cf.yaml`` (``benchmarks/gowalla.py``'s ``default`` and ``best``: gated user ID + mean
+history, cosine, the bilateral softmax loss over 800 uniform negatives, LazyAdam, cosine schedule) at a
+cheaper proxy: every embedding ``--dim`` (64 by default; cf's 256-d trains about 3x longer) and
+``--epochs`` (3; cf: 5). Each variant is the reference plus the ``--set``-style overrides of
+``VARIANTS``, trained on train.txt and scored on valid.txt with the published protocol (Recall@20 /
+NDCG@20 over all items, training items removed): tuning data only, the test split is never read.
+Relative change = variant / reference - 1. (The 2026-11-30 ablation on the earlier history-only
+``best``, softmax over mixed negatives with logQ, is kept in ``results/gowalla_ablation_2026-11-30.md``.)
 
     python -m benchmarks.gowalla_ablation --workdir /tmp/gw/bench --variants reference,samtone_query
     python -m benchmarks.gowalla_ablation --workdir /tmp/gw/bench --variants adaptive   # merged into the JSON
@@ -20,56 +21,49 @@ import os
 import sys
 import time
 
-from benchmarks.gowalla import BEST, BEST_DROP_QUERY, K, Split, package_config, run_package
+from benchmarks.gowalla import K, Split, package_config, run_package
 from benchmarks.harness import (add_common_flags, add_run, argument_parser, comma_list, data_dir, fresh_start, log,
                                 machine, read_json, run_info, runs_provenance, write_results, write_text)
 
 __all__ = ["VARIANTS", "variant_config", "markdown", "main"]
 
-#: variant -> (what it tests, overrides of the reference). Mixed negatives are in the reference (1024
-#: uniform draws + in-batch): their row takes them out. Dual augmented towers key the user's augmented
-#: vector by the user ID, which the reference does not use: that row adds the user ID as well, and
-#: ``user_id`` is its control.
+#: variant -> (what it tests, overrides of the reference). The reference samples 800 uniform negatives
+#: only (no logQ: every column is equally likely); mixing in in-batch negatives needs logQ, so the
+#: streaming estimator is compared on that mix.
 VARIANTS = {
     "reference": ("the reference configuration", []),
     "samtone_query": ("SamToNe: query-query same-tower negatives", ["task.samtone=query"]),
-    "adaptive": ("adaptive temperature and margin (tau0 = the reference's 0.1)", ["task.adaptive={tau0: 0.1}"]),
-    "no_mixed": ("mixed negatives off: in-batch negatives only", ["negatives.uniform=0"]),
+    "adaptive": ("adaptive temperature and margin (tau0 = the reference's 0.08)", ["task.adaptive={tau0: 0.08}"]),
+    "mixed": ("mixed negatives: in-batch ones added, with logQ (counts)", ["negatives.in_batch=true", "task.logq=true"]),
+    "streaming_logq": ("mixed negatives with streaming logQ frequency estimation",
+                       ["negatives.in_batch=true", "task.logq=true", "task.logq_estimator=streaming"]),
     "popularity": ("popularity negatives (count^0.75) instead of uniform ones", ["negatives.uniform=0",
-                                                                                 "negatives.popularity=1024"]),
+                                                                                "negatives.popularity=800"]),
     "hard_negatives": ("hard-negative mining: each row's 100 hardest negatives", ["task.hard_negatives=100"]),
-    "streaming_logq": ("streaming logQ frequency estimation instead of log counts", ["task.logq_estimator=streaming"]),
     "generative": ("generative interaction: the item tower rebuilds the pooled history",
                    ["model.generative={targets: [item_history]}"]),
-    "dual_augmented": ("dual augmented towers (adds the user ID: compare with user_id)",
-                       ["model.dual_augmented={query_id: user_id}"]),
-    "user_id": ("the user ID added to the query (dual_augmented's control)", []),
+    "dual_augmented": ("dual augmented towers keyed by the user ID", ["model.dual_augmented={query_id: user_id}"]),
 }
 REFERENCE = "reference"
-WITH_USER_ID = ("dual_augmented", "user_id")
 METRICS = [(f"recall@{K}", f"Recall@{K}"), (f"ndcg@{K}", f"NDCG@{K}")]
 
 
-def variant_config(name: str, dim: int, seed: int):
-    config = package_config("best", seed, VARIANTS[name][1], embedding_dim=dim)
-    if name in WITH_USER_ID:
-        d = config.to_dict()
-        d["features"]["query"].insert(0, {"name": "user_id", "type": "id", "embedding_dim": dim})
-        config = type(config).from_dict(d)
-    return config
+def reference_overrides(dim: int, epochs: int) -> list:
+    """The proxy's changes to cf.yaml: ``dim`` for every embedding (``package_config``), no output projection
+    (cf's item embedding is the item vector), ``epochs``."""
+    return [f"every embedding_dim={dim}", "model.output_dim=0", f"train.epochs={epochs}"]
 
 
-def reference_overrides(dim: int) -> list:
-    """``BEST`` with the output at ``dim`` (every embedding is ``dim`` too)."""
-    return [o for o in BEST if not o.startswith("model.output_dim=")] + [f"model.output_dim={dim}"]
+def variant_config(name: str, dim: int, epochs: int, seed: int):
+    return package_config("best", seed, ["model.output_dim=0", f"train.epochs={epochs}"] + VARIANTS[name][1],
+                          embedding_dim=dim)
 
 
 def markdown(doc: dict) -> str:
     runs, ref = doc["variants"], doc["variants"].get(REFERENCE)
     lines = [doc["header"], "",
-             f"Reference: `best` at {doc['dim']}-d ({' '.join(reference_overrides(doc['dim']))}; without "
-             f"{', '.join(BEST_DROP_QUERY)}), split `valid` (train.txt -> valid.txt), seed {doc['seed']}. "
-             "Change: relative to the reference.", "",
+             f"Reference: `cf` ({', '.join(reference_overrides(doc['dim'], doc['epochs']))}), split `valid` "
+             f"(train.txt -> valid.txt), seed {doc['seed']}. Change: relative to the reference.", "",
              "| method | overrides | " + " | ".join(f"{label} | change" for _, label in METRICS)
              + " | train s | examples/s | speed vs reference |", "|---|---|" + "---|---|" * len(METRICS) + "---|---|---|"]
     for name, (what, overrides) in VARIANTS.items():
@@ -82,7 +76,7 @@ def markdown(doc: dict) -> str:
             cells.append(f"{r[key]:.4f} | {change}")
         speed = "" if not ref or name == REFERENCE else f"{r['examples_per_s'] / ref['examples_per_s']:.2f}x"
         label = f"{name}: {what}"
-        shown = overrides + (["+ user_id in the query"] if name in WITH_USER_ID else [])
+        shown = overrides
         lines.append(f"| {label} | {', '.join(f'`{o}`' for o in shown) or '–'} | {' | '.join(cells)} | "
                      f"{r['train_seconds']:.0f} | {r['examples_per_s']:,.0f} | {speed} |")
     missing = [n for n in VARIANTS if n not in runs]
@@ -100,7 +94,8 @@ def main(argv=None):
     p = argument_parser(__doc__)
     add_common_flags(p, "gowalla_ablation", dataset="gowalla")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from: {', '.join(VARIANTS)}")
-    p.add_argument("--dim", type=int, default=64, help="every embedding and the output (the reference's size)")
+    p.add_argument("--dim", type=int, default=64, help="every embedding (the reference's size)")
+    p.add_argument("--epochs", type=int, default=3, help="the reference's training length (cf: 5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", help="gowalla's workdir (converted data reused from data/valid)")
     p.add_argument("--render", action="store_true", help="only rewrite --output-md from --output-json")
@@ -115,7 +110,7 @@ def main(argv=None):
     if not args.workdir:
         p.error("--workdir is required to run variants")
     for name in names:  # fail now, not after an hour of training
-        variant_config(name, args.dim, args.seed)
+        variant_config(name, args.dim, args.epochs, args.seed)
     args.set, args.curve = [], False  # what gowalla's run_package reads: no --set, no validation curve
     started = datetime.datetime.now().astimezone()
     data = Split("valid", os.path.abspath(data_dir("gowalla", args.data_dir)), os.path.abspath(args.workdir))
@@ -123,16 +118,19 @@ def main(argv=None):
         log(f"--- variant {name} ---")
         fresh_start(args.seed)
         wall = time.perf_counter()
-        config = variant_config(name, args.dim, args.seed)
+        config = variant_config(name, args.dim, args.epochs, args.seed)
         r = run_package("best", data, args.seed, args, config=config, run_name=f"ablation-{name}")
-        r.update({"variant": name, "overrides": VARIANTS[name][1], "with_user_id": name in WITH_USER_ID,
+        r.update({"variant": name, "overrides": VARIANTS[name][1],
                   "wall_seconds": time.perf_counter() - wall, "load_average": os.getloadavg()[0]})
         log(f"    {name}: Recall@{K} {r[f'recall@{K}']:.4f} NDCG@{K} {r[f'ndcg@{K}']:.4f}; "
             f"train {r['train_seconds']:.0f}s, {r['examples_per_s']:.0f} examples/s")
         doc = read_json(args.output_json) if os.path.exists(args.output_json) else {"variants": {}}
-        if doc.get("dim", args.dim) != args.dim or doc.get("seed", args.seed) != args.seed:
-            raise SystemExit(f"{args.output_json} holds an ablation at another --dim/--seed; use another --output-json")
-        doc.update(dim=args.dim, seed=args.seed, reference_overrides=reference_overrides(args.dim), machine=machine())
+        if any(doc.get(key, value) != value for key, value in (("dim", args.dim), ("epochs", args.epochs),
+                                                                ("seed", args.seed))):
+            raise SystemExit(f"{args.output_json} holds an ablation at another --dim/--epochs/--seed; "
+                             "use another --output-json")
+        doc.update(dim=args.dim, epochs=args.epochs, seed=args.seed,
+                   reference_overrides=reference_overrides(args.dim, args.epochs), machine=machine())
         doc["variants"][name] = r
         add_run(doc, run_info(started))
         doc["header"] = header(doc)
