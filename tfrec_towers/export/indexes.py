@@ -163,7 +163,8 @@ class ScannIndex(Index):
         short = tf.cast(tf.where(first[2] < tf.minimum(k, self.num_items - distinct))[:, 0], tf.int32)
 
         def over_fetch():
-            fetch = self._over_fetch(tf.gather(distinct, short))
+            # at least the first pass's width: a row can also be short because ScaNN returned padding
+            fetch = tf.maximum(self._over_fetch(tf.gather(distinct, short)), tf.shape(excluded_scores)[1])
             again, again_excluded = self._search(searcher, tf.gather(queries, short), tf.gather(k, short),
                                                  tf.gather(excluded, short), fetch)
             wider = tf.pad(excluded_scores, [[0, 0], [0, fetch - tf.shape(excluded_scores)[1]]],
