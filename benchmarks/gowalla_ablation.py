@@ -26,10 +26,10 @@ from benchmarks.gowalla import K, Split, package_config, run_package
 from benchmarks.harness import (add_common_flags, add_run, argument_parser, comma_list, data_dir, fresh_start, log,
                                 machine, read_json, run_info, runs_provenance, write_results, write_text)
 
-__all__ = ["VARIANTS", "variant_config", "markdown", "main"]
+__all__ = ["VARIANTS", "variant_overrides", "variant_config", "markdown", "main"]
 
-#: variant -> (what it tests, overrides of the reference). The reference samples 800 uniform negatives
-#: only (no logQ: every column is equally likely); mixing in in-batch negatives needs logQ, so the
+#: variant -> (what it tests, overrides of the reference; ``$dim`` is ``--dim``). The reference samples 800
+#: uniform negatives only (no logQ: every column is equally likely); mixing in in-batch negatives needs logQ, so the
 #: streaming estimator is compared on that mix.
 VARIANTS = {
     "reference": ("the reference configuration", []),
@@ -42,8 +42,11 @@ VARIANTS = {
                                                                                 "negatives.popularity=800"]),
     "hard_negatives": ("hard-negative mining: each row's 100 hardest negatives", ["task.hard_negatives=100"]),
     "generative": ("generative interaction: the item tower rebuilds the pooled history",
-                   ["model.generative={targets: [item_history]}"]),
-    "dual_augmented": ("dual augmented towers keyed by the user ID", ["model.dual_augmented={query_id: user_id}"]),
+                   ["model.generative={targets: [item_history], combine: add}"]),
+    "projection": ("a linear output projection to the embedding size (dual_augmented's control)",
+                   ["model.output_dim=$dim"]),
+    "dual_augmented": ("dual augmented towers keyed by the user ID, with the output projection they need",
+                       ["model.output_dim=$dim", "model.dual_augmented={query_id: user_id}"]),
 }
 REFERENCE = "reference"
 METRICS = [(f"recall@{K}", f"Recall@{K}"), (f"ndcg@{K}", f"NDCG@{K}")]
@@ -59,9 +62,14 @@ def reference_overrides(dim: int, epochs: int) -> list:
     return [f"every embedding_dim={dim}", "model.output_dim=0", f"train.epochs={epochs}"] + AS_MEASURED
 
 
+def variant_overrides(name: str, dim: int) -> list:
+    """``VARIANTS[name]``'s overrides with ``$dim`` replaced by ``dim``."""
+    return [o.replace("$dim", str(dim)) for o in VARIANTS[name][1]]
+
+
 def variant_config(name: str, dim: int, epochs: int, seed: int):
     return package_config("best", seed, ["model.output_dim=0", f"train.epochs={epochs}"] + AS_MEASURED
-                          + VARIANTS[name][1], embedding_dim=dim)
+                          + variant_overrides(name, dim), embedding_dim=dim)
 
 
 def markdown(doc: dict) -> str:
@@ -71,7 +79,7 @@ def markdown(doc: dict) -> str:
              f"(train.txt -> valid.txt), seed {doc['seed']}. Change: relative to the reference.", "",
              "| method | overrides | " + " | ".join(f"{label} | change" for _, label in METRICS)
              + " | train s | examples/s | speed vs reference |", "|---|---|" + "---|---|" * len(METRICS) + "---|---|---|"]
-    for name, (what, overrides) in VARIANTS.items():
+    for name, (what, _) in VARIANTS.items():
         r = runs.get(name)
         if r is None:
             continue
@@ -80,9 +88,8 @@ def markdown(doc: dict) -> str:
             change = "" if not ref or name == REFERENCE else f"{100 * (r[key] / ref[key] - 1):+.1f}%"
             cells.append(f"{r[key]:.4f} | {change}")
         speed = "" if not ref or name == REFERENCE else f"{r['examples_per_s'] / ref['examples_per_s']:.2f}x"
-        label = f"{name}: {what}"
-        shown = overrides
-        lines.append(f"| {label} | {', '.join(f'`{o}`' for o in shown) or '–'} | {' | '.join(cells)} | "
+        shown = variant_overrides(name, doc["dim"])
+        lines.append(f"| {name}: {what} | {', '.join(f'`{o}`' for o in shown) or '–'} | {' | '.join(cells)} | "
                      f"{r['train_seconds']:.0f} | {r['examples_per_s']:,.0f} | {speed} |")
     missing = [n for n in VARIANTS if n not in runs]
     if missing:
@@ -125,7 +132,7 @@ def main(argv=None):
         wall = time.perf_counter()
         config = variant_config(name, args.dim, args.epochs, args.seed)
         r = run_package("best", data, args.seed, args, config=config, run_name=f"ablation-{name}")
-        r.update({"variant": name, "overrides": VARIANTS[name][1],
+        r.update({"variant": name, "overrides": variant_overrides(name, args.dim),
                   "wall_seconds": time.perf_counter() - wall, "load_average": os.getloadavg()[0]})
         log(f"    {name}: Recall@{K} {r[f'recall@{K}']:.4f} NDCG@{K} {r[f'ndcg@{K}']:.4f}; "
             f"train {r['train_seconds']:.0f}s, {r['examples_per_s']:.0f} examples/s")
