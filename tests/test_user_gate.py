@@ -73,3 +73,36 @@ def test_embedding_l2_is_on_the_batch_rows_only():
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
     gradient = tape.gradient(loss, table)
     assert isinstance(gradient, tf.IndexedSlices)
+
+
+@pytest.mark.parametrize("history_gradient", [True, False])
+def test_history_gradient_switch(history_gradient):
+    """history_gradient False: the shared item table gets no gradient through the user vector (its rows
+    with a gradient are the candidates' only); W, the gate's projection, still learns."""
+    keras.utils.set_random_seed(0)
+    query, candidate = build_towers(spec(), STATS, hidden=[], output_dim=0,
+                                    user_gate=UserGateConfig(dropout=0.0, history_gradient=history_gradient))
+    table = candidate.encoders[0].table.embedding.embeddings
+    assert query.encoders[0].table.embedding.embeddings is table          # the history reads the item table
+    with tf.GradientTape(persistent=True) as tape:
+        q = query(BATCH)
+        query_only = tf.reduce_sum(q * tf.constant([[1.0, 2.0, 3.0, 4.0]]))
+        loss = tf.reduce_sum(q * candidate(BATCH))
+    through_query = tape.gradient(query_only, table)
+    assert (through_query is not None) == history_gradient
+    lookup = candidate.encoders[0].table.lookup
+    history_rows = set(lookup(tf.constant(["i1", "i2", "i3"])).numpy())
+    if history_gradient:
+        assert set(through_query.indices.numpy()) == history_rows
+    expected = set(lookup(BATCH["item_id"]).numpy()) | (history_rows if history_gradient else set())
+    assert set(tape.gradient(loss, table).indices.numpy()) == expected
+    assert np.abs(tape.gradient(loss, query.projection.history.kernel).numpy()).sum() > 0
+
+
+def test_history_gradient_needs_a_shared_table():
+    own = S.FeatureSpec(query=[S.SequenceFeature("hist", vocab_from="item_id", embedding_dim=4, max_len=3,
+                                                 share_embedding=False),
+                               S.IdFeature("user_id", embedding_dim=4)],
+                        candidate=[S.IdFeature("item_id", embedding_dim=4)])
+    with pytest.raises(ValueError, match="history_gradient false .* must share a candidate feature's embedding.*hist"):
+        build_towers(own, STATS, hidden=[], output_dim=0, user_gate=UserGateConfig(history_gradient=False))

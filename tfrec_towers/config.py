@@ -105,6 +105,8 @@ class UserGateConfig:
     weight: float = option(0.8, range=("in (0, 1)", lambda v: 0 < v < 1))
     learned: bool = False
     dropout: float = option(0.1, range=_UNIT_OPEN)  # on the user vector, before the L2 normalisation
+    # false: the pooled history is a constant to the gate (only W learns from it; towers.user_gate)
+    history_gradient: bool = True
 
 
 @dataclasses.dataclass

@@ -27,7 +27,8 @@ __all__ = ["WarmStartError", "config_changes", "copy_previous", "previous_run", 
 #: Config paths whose change makes a previous run's weights meaningless (prefixes of dotted paths),
 #: and the exceptions under them that only change how training goes on.
 INCOMPATIBLE = ("features", "model", "task.adaptive", "task.logq", "task.logq_estimator", "task.streaming")
-COMPATIBLE = ("model.dropout", "model.embedding_l2", "model.user_gate.dropout", "task.adaptive.symmetric_weight")
+COMPATIBLE = ("model.dropout", "model.embedding_l2", "model.user_gate.dropout", "model.user_gate.history_gradient",
+              "task.adaptive.symmetric_weight")
 #: Feature options that only change training or how a vocabulary grows (any feature).
 COMPATIBLE_FEATURE_OPTIONS = (".oov_rate", ".min_count", ".max_vocab")
 

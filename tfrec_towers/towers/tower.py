@@ -35,26 +35,29 @@ class Encodings:
     every input of the tower or of ``names`` among them (``encodings(features, names)``).
 
     A plain holder, not a layer: the tower owns (tracks) the encoders; an extension or auxiliary loss that
-    needs a side's encodings (the reconstruction target) is given this object."""
+    needs a side's encodings (the reconstruction target) is given this object. The encodings of
+    ``constants`` are read as constants (``tf.stop_gradient``): their encoders get no gradient from here."""
 
-    def __init__(self, inputs: Sequence[Tuple[str, keras.layers.Layer]], owner: str):
+    def __init__(self, inputs: Sequence[Tuple[str, keras.layers.Layer]], owner: str, constants: Sequence[str] = ()):
         self.names = [name for name, _ in inputs]
         self.encoders = [encoder for _, encoder in inputs]
         self.owner = owner
+        self.constants = frozenset(constants)
 
     def __call__(self, features, names: Optional[Sequence[str]] = None):
         missing = [n for n in self.names if n not in features and (names is None or n in names)]
         if missing:
             raise KeyError(f"{self.owner}: missing input feature(s) {missing}")
-        return tf.concat([enc(features[n]) for n, enc in zip(self.names, self.encoders)
-                          if names is None or n in names], axis=-1)
+        return tf.concat([tf.stop_gradient(enc(features[n])) if n in self.constants else enc(features[n])
+                          for n, enc in zip(self.names, self.encoders) if names is None or n in names], axis=-1)
 
     def select(self, names: Sequence[str]) -> "Encodings":
         """The encodings of ``names`` (tower inputs) alone, in the tower's order."""
         unknown = [n for n in names if n not in self.names]
         if unknown:
             raise KeyError(f"{self.owner}: not an input feature: {unknown}")
-        return Encodings([(n, e) for n, e in zip(self.names, self.encoders) if n in names], self.owner)
+        return Encodings([(n, e) for n, e in zip(self.names, self.encoders) if n in names], self.owner,
+                         self.constants & set(names))
 
     def width(self, features, names: Optional[Sequence[str]] = None) -> int:
         """The encodings' width on a (dummy) batch ``features``."""
@@ -89,11 +92,12 @@ class Tower(keras.Model):
     encodings x whose outputs join the MLP's input: the augmented vectors of dual augmented towers, the
     pseudo query vector of generative interaction. They are concatenated to x, or added to it where
     the ``ExtraInput`` is additive. All are given here: a tower is complete when it is created.
+    ``constant_inputs``: features whose encodings the tower reads as constants (``Encodings``).
     """
 
     def __init__(self, inputs: Sequence[Tuple[str, keras.layers.Layer]], hidden: keras.Sequential,
                  projection: keras.layers.Layer, normalize: bool = True,
-                 extra_inputs: Sequence[ExtraInput] = (), **kwargs):
+                 extra_inputs: Sequence[ExtraInput] = (), constant_inputs: Sequence[str] = (), **kwargs):
         super().__init__(**kwargs)
         # Attributes in this order: checkpoints and warm starts rely on the towers' variables' paths and order.
         self.input_names_ = [name for name, _ in inputs]
@@ -103,11 +107,12 @@ class Tower(keras.Model):
         self.normalize = normalize
         self.extra_inputs = [extra.layer for extra in extra_inputs]
         self._additive = frozenset(n for n, extra in enumerate(extra_inputs) if extra.additive)
+        self.constant_inputs = frozenset(constant_inputs)
 
     @property
     def encodings(self) -> Encodings:
         """The tower's encoders as one function (``Encodings``)."""
-        return Encodings(list(zip(self.input_names_, self.encoders)), self.name)
+        return Encodings(list(zip(self.input_names_, self.encoders)), self.name, self.constant_inputs)
 
     @property
     def feature_names(self) -> List[str]:
@@ -169,7 +174,7 @@ def build_towers(spec: "S.FeatureSpec", stats, hidden: Sequence[int] = (128,), o
         return _assemble(parts, normalize, extensions)
 
     shared_head: Optional[keras.layers.Layer] = projection("shared_projection") if sharing == "projection" else None
-    parts = {}
+    parts, constants = {}, []
     for side in S.SIDES:
         features = [f for f in spec.side(side) if f.tower_input]
         inputs = [(f.name, factory.build(f)) for f in features]
@@ -178,19 +183,35 @@ def build_towers(spec: "S.FeatureSpec", stats, hidden: Sequence[int] = (128,), o
                              "(id with embedding_dim 0)")
         if side == "query" and user_gate is not None:
             body, head = keras.Sequential([], name="query_mlp"), _user_gate(spec, inputs, user_gate, output_dim)
+            constants = [] if user_gate.history_gradient else _shared_histories(spec, features)
         else:
             body, head = mlp(hidden, activation, dropout, f"{side}_mlp"), shared_head or projection(f"{side}_projection")
         parts[side] = (inputs, body, head)
-    return _assemble(parts, normalize, extensions)
+    return _assemble(parts, normalize, extensions, {"query": constants})
 
 
-def _assemble(parts, normalize: bool, extensions: Optional[ExtensionsFn]) -> Tuple[Tower, Tower]:
-    """The two towers from each side's (inputs, hidden, projection), with the extensions' extra inputs."""
-    extra = TowerExtensions()
+def _shared_histories(spec: "S.FeatureSpec", features) -> List[str]:
+    """The query's histories that ``model.user_gate.history_gradient: false`` reads as constants: each must
+    share a candidate feature's table, which the item side trains (else its own would never train)."""
+    candidates = {f.name for f in spec.candidate}
+    histories = [f for f in features if isinstance(f, S.SequenceFeature)]
+    alone = [f.name for f in histories if not (f.share_embedding and f.vocab_source in candidates)]
+    if alone or not histories:
+        raise ValueError("model.user_gate.history_gradient false reads the query's histories as constants, so "
+                         "each must share a candidate feature's embedding (vocab_from it, share_embedding "
+                         f"true); {alone or 'none is a history'}")
+    return [f.name for f in histories]
+
+
+def _assemble(parts, normalize: bool, extensions: Optional[ExtensionsFn],
+              constants: Optional[dict] = None) -> Tuple[Tower, Tower]:
+    """The two towers from each side's (inputs, hidden, projection), with the extensions' extra inputs
+    and ``constants[side]``, the inputs it reads as constants."""
+    extra, constants = TowerExtensions(), constants or {}
     if extensions is not None:
         extra = extensions(*(Encodings(parts[side][0], f"{side}_tower") for side in S.SIDES))
-    query, candidate = (Tower(*parts[side], normalize, extra_inputs=getattr(extra, side), name=f"{side}_tower")
-                        for side in S.SIDES)
+    query, candidate = (Tower(*parts[side], normalize, extra_inputs=getattr(extra, side),
+                              constant_inputs=constants.get(side, ()), name=f"{side}_tower") for side in S.SIDES)
     return query, candidate
 
 

@@ -7,6 +7,11 @@ e_id remembers what is particular to the user; W pool(history) (pool: the sequen
 mean or attention; W linear, no bias) places them among the items they chose, which generalises to users
 with little training data and to items near theirs. A fixed g (SimpleX: 0.8) keeps the ID from taking over
 what the history can say; ``learned`` starts at g and trains sigmoid(b).
+
+``model.user_gate.history_gradient: false`` makes pool(history) a constant to the gate (``Tower``'s
+``constant_inputs``): W still learns, the item table learns from the item side alone. A history row's
+gradient is scaled by (1 - g) / len, yet Adam moves every row it touches by about the learning rate,
+and every history item of the batch must be updated (about 13k of Gowalla's 41k rows a step).
 """
 import math
 from typing import Tuple
