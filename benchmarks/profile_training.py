@@ -45,7 +45,7 @@ from benchmarks.gowalla import package_config
 from benchmarks.harness import (REPO, add_common_flags, argument_parser, comma_list, fresh_start, log, provenance,
                                 write_results)
 
-__all__ = ["profile", "markdown", "load_config", "main"]
+__all__ = ["VARIANTS", "profile", "markdown", "load_config", "main"]
 
 #: The packaged Gowalla model before LazyAdam (2026-11-30), with Adam and with LazyAdam: the optimizer's share.
 OLD = os.path.join(REPO, "benchmarks", "configs", "gowalla_2026-11-30")
@@ -196,11 +196,17 @@ def markdown(doc: dict) -> str:
 
 WHAT = {"default": "cf.yaml: gated user ID + 50-item history, 256-d, BSL over 800 uniform negatives, LazyAdam",
         "best": "gowalla.py's best (cf.yaml since 2026-12-06)",
-        "package_basic": "the TFRS basic model's structure: user ID, item ID, in-batch softmax, Adagrad; data.in_memory"}
+        "package_basic": "the TFRS basic model's structure: user ID, item ID, in-batch softmax, Adagrad; data.in_memory",
+        "default_history_constant": "cf.yaml with model.user_gate.history_gradient false: the pooled history a "
+                                    "constant, so the item table's update covers the batch's candidates only"}
+#: Named variants of ``default``: its overrides.
+VARIANTS = {"default_history_constant": ["model.user_gate.history_gradient=false"]}
 
 
 def load_config(name: str, overrides) -> Config:
     """gowalla.py's ``default`` / ``best`` / ``package_basic``, else a packaged config name or a YAML path."""
+    if name in VARIANTS:
+        return package_config("default", 0, list(overrides) + VARIANTS[name])
     if name in WHAT:
         return package_config(name, 0, [] if name == "package_basic" else overrides)
     path = name if os.path.exists(name) else packaged(name)
@@ -212,8 +218,10 @@ def main(argv=None):
     add_common_flags(p, "profile_training")
     p.add_argument("--workdir", default="/tmp/gw/bench", help="gowalla.py's workdir (converted data in data/<split>)")
     p.add_argument("--split", default="valid", choices=["valid", "test"])
-    p.add_argument("--configs", default=f"{OLD}_adam.yaml,{OLD}_lazy_adam.yaml,default,package_basic",
-                   help="comma-separated: gowalla.py's default / best / package_basic, packaged config names or YAML paths")
+    p.add_argument("--configs", default=f"{OLD}_adam.yaml,{OLD}_lazy_adam.yaml,default,default_history_constant,"
+                                        "package_basic",
+                   help="comma-separated: gowalla.py's default / best / package_basic, a VARIANTS name, packaged config "
+                        "names or YAML paths")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override for every configuration but package_basic")
     p.add_argument("--steps", type=int, default=100)
