@@ -159,19 +159,7 @@ class ScannIndex(Index):
 
         searcher = scann_ops.searcher_from_module(self.layer._serialized_searcher)
         fetch = tf.minimum(self.num_items, self.max_k + tf.minimum(tf.reduce_max(distinct), self.FIRST_PASS_MARGIN))
-        found = self._fetch(searcher, queries, fetch)
-        dropped = filtering.is_excluded(excluded, found[0])
-        # Usual case: no excluded item among the answers, so they are the unfiltered search's, already
-        # ranked (depth k_b, no row short unless ScaNN padded it): their first max_k, few ops.
-        plain = filtering.finish(found[1][:, :self.max_k], found[0][:, :self.max_k], k, self.max_k, ranked=True)
-        return tf.cond(
-            tf.logical_and(tf.logical_not(tf.reduce_any(dropped)),
-                           tf.reduce_all(plain[2] >= tf.minimum(k, self.num_items - distinct))),
-            lambda: plain, lambda: self._passes(searcher, queries, k, excluded, distinct, found, dropped))
-
-    def _passes(self, searcher, queries, k, excluded, distinct, found, dropped):
-        """``_exclude_top_k`` when the first pass ``found`` excluded items or came back short."""
-        first, excluded_scores = self._drop(found, dropped, k)
+        first, excluded_scores = self._search(searcher, queries, k, excluded, fetch)
         short = tf.cast(tf.where(first[2] < tf.minimum(k, self.num_items - distinct))[:, 0], tf.int32)
 
         def over_fetch():
@@ -207,23 +195,14 @@ class ScannIndex(Index):
         """ScaNN's best ``fetch`` of the catalog from ``leaves`` (default: the unfiltered search's), the
         excluded ones dropped -> (``filtering.finish``'s answer, [B, fetch] the excluded ones' scores, -inf
         elsewhere)."""
-        found = self._fetch(searcher, queries, fetch, leaves, pre_reorder)
-        return self._drop(found, filtering.is_excluded(excluded, found[0]), k)
-
-    def _fetch(self, searcher, queries, fetch, leaves=None, pre_reorder=None):
-        """ScaNN's best ``fetch`` -> ([B, fetch] positions, [B, fetch] scores best first, -inf: padding)."""
         leaves = self.params["num_probe"] if leaves is None else leaves
         pre_reorder = self.params["num_rerank"] if pre_reorder is None else pre_reorder
         found = searcher.search_batched_parallel(
             queries, final_num_neighbors=fetch, leaves_to_search=leaves,
             pre_reorder_num_neighbors=tf.minimum(self.num_items, tf.maximum(pre_reorder, fetch)))
-        scores = found.distances  # padding: NaN scores
-        return tf.cast(found.indices, tf.int64), tf.where(tf.math.is_nan(scores), float("-inf"), scores)
-
-    def _drop(self, found, dropped, k):
-        """(positions, scores) with the ``dropped`` ones removed -> (``filtering.finish``'s answer, the
-        dropped ones' scores, -inf elsewhere)."""
-        positions, scores = found
+        positions, scores = tf.cast(found.indices, tf.int64), found.distances  # padding: NaN scores
+        dropped = filtering.is_excluded(excluded, positions)
+        scores = tf.where(tf.math.is_nan(scores), float("-inf"), scores)
         answer = filtering.finish(tf.where(dropped, float("-inf"), scores), positions, k, self.max_k)
         return answer, tf.where(dropped, scores, float("-inf"))
 
