@@ -324,6 +324,30 @@ def test_a_port_in_use_is_reported_before_any_model_loads(templates, tmp_path):
             assert "Traceback" not in done.stdout + done.stderr and "loaded model" not in done.stdout, done.stdout
 
 
+@pytest.mark.parametrize("when", ["just after the serving line", "while loading"])
+def test_serve_forever_stops_cleanly_on_a_signal_at_any_moment(templates, tmp_path, when):
+    """SIGINT right after the "serving" line (what a supervisor that waits for it does) or during the
+    load: serve_forever returns, the server stopped, no KeyboardInterrupt escapes (it used to, when the
+    signal came before its handlers were installed: the CLI then died of SIGINT)."""
+    publish(templates / "toy1", tmp_path, "toy", 1)
+    lines = []
+
+    class Signalled(ModelServer):
+        def start(self):
+            if when == "while loading":
+                os.kill(os.getpid(), signal.SIGINT)
+            out = super().start()
+            if when != "while loading":
+                os.kill(os.getpid(), signal.SIGINT)
+            return out
+
+    server = Signalled(str(tmp_path), grpc_port=0, log=lines.append)
+    previous = signal.getsignal(signal.SIGINT)
+    assert server.serve_forever() is True
+    assert server.wait(0) and signal.getsignal(signal.SIGINT) is previous
+    assert any(line.startswith("serving ") for line in lines) == (when != "while loading"), lines
+
+
 def test_a_host_other_than_loopback_is_warned_about(templates, tmp_path):
     """--host 0.0.0.0 serves, with a warning that nothing authenticates its clients."""
     from tfrec_towers.serving.server import is_loopback

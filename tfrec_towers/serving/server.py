@@ -199,16 +199,25 @@ class ModelServer:
 
         In the main thread both signals get handlers of their own, so a disposition inherited from the
         parent (SIG_IGN) cannot make the server unstoppable, and the wait wakes every half second to let
-        Python run them.
+        Python run them. The handlers are in place before ``start``, so a signal sent as soon as the
+        "serving" line appears stops the server cleanly; one sent while the models load interrupts the
+        load (``start`` releases what it had started).
         """
-        if self._grpc is None:
-            self.start()
-        requested = threading.Event()
+        requested, ready = threading.Event(), threading.Event()
+
+        def on_signal(*_):
+            requested.set()
+            if not ready.is_set():
+                raise KeyboardInterrupt
+
         previous = {}
         if threading.current_thread() is threading.main_thread():
             for number in (signal.SIGINT, signal.SIGTERM):
-                previous[number] = signal.signal(number, lambda *_: requested.set())
+                previous[number] = signal.signal(number, on_signal)
         try:
+            if self._grpc is None:
+                self.start()
+            ready.set()
             while not requested.is_set() and not self.wait(0.5):
                 pass
         except KeyboardInterrupt:
