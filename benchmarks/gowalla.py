@@ -322,8 +322,9 @@ def run_package(model: str, data: Split, seed: int, args, config: Config = None,
     """Train ``model`` (or ``config``, e.g. an ablation variant) through ``train`` and score it."""
     config = config or package_config(model, seed, args.set, getattr(args, "best_dim", None))
     run_dir = os.path.join(args.workdir, "runs", data.name, f"{run_name or model}-seed{seed}")
-    if os.path.exists(run_dir):  # never resume a run from an earlier invocation
-        shutil.rmtree(run_dir)
+    if os.path.exists(run_dir):  # never resume a run from an earlier invocation, nor delete a live one:
+        with RunDir(run_dir).lock():  # RunInUseError naming the process training there (same --workdir)
+            shutil.rmtree(run_dir)
     # On the valid split the run validates itself (the curve of valid Recall@20 by epoch and by minute of
     # training; the validation's own time is left out of the training time). The packaged config's
     # train.validation applies where it has one, else every epoch with neither decay nor stopping.

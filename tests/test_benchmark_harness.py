@@ -168,3 +168,28 @@ def test_results_file_merges_by_seed_and_configuration(tmp_path):
     doc = fresh.merge("test", {"k": _summarize([_seed(0, 1.0)])}, run)
     assert set(doc["results"]["test"]) == {"n", "k"}
     assert harness.read_json(path)["results"]["test"].keys() == {"n"}
+
+
+def test_gowalla_never_deletes_a_run_another_process_is_training(tmp_path):
+    """Two benchmark invocations with one --workdir: the second is refused, naming the first, and the
+    first's run directory stays (it used to be deleted under the training process)."""
+    import types
+
+    from benchmarks.gowalla import run_package
+    from tfrec_towers.run import RunDir, RunInUseError
+
+    run = tmp_path / "runs" / "valid" / "default-seed0"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom tfrec_towers.run import RunDir\n"
+                               f"with RunDir({str(run)!r}).lock():\n    print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        args = types.SimpleNamespace(workdir=str(tmp_path), set=[], curve=False)
+        with pytest.raises(RunInUseError, match=f"pid {holder.pid} .*another run directory"):
+            run_package("default", types.SimpleNamespace(name="valid", files={}), 0, args)
+        assert (run / "train.lock.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunDir(str(run)).lock():  # free once the holder is gone
+        pass
