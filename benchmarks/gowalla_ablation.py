@@ -26,7 +26,7 @@ from benchmarks.gowalla import K, Split, package_config, run_package
 from benchmarks.harness import (add_common_flags, add_run, argument_parser, comma_list, data_dir, fresh_start, log,
                                 machine, read_json, run_info, runs_provenance, write_results, write_text)
 
-__all__ = ["VARIANTS", "variant_overrides", "variant_config", "markdown", "main"]
+__all__ = ["VARIANTS", "proxy_overrides", "reference_overrides", "variant_overrides", "variant_config", "markdown", "main"]
 
 #: variant -> (what it tests, overrides of the reference; ``$dim`` is ``--dim``). The reference samples 800
 #: uniform negatives only (no logQ: every column is equally likely); mixing in in-batch negatives needs logQ, so the
@@ -56,10 +56,16 @@ METRICS = [(f"recall@{K}", f"Recall@{K}"), (f"ndcg@{K}", f"NDCG@{K}")]
 AS_MEASURED = ["negatives.in_batch=false", "task.logq=false"]
 
 
+def proxy_overrides(epochs: int) -> list:
+    """The proxy's config changes to cf.yaml: no output projection (cf's item embedding is the item
+    vector), ``epochs``, ``AS_MEASURED``."""
+    return ["model.output_dim=0", f"train.epochs={epochs}"] + AS_MEASURED
+
+
 def reference_overrides(dim: int, epochs: int) -> list:
-    """The proxy's changes to cf.yaml: ``dim`` for every embedding (``package_config``), no output projection
-    (cf's item embedding is the item vector), ``epochs``, ``AS_MEASURED``."""
-    return [f"every embedding_dim={dim}", "model.output_dim=0", f"train.epochs={epochs}"] + AS_MEASURED
+    """The proxy as shown: ``dim`` for every embedding (``package_config``'s ``embedding_dim``) and
+    ``proxy_overrides``."""
+    return [f"every embedding_dim={dim}"] + proxy_overrides(epochs)
 
 
 def variant_overrides(name: str, dim: int) -> list:
@@ -68,8 +74,7 @@ def variant_overrides(name: str, dim: int) -> list:
 
 
 def variant_config(name: str, dim: int, epochs: int, seed: int):
-    return package_config("best", seed, ["model.output_dim=0", f"train.epochs={epochs}"] + AS_MEASURED
-                          + variant_overrides(name, dim), embedding_dim=dim)
+    return package_config("best", seed, proxy_overrides(epochs) + variant_overrides(name, dim), embedding_dim=dim)
 
 
 def markdown(doc: dict) -> str:
