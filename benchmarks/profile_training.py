@@ -198,9 +198,12 @@ WHAT = {"default": "cf.yaml: gated user ID + 50-item history, 256-d, BSL over 80
         "best": "gowalla.py's best (cf.yaml since 2026-12-06)",
         "package_basic": "the TFRS basic model's structure: user ID, item ID, in-batch softmax, Adagrad; data.in_memory",
         "default_history_constant": "cf.yaml with model.user_gate.history_gradient false: the pooled history a "
-                                    "constant, so the item table's update covers the batch's candidates only"}
+                                    "constant, so the item table's update covers the batch's candidates only",
+        "default_history_sampled": "cf.yaml with item_history's gradient_share 0.2: the item table learns through "
+                                   "a random fifth of the history items (weight 5)"}
 #: Named variants of ``default``: its overrides.
-VARIANTS = {"default_history_constant": ["model.user_gate.history_gradient=false"]}
+VARIANTS = {"default_history_constant": ["model.user_gate.history_gradient=false"],
+            "default_history_sampled": ["features.query.item_history.gradient_share=0.2"]}
 
 
 def load_config(name: str, overrides) -> Config:

@@ -181,7 +181,7 @@ def test_missing_data_is_a_clear_error(tmp_path):
 def test_events_by_time_and_write_time_window(tmp_path, log_reader):
     """Time-ordered events (issue 25's continuous benchmark): histories from all earlier ratings, and a
     time window written as event logs holds exactly that window's ratings."""
-    from tfrec_towers.data.movielens import events_by_time, write_time_window
+    from tfrec_towers.data.movielens import catalog_at, events_by_time, write_time_window
     from tfrec_towers.data.writer import EVENT_KINDS
 
     events, items = events_by_time(DATA, history_len=3)
@@ -200,6 +200,18 @@ def test_events_by_time_and_write_time_window(tmp_path, log_reader):
     assert written.item_history.map(len).max() == 3
     with pytest.raises(ValueError, match="no event"):
         write_time_window(events, str(tmp_path / "empty"), 0, 1)
+    # item_trend: log2 bucket of the item's ratings in the 14 days before (strictly earlier), on events
+    # and, as of a moment, on the catalog; written to the logs like any item feature.
+    week2, ts_all, ids = 14 * 86400, ratings.timestamp.astype(np.int64).to_numpy(), ratings.item_id.to_numpy()
+    for _, e in events.sample(300, random_state=1).iterrows():
+        n = int(np.sum((ids == e.item_id) & (ts_all >= e.timestamp - week2) & (ts_all < e.timestamp)))
+        assert e.item_trend == int(np.floor(np.log2(1 + n)))
+    assert events.item_trend.max() >= 5 and (written.item_trend >= 0).all()
+    catalog = catalog_at(events, items, end)
+    assert len(catalog) == len(items) and catalog.item_trend.max() >= 3
+    for item_id, trend in catalog.sample(200, random_state=2)[["item_id", "item_trend"]].itertuples(index=False):
+        n = int(np.sum((ids == item_id) & (ts_all >= end - week2) & (ts_all < end)))
+        assert trend == int(np.floor(np.log2(1 + n)))
 
 
 def test_the_library_has_no_data_path_of_its_own(monkeypatch, tmp_path):

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from tfrec_towers.data.writer import (age_bucket, past_items, to_example, write_log_dataset,
-                                      write_tfrecords)
+from tfrec_towers.data.writer import (age_bucket, past_items, recent_counts, to_example, trend_bucket,
+                                      write_log_dataset, write_tfrecords)
 
 ROWS = [
     {"i": 7, "npi": np.int64(-3), "flag": True, "npflag": np.bool_(False), "f": 0.5, "npf": np.float32(1.25),
@@ -173,6 +173,21 @@ def test_past_items_matches_brute_force():
         assert got[e] == [items[k] for k in earlier[-6:]]
     assert past_items(users, items, times, source, max_len=0) == [[]] * n
     assert past_items([], [], [], [], max_len=3) == []
+
+
+def test_recent_counts_matches_brute_force_and_buckets_are_log2():
+    """Counts of an item's events in [t - w, t): strictly earlier (an event never counts itself), the window
+    start included, items without events (or unknown) count 0."""
+    rng = np.random.default_rng(0)
+    items, times = rng.choice(["a", "b", "c"], 300), rng.integers(0, 100, 300)
+    at_items, at_times = rng.choice(["a", "b", "c", "new"], 200), rng.integers(-20, 130, 200)
+    got = recent_counts(items, times, at_items, at_times, 15)
+    want = [int(np.sum((items == i) & (times >= t - 15) & (times < t))) for i, t in zip(at_items, at_times)]
+    assert got.tolist() == want and max(want) > 0
+    own = recent_counts(["x"], [10], ["x", "x", "x"], [10, 11, 25], 15)
+    assert own.tolist() == [0, 1, 1]  # at its own time it is not counted; at 25 the window [10, 25) holds it
+    assert recent_counts(["x"], [10], ["x"], [26], 15).tolist() == [0]
+    assert trend_bucket([0, 1, 2, 3, 4, 7, 8, 1000]).tolist() == [0, 1, 1, 2, 2, 3, 3, 9]
 
 
 def events(n, start=0):

@@ -333,23 +333,34 @@ class Config:
 
     def with_overrides(self, assignments: Sequence[str]) -> "Config":
         """A copy with ``section.key=value`` assignments applied (value parsed as YAML): ``train.epochs=3``,
-        ``task.adaptive={}`` (a nested section with its defaults), ``task.adaptive.alpha=0.3``."""
+        ``task.adaptive={}`` (a nested section with its defaults), ``task.adaptive.alpha=0.3``; a feature
+        of a list by its name: ``features.query.item_history.gradient_share=0.2``."""
         d = self.to_dict()
         for assignment in assignments:
             key, sep, value = assignment.partition("=")
             path = key.split(".")
             if not sep or len(path) < 2:
                 raise ValueError(f"an override is section.key=value, got {quote(assignment)}")
-            if path[0] not in SECTIONS:
+            if path[0] not in (*SECTIONS, "features"):
                 raise ValueError(f"override {quote(assignment)}: unknown section {quote(path[0])}; known: "
-                                 f"{', '.join(SECTIONS)}")
+                                 f"{', '.join((*SECTIONS, 'features'))}")
             node = d
             for n, part in enumerate(path[:-1]):
+                if isinstance(node, list):  # features by name
+                    named = [f for f in node if isinstance(f, dict) and f.get("name") == part]
+                    if not named:
+                        raise ValueError(f"override {quote(assignment)}: {'.'.join(path[:n])} has no feature "
+                                         f"{quote(part)}; it has {[f.get('name') for f in node if isinstance(f, dict)]}")
+                    node = named[0]
+                    continue
                 if node.get(part) is None:
                     node[part] = {}
                 node = node[part]
-                if not isinstance(node, dict):
+                if not isinstance(node, (dict, list)):
                     raise ValueError(f"override {quote(assignment)}: {'.'.join(path[:n + 1])} is a value, not a section")
+            if isinstance(node, list):
+                raise ValueError(f"override {quote(assignment)}: {'.'.join(path[:-1])} is a list of features: set "
+                                 f"an option of one, {'.'.join(path)}.OPTION=VALUE")
             try:
                 node[path[-1]] = load_yaml(value)
             except ValueError as e:

@@ -30,7 +30,7 @@ INCOMPATIBLE = ("features", "model", "task.adaptive", "task.logq", "task.logq_es
 COMPATIBLE = ("model.dropout", "model.embedding_l2", "model.user_gate.dropout", "model.user_gate.history_gradient",
               "task.adaptive.symmetric_weight")
 #: Feature options that only change training or how a vocabulary grows (any feature).
-COMPATIBLE_FEATURE_OPTIONS = (".oov_rate", ".min_count", ".max_vocab")
+COMPATIBLE_FEATURE_OPTIONS = (".oov_rate", ".min_count", ".max_vocab", ".gradient_share")
 
 
 class WarmStartError(ValueError):

@@ -20,11 +20,11 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from tfrec_towers.data.writer import (EVENT_KINDS, age_bucket, check_out_dir, past_items,
-                                      write_log_dataset, write_tfrecords)
+from tfrec_towers.data.writer import (EVENT_KINDS, age_bucket, check_out_dir, past_items, recent_counts,
+                                      trend_bucket, write_log_dataset, write_tfrecords)
 
 __all__ = ["URL", "ENV_VAR", "PROTOCOLS", "GENRES", "default_data_dir", "download_movielens_100k", "tfrs_order",
-           "convert_movielens", "events_by_time", "write_time_window"]
+           "convert_movielens", "events_by_time", "catalog_at", "write_time_window"]
 
 URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 ENV_VAR = "TFREC_TOWERS_ML100K"
@@ -190,13 +190,17 @@ def convert_movielens(data_dir: Optional[str], out_dir: str, protocol: str = "tf
     return meta
 
 
-def events_by_time(data_dir: Optional[str] = None, history_len: int = 50) -> Tuple[pd.DataFrame, pd.DataFrame]:
+def events_by_time(data_dir: Optional[str] = None, history_len: int = 50,
+                   trend_days: float = 14) -> Tuple[pd.DataFrame, pd.DataFrame]:
     """(events, items): every rating of u.data as a positive event in the log schema, sorted by timestamp
     (u.data's row order among equal ones), and the item catalog (u.item), for time-ordered protocols
     such as continuous training (``benchmarks/continuous.py``; write windows with ``write_time_window``).
 
     ``item_history`` is the user's items of *all* ratings with a strictly earlier timestamp, the
     ``history_len`` most recent (most recent last): the context a deployed model has at that time.
+    ``item_trend`` is ``trend_bucket`` of the item's ratings in the ``trend_days`` days before the event
+    (strictly earlier): what a daily item-statistics job knows at that time; ``catalog_at`` gives the
+    catalog with the same feature at a moment, for embedding the items then.
     """
     data_dir = os.path.abspath(_require(data_dir or default_data_dir()))
     ratings = _read_ratings(os.path.join(data_dir, "u.data"))
@@ -206,8 +210,19 @@ def events_by_time(data_dir: Optional[str] = None, history_len: int = 50) -> Tup
     events = events.merge(items, on="item_id", how="left")
     events["item_history"] = past_items(events["user_id"], events["item_id"], events["timestamp"],
                                         np.ones(len(events), dtype=bool), history_len)
+    events["item_trend"] = trend_bucket(recent_counts(events["item_id"], events["timestamp"], events["item_id"],
+                                                      events["timestamp"], int(trend_days * 86400)))
     order = np.argsort(events["timestamp"].to_numpy(), kind="stable")
     return events.iloc[order].reset_index(drop=True), items
+
+
+def catalog_at(events: pd.DataFrame, items: pd.DataFrame, time: int, trend_days: float = 14) -> pd.DataFrame:
+    """The catalog ``items`` with ``item_trend`` as of ``time`` (unix seconds): ``trend_bucket`` of each
+    item's events in ``[time - trend_days, time)``, as ``events_by_time`` computes it for every event."""
+    ids = items["item_id"].to_numpy(dtype=object)
+    counts = recent_counts(events["item_id"], events["timestamp"], ids, np.full(len(ids), int(time)),
+                           int(trend_days * 86400))
+    return items.assign(item_trend=trend_bucket(counts))
 
 
 def write_time_window(events: pd.DataFrame, path_prefix: str, start: Optional[int] = None, end: Optional[int] = None,

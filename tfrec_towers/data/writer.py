@@ -28,7 +28,7 @@ import pandas as pd
 import tensorflow as tf
 
 __all__ = ["AGE_BUCKETS", "EVENT_KINDS", "ITEM_KINDS", "KINDS", "age_bucket", "check_out_dir", "past_items",
-           "serialize", "to_example", "write_log_dataset", "write_tfrecords"]
+           "recent_counts", "serialize", "to_example", "trend_bucket", "write_log_dataset", "write_tfrecords"]
 
 
 KINDS = ("int64", "float", "bytes")
@@ -38,10 +38,11 @@ EVENT_KINDS: Dict[str, str] = {
     "user_id": "bytes", "item_id": "bytes", "timestamp": "int64", "label": "int64", "rating": "float",
     "request_id": "bytes", "user_age": "int64", "user_age_bucket": "bytes", "user_gender": "bytes",
     "user_occupation": "bytes", "user_zip_prefix": "bytes", "item_title": "bytes", "item_genres": "bytes",
-    "item_year": "int64", "item_history": "bytes", "device": "bytes",
+    "item_year": "int64", "item_history": "bytes", "device": "bytes", "item_trend": "int64",
 }
-#: Kinds of the item-catalog features.
-ITEM_KINDS: Dict[str, str] = {k: EVENT_KINDS[k] for k in ("item_id", "item_title", "item_genres", "item_year")}
+#: Kinds of the item-catalog features (``item_trend`` where a time-ordered protocol writes it).
+ITEM_KINDS: Dict[str, str] = {k: EVENT_KINDS[k] for k in ("item_id", "item_title", "item_genres", "item_year",
+                                                          "item_trend")}
 
 #: MovieLens' age buckets (as in ML-1M's users.dat), used for ``user_age_bucket``.
 AGE_BUCKETS = ("<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
@@ -297,6 +298,28 @@ def past_items(users: Sequence, items: Sequence, timestamps: Sequence[int], sour
     start = np.maximum(first, end - max_len)
     src_items = np.asarray(items, dtype=object)[src].tolist()
     return [src_items[s:e] for s, e in zip(start.tolist(), end.tolist())]
+
+
+def recent_counts(items: Sequence, timestamps: Sequence[int], at_items: Sequence, at_times: Sequence[int],
+                  seconds: int) -> np.ndarray:
+    """For each (item, time) of ``at_items``/``at_times``: how many events (``items``/``timestamps``) are of
+    that item with ``time - seconds <= timestamp < time`` (strictly before: an event never counts
+    itself). Sorting once and binary-searching makes this O(n log n)."""
+    codes, _ = pd.factorize(np.concatenate([np.asarray(items, dtype=object), np.asarray(at_items, dtype=object)]))
+    codes = codes.astype(np.int64)
+    ts, at = np.asarray(timestamps, dtype=np.int64), np.asarray(at_times, dtype=np.int64)
+    lo = min(ts.min(initial=0), at.min(initial=0) - seconds)
+    span = max(ts.max(initial=0), at.max(initial=0)) - lo + 1
+    key = np.sort(codes[:len(ts)] * span + (ts - lo))  # (item, time) as one sortable integer
+    at_key = codes[len(ts):] * span + (at - lo)
+    return (np.searchsorted(key, at_key, side="left") - np.searchsorted(key, at_key - seconds, side="left"))
+
+
+def trend_bucket(counts) -> np.ndarray:
+    """Event counts -> ``floor(log2(1 + n))`` (0, 1, 2-3, 4-7, ... -> 0, 1, 2, 3, ...): a categorical
+    feature of an item's recent popularity whose few values all occur in training, so an item the
+    model never saw still gets a trained embedding for "how much it is watched now"."""
+    return np.floor(np.log2(1 + np.asarray(counts, dtype=np.float64))).astype(np.int64)
 
 
 def _glob(out_dir: str, split: str) -> str:

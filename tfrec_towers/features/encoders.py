@@ -68,11 +68,15 @@ class LookupEmbedding(keras.layers.Layer):
         self.embedding = keras.layers.Embedding(size, dim, activity_regularizer=keras.regularizers.L2(l2) if l2 else None)
 
     def call(self, values, training=None):
+        return self.embedding(self.indices(values, training))
+
+    def indices(self, values, training=None):
+        """Row indices of ``values`` (in training, ``oov_rate`` of them sent to the first OOV row)."""
         indices = self.lookup(values)
         if self.oov_rate and training:
             dropped = tf.random.uniform(tf.shape(indices)) < self.oov_rate
             indices = tf.where(dropped, tf.zeros_like(indices), indices)
-        return self.embedding(indices)
+        return indices
 
 
 class CategoricalEncoder(keras.layers.Layer):
@@ -90,12 +94,13 @@ class CategoricalEncoder(keras.layers.Layer):
 class SequenceEncoder(keras.layers.Layer):
     """History [B, L] (most recent last, right-padded) -> last ``max_len`` items -> pooled [B, D]."""
 
-    def __init__(self, table: LookupEmbedding, max_len: int, pooling: str, **kwargs):
+    def __init__(self, table: LookupEmbedding, max_len: int, pooling: str, gradient_share: float = 1.0, **kwargs):
+        """``gradient_share``: ``SequenceFeature.gradient_share`` (mean/sum pooling)."""
         super().__init__(**kwargs)
-        self.table, self.max_len, self.pooling = table, max_len, pooling
+        self.table, self.max_len, self.pooling, self.gradient_share = table, max_len, pooling, gradient_share
         self.attention = AttentionPooling() if pooling == "attention" else None
 
-    def call(self, x):
+    def call(self, x, training=None):
         if x.shape[1] is None or x.shape[1] > self.max_len:  # else every row already fits: nothing to cut
             x = tf.cond(tf.shape(x)[1] > self.max_len, lambda: self.last_items(x), lambda: x)
         mask = tf.not_equal(x, "")
@@ -104,11 +109,27 @@ class SequenceEncoder(keras.layers.Layer):
         # mean/sum: look up only the real items (ragged), not the padding: a batch of short histories
         # padded to max_len would otherwise gather, and send gradients for, B x max_len rows
         items = tf.ragged.boolean_mask(x, mask)
-        total = tf.math.unsorted_segment_sum(self.table(items.flat_values), items.value_rowids(), items.nrows())
+        rows = items.value_rowids()
+        if training and self.gradient_share < 1.0:
+            total = self.sampled_gradient_sum(items.flat_values, rows, items.nrows())
+        else:
+            total = tf.math.unsorted_segment_sum(self.table(items.flat_values), rows, items.nrows())
         if self.pooling == "sum":
             return total
         return total / tf.maximum(tf.cast(items.row_lengths(), total.dtype), 1.0)[:, None]
 
+
+    def sampled_gradient_sum(self, values, rows, nrows):
+        """Per-row sums of the values' embeddings whose gradient reaches the table through a random
+        ``gradient_share`` p of them, weighted 1/p: sum(sg(e)) + sum_kept (e - sg(e)) / p (the second
+        term is exactly 0 in value)."""
+        indices = self.table.indices(values, training=True)
+        total = tf.math.unsorted_segment_sum(tf.stop_gradient(tf.gather(self.table.embedding.embeddings, indices)),
+                                             rows, nrows)
+        kept = tf.random.uniform(tf.shape(indices)) < self.gradient_share
+        learned = self.table.embedding(tf.boolean_mask(indices, kept))
+        return total + tf.math.unsorted_segment_sum((learned - tf.stop_gradient(learned)) / self.gradient_share,
+                                                    tf.boolean_mask(rows, kept), nrows)
 
     def last_items(self, x):
         """Each row's last ``max_len`` non-padding items, right-padded (rows of at most ``max_len``
@@ -246,7 +267,7 @@ class EncoderFactory:
 
     def sequence(self, feature: "S.SequenceFeature") -> keras.layers.Layer:
         return SequenceEncoder(self._table(feature, feature.name), feature.max_len, feature.pooling,
-                               name=self._name(feature))
+                               feature.gradient_share, name=self._name(feature))
 
     def numeric(self, feature: "S.NumericFeature") -> keras.layers.Layer:
         mean, std = self.stats.numeric(feature.name) if feature.normalize else (0.0, 1.0)
