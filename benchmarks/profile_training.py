@@ -222,7 +222,7 @@ def main(argv=None):
     p.add_argument("--workdir", default="/tmp/gw/bench", help="gowalla.py's workdir (converted data in data/<split>)")
     p.add_argument("--split", default="valid", choices=["valid", "test"])
     p.add_argument("--configs", default=f"{OLD}_adam.yaml,{OLD}_lazy_adam.yaml,default,default_history_constant,"
-                                        "package_basic",
+                                        "default_history_sampled,package_basic",
                    help="comma-separated: gowalla.py's default / best / package_basic, a VARIANTS name, packaged config "
                         "names or YAML paths")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
