@@ -118,11 +118,10 @@ class SequenceEncoder(keras.layers.Layer):
             return total
         return total / tf.maximum(tf.cast(items.row_lengths(), total.dtype), 1.0)[:, None]
 
-
     def sampled_gradient_sum(self, values, rows, nrows):
         """Per-row sums of the values' embeddings whose gradient reaches the table through a random
         ``gradient_share`` p of them, weighted 1/p: sum(sg(e)) + sum_kept (e - sg(e)) / p (the second
-        term is exactly 0 in value)."""
+        term is exactly 0 in value). The table's ``l2`` (an activity penalty) sees the kept rows only."""
         indices = self.table.indices(values, training=True)
         total = tf.math.unsorted_segment_sum(tf.stop_gradient(tf.gather(self.table.embedding.embeddings, indices)),
                                              rows, nrows)

@@ -468,7 +468,8 @@ class SequenceFeature(_LookedUp, Feature):
     value, an unbiased estimate of the full gradient through about p x the rows. The table's update
     (gathers, deduplication, optimizer) scales with the rows a batch sends it, and a batch of 1,024
     users x 50 history items sends 51k. Default 1.0 (every item: the exact gradient): on Gowalla valid,
-    ``cf`` with 0.2 stepped 1.7x faster but lost 3.9% Recall@20 (``benchmarks/README.md``).
+    ``cf`` with 0.2 stepped 1.7x faster but lost 3.9% Recall@20 (``benchmarks/README.md``). With it, an
+    ``l2`` on the shared table penalises the kept history rows only.
     """
 
     type: ClassVar[str] = "sequence"
