@@ -40,8 +40,8 @@ That protocol is ``--end-share 0.5 --initial-share 0.8 --slices 2`` (the events 
 Tried there and not adopted (2026-12-06, seed 0): ``--trend``, the item's recent popularity as an item
 feature (``item_trend``: log2 bucket of its ratings in the 14 days before the event, the catalog's as
 of the slice start), meant to place new items the way popularity does: it lowered HR@50 over both
-slices from 0.346 to 0.331 and on cold-item events from 0.106 to 0.073 (stale model); the catalog's
-snapshot ages over a slice while training always saw a fresh count.
+slices from 0.346 to 0.331 and on cold-item events from 0.106 to 0.073 (stale model); the cold items of
+that period are not popular ones (popularity's cold-item HR@50 is 0.000 there).
 
     python -m benchmarks.continuous                                # the full run (results/continuous.*)
     python -m benchmarks.continuous --slices 3 --full-epochs 1 --output-json /tmp/c.json --output-md /tmp/c.md
