@@ -14,7 +14,7 @@ gradient is scaled by (1 - g) / len, yet Adam moves every row it touches by abou
 and every history item of the batch must be updated (about 13k of Gowalla's 41k rows a step). Default
 true: on Gowalla valid, false makes ``cf``'s step 2.1x faster (``benchmarks/profile_training.py``: 50.2
 against 106.8 ms) but loses 12% Recall@20 (0.1786 against 0.2027), which the time saved does not buy back
-(``cf`` had 0.1836 after 2 of its 5 epochs).
+(``cf`` of the time, 5 epochs, had 0.1836 after 2 of them).
 """
 import math
 from typing import Tuple
