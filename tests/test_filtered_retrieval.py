@@ -75,6 +75,18 @@ def catalog():
     return {"x": x, "q": q, "ids": ids, "scores": scores, "order": np.argsort(-scores, axis=1), "rng": rng}
 
 
+def test_depth_schedule_deepest_is_the_probe_tables_threshold():
+    """ScaNN's first pass asks ``depth > deepest(probes)`` instead of looking every row up in the table:
+    the two must agree at every depth, past the grid included."""
+    from tfrec_towers.export.filtering import DepthSchedule
+    schedule = DepthSchedule([100, 200, 400], [20, 35, 80], 120)
+    for probes in (10, 20, 21, 35, 60, 80, 119, 120, 500):
+        deepest = schedule.deepest(probes)
+        for depth in range(0, 700):
+            assert (int(schedule.probe(tf.constant([depth]))[0]) > probes) == (depth > deepest), (probes, depth)
+    assert schedule.deepest(120) == float("inf")
+
+
 @pytest.mark.parametrize("index", INDEXES)
 def test_filtered_top_k_against_exact_filtered_ranking(catalog, index):
     """k = 50, M = 500 excluded items, random or the user's own top 500 (adversarial: the answers are the

@@ -20,7 +20,7 @@ from typing import Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["DepthSchedule", "NEG_INF", "catalog_positions", "check_allowed", "check_k", "deeper_probes", "finish",
+__all__ = ["DepthSchedule", "NEG_INF", "answer_depth", "catalog_positions", "check_allowed", "check_k", "deeper_probes", "finish",
            "is_excluded", "mask_positions", "scatter_rows", "sorted_exclusions"]
 
 
@@ -35,21 +35,19 @@ def _text(value: tf.Tensor) -> tf.Tensor:
 
 def check_k(k: tf.Tensor, batch: tf.Tensor, max_k: int) -> tf.Tensor:
     """``k`` (a scalar or [B], any integer dtype) -> int32 [B]; an InvalidArgumentError naming ``k`` unless
-    it is a scalar or has B values, each in [1, max_k]. Two checks, few ops: they run on every request."""
+    it is a scalar or has B values, each in [1, max_k]. One check, few ops: it runs on every request."""
     k = tf.cast(k, tf.int64)  # checked before any narrowing, so 2**32 + 1 is not taken for 1
-    rank, size = tf.rank(k), tf.size(k, out_type=tf.int32)
-    low, high = tf.reduce_min(k), tf.reduce_max(k)
-    checks = [
-        tf.debugging.Assert(tf.logical_and(rank <= 1, tf.logical_or(tf.equal(rank, 0), tf.equal(size, batch))), [
-            "input `k` must be a scalar or a vector [B] (one k per row); got rank", rank, "with", size,
-            "values for", batch, "rows"]),
-        tf.debugging.Assert(tf.logical_and(low >= 1, high <= max_k), [
-            f"input `k` must be >= 1 and <= {max_k}, the export's maximum (export --max-k); got min", _text(low),
-            "max", _text(high)]),
-    ]
+    flat = tf.reshape(k, [-1])
+    rank, size = tf.rank(k), tf.size(flat, out_type=tf.int32)
+    low, high = tf.reduce_min(flat), tf.reduce_max(flat)
+    # one Assert (each op costs ~3 us at batch 1): a scalar, or one value per row, each in [1, max_k]
+    checks = [tf.debugging.Assert(
+        (rank <= 1) & (tf.equal(rank, 0) | tf.equal(size, batch)) & (low >= 1) & (high <= max_k), [
+            f"input `k` must be >= 1 and <= {max_k}, the export's maximum (export --max-k), as a scalar or a vector "
+            "[B] (one k per row); got rank", rank, "with", size, "values for", batch, "rows, min", _text(low), "max",
+            _text(high)])]
     with tf.control_dependencies(checks):
-        flat = tf.reshape(k, [-1])
-    return tf.cast(tf.broadcast_to(flat, [batch]), tf.int32)
+        return tf.cast(tf.broadcast_to(flat, [batch]), tf.int32)
 
 
 def check_allowed(allowed: tf.Tensor, batch: tf.Tensor) -> tf.Tensor:
@@ -123,11 +121,16 @@ def kth_score(best: tf.Tensor, count: tf.Tensor, k: tf.Tensor) -> tf.Tensor:
     return tf.where(count >= k, kth, NEG_INF)
 
 
-def finish(scores: tf.Tensor, positions: tf.Tensor, k: tf.Tensor, max_k: int, ranked: bool = False):
+def finish(scores: tf.Tensor, positions: tf.Tensor, k: tf.Tensor, max_k: int, ranked: bool = False,
+           wide: bool = False):
     """[B, C] candidate scores (-inf: not a candidate) and positions -> ([B, max_k] scores, [B, max_k]
     positions, [B] count): best first, ``count`` = min(k_b, candidates), past it score -inf and position -1.
-    ``ranked``: the candidates are already [B, max_k] best first (no second top-k)."""
-    if not ranked:
+    ``ranked``: the candidates are already [B, max_k] best first (no second top-k); ``wide``: C >= max_k
+    (no padding: fewer ops, which at batch 1 cost more than the data)."""
+    if wide:
+        best, at = tf.math.top_k(scores, k=max_k)
+        positions = tf.gather(positions, at, batch_dims=1)
+    elif not ranked:
         width = tf.minimum(tf.shape(scores)[1], max_k)
         best, at = tf.math.top_k(scores, k=width)
         positions = tf.gather(positions, at, batch_dims=1)
@@ -144,6 +147,14 @@ def finish(scores: tf.Tensor, positions: tf.Tensor, k: tf.Tensor, max_k: int, ra
     return best, positions, count
 
 
+def answer_depth(k: tf.Tensor, best: tf.Tensor, count: tf.Tensor, excluded_scores: tf.Tensor) -> tf.Tensor:
+    """[B] depth of each row's k_b-th answer in the unfiltered ranking: k_b + the excluded items scoring at
+    least it (``excluded_scores`` [B, M], -inf: none)."""
+    kth = kth_score(best, count, k)
+    above = tf.logical_and(excluded_scores >= kth[:, None], tf.math.is_finite(excluded_scores))
+    return k + tf.reduce_sum(tf.cast(above, tf.int32), axis=1)
+
+
 def deeper_probes(schedule: "DepthSchedule", k: tf.Tensor, best: tf.Tensor, count: tf.Tensor,
                   excluded_scores: tf.Tensor, distinct: tf.Tensor, num_items: int) -> Tuple[tf.Tensor, tf.Tensor]:
     """([B] partitions each row needs, [B] its depth), from a first pass's answers (``best``, ``count``).
@@ -152,10 +163,7 @@ def deeper_probes(schedule: "DepthSchedule", k: tf.Tensor, best: tf.Tensor, coun
     [B, M], -inf: none); that answer is at most the true one, so the depth is never underestimated. A row
     with fewer than min(k_b, items left) answers needs every partition.
     """
-    kth = kth_score(best, count, k)
-    above = tf.logical_and(excluded_scores >= kth[:, None], tf.math.is_finite(excluded_scores))
-    outscoring = tf.reduce_sum(tf.cast(above, tf.int32), axis=1)
-    depth = k + outscoring
+    depth = answer_depth(k, best, count, excluded_scores)
     short = count < tf.minimum(k, num_items - distinct)
     return tf.where(short, schedule.num_partitions, schedule.probe(depth)), depth
 
@@ -203,6 +211,11 @@ class DepthSchedule:
         """[B] depths -> [B] int32 partitions to probe (``table``: one lookup)."""
         table = self.table()
         return tf.gather(tf.constant(table), tf.minimum(tf.cast(depth, tf.int32), len(table) - 1))
+
+    def deepest(self, probes: int) -> float:
+        """The largest depth this schedule serves with at most ``probes`` partitions (inf: every depth)."""
+        table = self.table()
+        return float(np.sum(table <= probes) - 1) if table[-1] > probes else float("inf")
 
     def to_dict(self) -> dict:
         return {"depths": self.depths.tolist(), "probes": self.probes.tolist()}

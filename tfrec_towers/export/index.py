@@ -80,9 +80,12 @@ class Index(tf.Module):
         """Float embeddings [..., D] of items at storage ``positions`` (>= 0)."""
         raise NotImplementedError
 
-    def _exclude_top_k(self, queries: tf.Tensor, k: tf.Tensor, excluded: tf.Tensor, distinct: tf.Tensor):
+    def _exclude_top_k(self, queries: tf.Tensor, k: tf.Tensor, excluded: tf.Tensor, distinct: tf.Tensor,
+                       requested: tf.Tensor):
         """The filtered top-k without an allowed set: ([B, K] scores, [B, K] positions, [B] count);
-        ``excluded``/``distinct`` are ``filtering.sorted_exclusions`` of the row's excluded positions."""
+        ``excluded``/``distinct`` are ``filtering.sorted_exclusions`` of the row's excluded positions,
+        ``requested`` the request's M (>= every row's ``distinct``, known before the ID lookup: a search
+        sized by it need not wait for the lookup)."""
         raise NotImplementedError
 
     def filtered(self, queries: tf.Tensor, k: tf.Tensor, exclude_item_ids: tf.Tensor,
@@ -94,7 +97,8 @@ class Index(tf.Module):
         excluded, distinct = filtering.sorted_exclusions(
             filtering.catalog_positions(self.positions, exclude_item_ids))
         if allowed_item_ids is None:
-            scores, positions, count = self._exclude_top_k(queries, k, excluded, distinct)
+            scores, positions, count = self._exclude_top_k(queries, k, excluded, distinct,
+                                                           tf.shape(exclude_item_ids)[1])
         else:
             allowed = filtering.check_allowed(allowed_item_ids, batch)
             scores, positions, count = self._allowed_top_k(queries, k, excluded, allowed)

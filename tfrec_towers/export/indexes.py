@@ -66,7 +66,7 @@ class BruteForceIndex(Index):
         columns = tf.transpose(tf.gather(self.embeddings_t, flat, axis=1))  # [X, D]
         return tf.reshape(columns, tf.concat([tf.shape(positions, out_type=tf.int32), [-1]], axis=0))
 
-    def _exclude_top_k(self, queries, k, excluded, distinct):
+    def _exclude_top_k(self, queries, k, excluded, distinct, requested):
         """Exact: the excluded items' scores are set to -inf (a scatter, O(M)) before the top-k."""
         scores = filtering.mask_positions(tf.matmul(queries, self.embeddings_t), excluded)
         best, idx = (split_top_k(scores, self.max_k) if self.split_filtered
@@ -144,12 +144,12 @@ class ScannIndex(Index):
         dataset = tf.reshape(self.layer._serialized_searcher.dataset, [-1, self.dim])
         return tf.gather(dataset, positions)
 
-    #: The first pass fetches this many answers past max_k (at most the row's exclusions): excluded items
+    #: The first pass fetches this many answers past max_k (at most the request's M): excluded items
     #: rarely reach the top unless they are the query's favourites, and ScaNN's cost grows with the
     #: answers it returns (1M x 64, batch 64: 34 ms for 100, 45 ms for 600).
     FIRST_PASS_MARGIN = 32
 
-    def _exclude_top_k(self, queries, k, excluded, distinct):
+    def _exclude_top_k(self, queries, k, excluded, distinct, requested):
         """ScaNN's best ``fetch`` answers with the excluded ones dropped (a prefix of a longer fetch's).
         A first pass fetches max_k + ``FIRST_PASS_MARGIN``; rows it leaves short of k_b answers are searched
         again fetching ``_over_fetch``. Rows whose answers lie deeper than the searched leaves reach
@@ -158,9 +158,25 @@ class ScannIndex(Index):
         from scann.scann_ops.py import scann_ops
 
         searcher = scann_ops.searcher_from_module(self.layer._serialized_searcher)
-        fetch = tf.minimum(self.num_items, self.max_k + tf.minimum(tf.reduce_max(distinct), self.FIRST_PASS_MARGIN))
+        # sized by the request, not by ``distinct``: the search then runs while the IDs are looked up
+        fetch = tf.minimum(self.num_items, self.max_k + tf.minimum(requested, self.FIRST_PASS_MARGIN))
         first, excluded_scores = self._search(searcher, queries, k, excluded, fetch)
-        short = tf.cast(tf.where(first[2] < tf.minimum(k, self.num_items - distinct))[:, 0], tf.int32)
+        short = first[2] < tf.minimum(k, self.num_items - distinct)
+        more = tf.reduce_any(short)
+        deepest = self.schedule.deepest(self.params["num_probe"])
+        if deepest < float("inf"):  # a row this deep needs more partitions than the first pass searched
+            depth = filtering.answer_depth(k, first[0], first[2], excluded_scores)
+            more = more | tf.reduce_any(depth > int(deepest))
+        # One branch on the common path (no row short, none deeper): at batch 1 every op counts (~3 us).
+        return tf.cond(more,
+                       lambda: self._more_passes(searcher, queries, k, excluded, distinct, first, excluded_scores,
+                                                 short),
+                       lambda: first)
+
+    def _more_passes(self, searcher, queries, k, excluded, distinct, first, excluded_scores, short):
+        """The passes after the first for the rows that need them: the ``short`` ones over-fetched, then the
+        ones whose answers lie deeper than the searched leaves searched with more leaves."""
+        short = tf.cast(tf.where(short)[:, 0], tf.int32)
 
         def over_fetch():
             # at least the first pass's width: a row can also be short because ScaNN returned padding
@@ -202,9 +218,10 @@ class ScannIndex(Index):
             pre_reorder_num_neighbors=tf.minimum(self.num_items, tf.maximum(pre_reorder, fetch)))
         positions, scores = tf.cast(found.indices, tf.int64), found.distances  # padding: NaN scores
         dropped = filtering.is_excluded(excluded, positions)
-        scores = tf.where(tf.math.is_nan(scores), float("-inf"), scores)
-        answer = filtering.finish(tf.where(dropped, float("-inf"), scores), positions, k, self.max_k)
-        return answer, tf.where(dropped, scores, float("-inf"))
+        # fetch >= max_k (max_k <= the catalog): the candidates are at least max_k wide
+        answer = filtering.finish(tf.where(dropped | tf.math.is_nan(scores), filtering.NEG_INF, scores), positions,
+                                  k, self.max_k, wide=True)
+        return answer, tf.where(dropped, scores, filtering.NEG_INF)
 
 
 #: index type (``--index``) -> its class, which names its type too (``Index.kind``). A dict literal: the CLI

@@ -293,7 +293,7 @@ class PortableIndex(Index):
         exact = tf.einsum("bd,brd->br", queries, tf.gather(self.embeddings, shortlist))
         return tf.where(tf.math.is_finite(approx), exact, float("-inf")), shortlist
 
-    def _exclude_top_k(self, queries, k, excluded, distinct):
+    def _exclude_top_k(self, queries, k, excluded, distinct, requested):
         """Excluded items masked inside the shortlist; rows whose answers lie deeper than the probed
         partitions reach (``DepthSchedule``, from the exact scores of their excluded items) probe the
         next partitions in a second pass, whose shortlist is merged with the first one's answers."""
