@@ -20,8 +20,8 @@ from typing import Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["DepthSchedule", "NEG_INF", "answer_depth", "catalog_positions", "check_allowed", "check_k", "deeper_probes", "finish",
-           "is_excluded", "mask_positions", "scatter_rows", "sorted_exclusions"]
+__all__ = ["DepthSchedule", "NEG_INF", "answer_depth", "catalog_positions", "check_allowed", "check_k", "deeper_probes",
+           "finish", "is_excluded", "mask_positions", "scatter_rows", "sorted_exclusions"]
 
 
 NEG_INF = float("-inf")
