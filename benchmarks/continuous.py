@@ -113,7 +113,7 @@ def configs(oov_rate: float, epochs: int, seed: int = 0, trend: bool = False) ->
     return out
 
 
-def with_epochs(config: Config, epochs: int, learning_rate: Optional[float] = None) -> Config:
+def with_training(config: Config, epochs: int, learning_rate: Optional[float] = None) -> Config:
     d = config.to_dict()
     d["train"]["epochs"] = epochs
     if learning_rate:
@@ -327,7 +327,7 @@ def main(argv=None):
     log(f"{protocol['initial_events']} initial events; slices {[len(s) for s in slices]}; work dir {work}")
 
     cfg = configs(args.oov_rate, args.full_epochs, args.seed, trend=args.trend)
-    inc_cfg = with_epochs(cfg["main"], args.inc_epochs, args.inc_learning_rate)
+    inc_cfg = with_training(cfg["main"], args.inc_epochs, args.inc_learning_rate)
     runs = os.path.join(work, "runs")
     initial_time = {}
     for name in ("main", "no_oov", "id_only"):

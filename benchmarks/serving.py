@@ -326,7 +326,7 @@ def index_scaling(sizes, spread: float = 1.5, dim: int = 64, num_queries: int = 
                     "excluded_returned": int(leaked)}
                 searches[(kind, name)] = (lambda v, filtered=filtered, k=k: filtered(tf.constant(v[0]), k, v[1]))
                 in_graph[(kind, name)] = (lambda v, e, index=index, k=k: index.filtered(v, k, e),
-                                          lambda v, e, index=index: index(v), tf.stack(excluded_inputs[name]["batch1"]))
+                                          lambda v, e, index=index: index(v))
             log(f"{n:,} items (spread {spread}), {kind}: built in {built:.1f} s, recall@100 {row[kind]['recall@100']:.3f}, "
                 f"filtered {({v: r['recall@100'] for v, r in row[kind]['filtered'].items()})}")
         lat = {name: {"batch1": [], "batch64": []} for name in searches}
@@ -346,11 +346,13 @@ def index_scaling(sizes, spread: float = 1.5, dim: int = 64, num_queries: int = 
                     lat[name]["batch64"].append(latencies_ms(fn, batches[r::rounds]))
         # batch 1 in the graph (no Python dispatch): the filtered and the unfiltered search, in alternating order
         stacked, graph = tf.constant(np.stack(ones)), {name: ([], []) for name in in_graph}
+        stacked_excluded = {name: tf.stack(inputs["batch1"]) for name, inputs in excluded_inputs.items()}
         for r in range(rounds):
-            for name, (filtered_call, unfiltered_call, excluded) in in_graph.items():
+            for (kind, name), (filtered_call, unfiltered_call) in in_graph.items():
                 pair = (filtered_call, unfiltered_call) if r % 2 else (unfiltered_call, filtered_call)
                 for call in pair:
-                    graph[name][call is unfiltered_call].append(graph_latencies_ms(call, stacked, excluded))
+                    graph[(kind, name)][call is unfiltered_call].append(
+                        graph_latencies_ms(call, stacked, stacked_excluded[name]))
         row["numpy_floor"] = summary(np.concatenate(lat["numpy_floor"]["batch1"]), 1)
         for kind in INDEXES:
             row[kind].update(batch1=summary(np.concatenate(lat[kind]["batch1"]), 1),

@@ -151,7 +151,7 @@ class ScannIndex(Index):
 
     def _exclude_top_k(self, queries, k, excluded, distinct, requested):
         """ScaNN's best ``fetch`` answers with the excluded ones dropped (a prefix of a longer fetch's).
-        A first pass fetches max_k + ``FIRST_PASS_MARGIN``; rows it leaves short of k_b answers are searched
+        A first pass fetches max_k + min(M, ``FIRST_PASS_MARGIN``); rows it leaves short of k_b answers are searched
         again fetching ``_over_fetch``. Rows whose answers lie deeper than the searched leaves reach
         (``DepthSchedule``, from the excluded items found above their k-th answer) are searched with more
         leaves and a re-rank shortlist grown in proportion."""
