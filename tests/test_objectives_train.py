@@ -42,8 +42,11 @@ def logs(tmp_path_factory):
 
 
 def train_run(logs, run_dir, overrides, epochs=4):
+    # Unshuffled input, so each objective's loss curve is reproducible: shuffled reads interleave files
+    # out of order, and the epoch losses of the pointwise objectives moved by +-15% from run to run
+    # (bce with exposures once rose from 115 to 119-126 over four epochs).
     config = Config.load(packaged("default")).with_overrides(
-        list(overrides) + [f"train.epochs={epochs}", "train.batch_size=256", "train.seed=1"])
+        list(overrides) + [f"train.epochs={epochs}", "train.batch_size=256", "train.seed=1", "data.shuffle_buffer=0"])
     files = logs["files"]
     metrics = train(config, files["train"], str(run_dir), files["test"], files["items"], verbose=0,
                     progress=lambda message: None)
@@ -63,7 +66,7 @@ def reference_run(logs, tmp_path_factory):
 def test_objective_trains_and_ranks_above_chance(logs, tmp_path, name):
     metrics, losses = train_run(logs, tmp_path / "run", OBJECTIVES[name])
     assert len(losses) == 4 and all(np.isfinite(losses)), losses
-    assert min(losses[1:]) < losses[0], losses  # shuffling makes single epochs noisy (focal: +-15%)
+    assert losses[-1] < losses[0], losses
     hr10 = metrics["all_items"]["hr@10"]
     assert hr10 > 2 * CHANCE_HR10, (name, hr10)
     assert load_model(str(tmp_path / "run")) is not None
