@@ -149,7 +149,7 @@ def test_warm_start_copies_rows_and_optimizer_state_and_leaves_the_previous_run_
 
 def test_copy_is_exact_before_any_step(days, day1_run, tmp_path):
     """Right after the copy (no training step): old rows and their Adam moments equal the previous run's,
-    appended rows are fresh (moments 0), the step counter carries over."""
+    appended rows equal its first OOV row (moments 0), the step counter carries over."""
     from tfrec_towers.data.inputs import compute_stats
     from tfrec_towers.data import reader
     from tfrec_towers.train import build_trainable
@@ -173,6 +173,8 @@ def test_copy_is_exact_before_any_step(days, day1_run, tmp_path):
         old_layer = next(l for l in old.submodules if getattr(l, "vocab_source", None) == source)
         new_rows, old_rows = layer.embedding.embeddings.numpy(), old_layer.embedding.embeddings.numpy()
         np.testing.assert_array_equal(new_rows[:len(old_rows)], old_rows)
+        assert len(new_rows) > len(old_rows), source
+        np.testing.assert_array_equal(new_rows[len(old_rows):], np.broadcast_to(old_rows[0], new_rows[len(old_rows):].shape))
         i = next(i for i, v in enumerate(model.trainable_variables) if v is layer.embedding.embeddings)
         m = model.optimizer._momentums[i].numpy()
         saved_m = [reader_.get_tensor(k) for k, s in keys.items() if "optimizer/_variables" in k and s == list(old_rows.shape)]
@@ -227,9 +229,9 @@ def test_cli_warm_start_uses_the_previous_config_and_exits_2_on_a_bad_one(days, 
     assert "config: the one of the run it continues" in proc.stdout
 
 
-def test_rows_of_evicted_values_start_fresh(days, day1_run):
-    """A value evicted under max_vocab gives its index to a new value: that row and its Adam moments
-    start fresh instead of carrying the evicted value's."""
+def test_rows_of_evicted_values_start_as_the_oov_row(days, day1_run):
+    """A value evicted under max_vocab gives its index to a new value: that row starts as the first OOV
+    row (as any new value's) and its Adam moments at zero, instead of carrying the evicted value's."""
     from tfrec_towers.data import reader
     from tfrec_towers.data.inputs import compute_stats
     from tfrec_towers.train import build_trainable
@@ -243,13 +245,13 @@ def test_rows_of_evicted_values_start_fresh(days, day1_run):
     changes["user_id"] = dict(changes["user_id"], evicted=[(3, old_users[3], "someone-new")])
     model = build_trainable(config, merged, files, two["items"], progress=quiet)
     layer = next(l for l in model.submodules if getattr(l, "vocab_source", None) == "user_id")
-    initial = layer.embedding.embeddings.numpy()
     copy_previous(model, previous, changes, quiet)
     old_rows = next(l for l in load_model(day1_run).submodules
                     if getattr(l, "vocab_source", None) == "user_id").embedding.embeddings.numpy()
     rows = layer.embedding.embeddings.numpy()
     evicted = 3 + layer.num_oov
-    np.testing.assert_array_equal(rows[evicted], initial[evicted])
+    np.testing.assert_array_equal(rows[evicted], old_rows[0])
+    assert not np.array_equal(old_rows[evicted], old_rows[0])
     keep = [i for i in range(len(old_rows)) if i != evicted]
     np.testing.assert_array_equal(rows[keep], old_rows[keep])
     i = next(i for i, v in enumerate(model.trainable_variables) if v is layer.embedding.embeddings)

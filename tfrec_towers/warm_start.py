@@ -2,7 +2,13 @@
 
     PREV (read only) -> compatible config? -> stats of the new logs continued (``continue_stats``)
       -> new model; every variable and optimizer slot copied from PREV's final checkpoint, vocabulary
-         tables row by row (old values keep their index; appended and evicted rows start fresh)
+         tables row by row (old values keep their index; appended and evicted rows start as PREV's
+         first OOV row, their optimizer slots at zero)
+
+A new ID starts where PREV put any unknown ID: at the OOV row that ``oov_rate`` trained to stand for
+an ID the model does not know (so its vector comes from the item's or user's other features), not at
+a random row. On the MovieLens benchmark's tuning period the stale model, which maps new items to that
+row, ranked them far better than increments whose new rows started random (``benchmarks/continuous.py``).
 
 What may change between the runs is what leaves the variables' meaning intact: training, negatives,
 evaluation, data options, the loss; what may not is the feature spec, the architecture and the task's
@@ -111,8 +117,9 @@ def previous_step(previous: RunDir) -> int:
 def copy_previous(model, previous: RunDir, changes: Dict[str, Dict], progress=print) -> Dict[str, int]:
     """Copies PREV's variables and optimizer state into ``model`` (built and compiled): same shapes are
     copied whole; a table that grew gets the old rows at their indices (vocabularies only append); rows
-    of evicted values and every appended row keep their fresh initial values (slots: fresh zeros).
-    Returns counts of what was copied. Raises WarmStartError naming the first variable that does not fit."""
+    of evicted values and every appended row start as PREV's first OOV row (slots: fresh zeros; tables
+    without OOV rows: their fresh initial values). Returns counts of what was copied. Raises
+    WarmStartError naming the first variable that does not fit."""
     old_config = previous.config()
     old = build_model(old_config, previous.stats())
     old.query_tower(dummy_batch(old_config))
@@ -125,6 +132,8 @@ def copy_previous(model, previous: RunDir, changes: Dict[str, Dict], progress=pr
         raise WarmStartError(f"--warm-start {previous.path}: its model has {len(old.variables)} variables, this one "
                              f"{len(model.variables)}; train from scratch")
     fresh = _rows_to_reset(model, changes)
+    oov_tables = {id(layer.embedding.embeddings) for layer in model.submodules
+                  if isinstance(layer, LookupEmbedding) and layer.vocab_source and layer.num_oov}
     pairs = [(o, n, fresh.get(id(n))) for o, n in zip(old.variables, model.variables)]
     same_optimizer = type(old.optimizer) is type(model.optimizer)
     if same_optimizer:
@@ -141,11 +150,13 @@ def copy_previous(model, previous: RunDir, changes: Dict[str, Dict], progress=pr
         if o.shape[1:] != n.shape[1:] or o.shape[0] > n.shape[0]:
             raise WarmStartError(f"--warm-start {previous.path}: variable {n.name} is {o.shape.as_list()} there and "
                                  f"{n.shape.as_list()} here; train from scratch")
-        value = n.numpy()
-        kept = value[reset].copy() if reset is not None else None
-        value[:o.shape[0]] = o.numpy()
+        value, old_value = n.numpy(), o.numpy()
+        start = value[reset].copy() if reset is not None else None  # fresh values (slots: zeros)
+        if id(n) in oov_tables:  # the table itself, not its slots: new rows start as PREV's first OOV row
+            value[:], start = old_value[0], old_value[0]
+        value[:o.shape[0]] = old_value
         if reset is not None:
-            value[reset] = kept
+            value[reset] = start
         n.assign(value)
         grown += 1
     progress(f"warm start from {previous.path}: {len(model.variables)} variables"
