@@ -7,8 +7,10 @@
 
 A new ID starts where PREV put any unknown ID: at the OOV row that ``oov_rate`` trained to stand for
 an ID the model does not know (so its vector comes from the item's or user's other features), not at
-a random row. On the MovieLens benchmark's tuning period the stale model, which maps new items to that
-row, ranked them far better than increments whose new rows started random (``benchmarks/continuous.py``).
+a random row. On the tuning period of ``benchmarks/continuous.py`` (seed 0) the stale model, which maps
+new items to that row, ranked them better than increments whose new rows started random (cold-item
+HR@50 0.093 against 0.035); starting them at that row raised the increments' to 0.048 and their HR@50
+on all events from 0.3505 to 0.3562.
 
 What may change between the runs is what leaves the variables' meaning intact: training, negatives,
 evaluation, data options, the loss; what may not is the feature spec, the architecture and the task's
