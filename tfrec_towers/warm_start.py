@@ -135,8 +135,7 @@ def copy_previous(model, previous: RunDir, changes: Dict[str, Dict], progress=pr
         raise WarmStartError(f"--warm-start {previous.path}: its model has {len(old.variables)} variables, this one "
                              f"{len(model.variables)}; train from scratch")
     fresh = _rows_to_reset(model, changes)
-    oov_tables = {id(layer.embedding.embeddings) for layer in model.submodules
-                  if isinstance(layer, LookupEmbedding) and layer.vocab_source and layer.num_oov}
+    oov_tables = {id(layer.embedding.embeddings) for layer in _vocabulary_tables(model) if layer.num_oov}
     pairs = [(o, n, fresh.get(id(n))) for o, n in zip(old.variables, model.variables)]
     same_optimizer = type(old.optimizer) is type(model.optimizer)
     if same_optimizer:
@@ -155,9 +154,9 @@ def copy_previous(model, previous: RunDir, changes: Dict[str, Dict], progress=pr
                                  f"{n.shape.as_list()} here; train from scratch")
         value, old_value = n.numpy(), o.numpy()
         start = value[reset].copy() if reset is not None else None  # fresh values (slots: zeros)
-        if id(n) in oov_tables:  # the table itself, not its slots: new rows start as PREV's first OOV row
-            value[:], start = old_value[0], old_value[0]
         value[:o.shape[0]] = old_value
+        if id(n) in oov_tables:  # the table itself, not its slots: new rows start as PREV's first OOV row
+            value[o.shape[0]:] = start = old_value[0]
         if reset is not None:
             value[reset] = start
         n.assign(value)
@@ -176,12 +175,16 @@ def _slot_lists(optimizer, n: int) -> Dict[str, list]:
             if isinstance(value, list) and len(value) == n and n and all(isinstance(v, tf.Variable) for v in value)}
 
 
+def _vocabulary_tables(model) -> List[LookupEmbedding]:
+    """The model's embedding tables looked up through a vocabulary (not hashing): the ones that grow."""
+    return [layer for layer in model.submodules if isinstance(layer, LookupEmbedding) and layer.vocab_source]
+
+
 def _rows_to_reset(model, changes: Dict[str, Dict]) -> Dict[int, np.ndarray]:
     """id(table variable) -> table rows of evicted values (num_oov + vocabulary index)."""
     out = {}
-    for layer in model.submodules:
-        if isinstance(layer, LookupEmbedding) and layer.vocab_source:
-            evicted = (changes.get(layer.vocab_source) or {}).get("evicted") or []
-            if evicted:
-                out[id(layer.embedding.embeddings)] = np.array([i + layer.num_oov for i, _, _ in evicted], np.int64)
+    for layer in _vocabulary_tables(model):
+        evicted = (changes.get(layer.vocab_source) or {}).get("evicted") or []
+        if evicted:
+            out[id(layer.embedding.embeddings)] = np.array([i + layer.num_oov for i, _, _ in evicted], np.int64)
     return out
