@@ -97,17 +97,18 @@ def gradient_step(model, loss_fn, apply: bool = True):
 
 
 class StepTimer(keras.callbacks.Callback):
-    """Wall time of ``fit`` from the end of batch ``skip`` (the first steps trace the step function)."""
+    """Wall time of ``fit`` from the first batch end at or past ``skip`` steps (the first steps trace the
+    step function); ``steps`` after it. With ``steps_per_execution`` N batch ends come every N steps."""
 
     def __init__(self, skip: int):
         super().__init__()
-        self.skip, self.start, self.end, self.steps = skip, None, None, 0
+        self.skip, self.start, self.end, self.steps, self.first = skip, None, None, 0, None
 
     def on_train_batch_end(self, batch, logs=None):
-        if batch == self.skip - 1:
-            self.start = time.perf_counter()
-        elif batch >= self.skip:
-            self.end, self.steps = time.perf_counter(), self.steps + 1
+        if self.start is None and batch >= self.skip - 1:
+            self.start, self.first = time.perf_counter(), batch
+        elif self.start is not None:
+            self.end, self.steps = time.perf_counter(), batch - self.first
 
 
 def profile(config: Config, files, items: str, steps: int, warmup: int, rounds: int = 3) -> dict:

@@ -230,6 +230,10 @@ class TrainConfig:
     # at least this many steps in all: epochs = max(epochs, ceil(min_steps / steps per epoch)); on a small
     # dataset a few epochs are a few hundred steps, which end training (and a cosine schedule) too early
     min_steps: int = option(0, range=_NON_NEGATIVE)
+    # training steps per call of fit's compiled function (Keras ``steps_per_execution``): one Python round trip
+    # per N steps instead of one per step (epoch-level callbacks and logs are unchanged); 1 where fit cannot
+    # know an epoch's length (``train.steps_per_execution``). 16: package_basic on Gowalla used 9% less CPU
+    steps_per_execution: int = option(16, range=_POSITIVE)
 
 
 @dataclasses.dataclass

@@ -12,7 +12,8 @@ import tf_keras as keras
 
 from tfrec_towers.config import Config, ValidationConfig
 from tfrec_towers.data import reader
-from tfrec_towers.data.inputs import check_training_sizes, compute_stats, make_input, parse_spec, user_histories
+from tfrec_towers.data.inputs import (check_training_sizes, compute_stats, make_input, parse_spec, training_batches,
+                                      user_histories)
 from tfrec_towers.evaluation.job import evaluate_run, evaluate_users
 from tfrec_towers.mining import mine_hard_negatives
 from tfrec_towers.model import build_model, learning_rate_schedule, make_optimizer, train_epochs
@@ -303,13 +304,22 @@ def build_trainable(config: Config, stats, files, items_pattern: Optional[str], 
         model.candidate_tower(dummy_batch(config))
         model.built = True
         model.compile(optimizer=make_optimizer(config.train.optimizer,
-                                               learning_rate_schedule(config, stats.num_examples, start_step)))
+                                               learning_rate_schedule(config, stats.num_examples, start_step)),
+                      steps_per_execution=steps_per_execution(config, stats, strategy))
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             # tf_keras's "auto" sums every logged value over the workers, but metric results are
             # already global (sync-on-read): batch recall read workers x the truth. With "first"
             # metrics are global and the logged loss is this worker's share of the global batch.
             model.distribute_reduction_method = "first"
     return model
+
+
+def steps_per_execution(config: Config, stats, strategy) -> int:
+    """``train.steps_per_execution`` where ``fit`` knows an epoch's length (Keras needs it to run several
+    steps per call): the in-memory input, or ``training_batches``; single-worker strategies only. Else 1."""
+    known = config.data.in_memory or training_batches(config, stats) is not None
+    single = not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    return config.train.steps_per_execution if known and single else 1
 
 
 def _first_difference(recorded, now) -> str:

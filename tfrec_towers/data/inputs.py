@@ -17,7 +17,7 @@ from tfrec_towers.features.stats import FeatureStats, StatsAccumulator
 
 
 __all__ = ["check_training_sizes", "compute_stats", "decode", "first_occurrences", "make_input", "parse_spec",
-           "positives", "scan_logs", "user_histories"]
+           "positives", "scan_logs", "training_batches", "user_histories"]
 
 
 def parse_spec(config: Config, *extra: str):
@@ -93,27 +93,42 @@ def _at_most_records(size: int, stats: Optional[FeatureStats]) -> int:
     return max(1, min(size, stats.num_examples + stats.num_filtered))
 
 
+def training_batches(config: Config, stats: Optional[FeatureStats]) -> Optional[int]:
+    """Batches in one training epoch over the files ``stats`` describes, or None where that is not
+    known exactly: no stats (or stats without the filtered count), or a corrupt-record policy other
+    than "fail" (skipped records would make the count a guess). ``make_input`` asserts it on the
+    dataset (an epoch of another length is an error naming both), which lets ``fit`` run
+    ``train.steps_per_execution`` steps per call."""
+    if stats is None or stats.num_filtered is None or config.data.corrupt_records != "fail":
+        return None
+    examples = stats.num_examples + (stats.num_filtered if config.task.loss in POINTWISE_LOSSES else 0)
+    return -(-examples // _at_most_records(config.train.batch_size, stats))
+
+
 def make_input(config: Config, files, training: bool, batch_size: Optional[int] = None,
                stats: Optional[FeatureStats] = None) -> tf.data.Dataset:
     """The tf.data pipeline of ``files``. Given the stats of these files, the label filter (a costly
     per-example re-batching) is left out when their pass found no event to filter; pointwise losses
     train on every event, the label as target. With ``data.in_memory`` training reads the files once
-    into memory and gathers shuffled batches there (``reader.in_memory_dataset``)."""
+    into memory and gathers shuffled batches there (``reader.in_memory_dataset``). A training
+    pipeline of ``training_batches`` batches (or in memory) has that length set (``assert_cardinality``)."""
     d = config.data
     unfiltered = (stats is not None and stats.num_filtered == 0) or (training and config.task.loss in POINTWISE_LOSSES)
     keep = None if unfiltered else positives(config)
     spec = parse_spec(config, *(batch_keys(config) if training else []))
+    batches = training_batches(config, stats) if training and batch_size in (None, config.train.batch_size) else None
     batch_size = _at_most_records(batch_size or config.train.batch_size, stats)
     if d.in_memory and training:
         columns, _ = reader.load_examples(files, spec, d.compression, d.corrupt_records, keep,
                                           batch_size=config.eval.batch_size)
         return reader.in_memory_dataset(columns, config.features.prepare, batch_size,
                                         shuffle=d.shuffle_buffer > 0, seed=config.train.seed)
-    return reader.make_dataset(
+    ds = reader.make_dataset(
         files, spec, config.features.prepare, batch_size,
         compression=d.compression, policy=d.corrupt_records,
         shuffle_buffer=_at_most_records(d.shuffle_buffer, stats) if training and d.shuffle_buffer else 0,
         seed=config.train.seed, keep=keep, cache=d.cache, num_parallel_reads=d.num_parallel_reads)
+    return ds if batches is None else ds.apply(tf.data.experimental.assert_cardinality(batches))
 
 
 def first_occurrences(ids: np.ndarray) -> np.ndarray:

@@ -469,5 +469,6 @@ def in_memory_dataset(columns: Dict, prepare: Callable[[Dict], Dict], batch_size
     ds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1).flat_map(epoch)
     ds = ds.map(lambda rows: prepare({k: tf.gather(v, rows) for k, v in columns.items()}),
                 num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    # the length is known here (the random-keyed flat_map hides it): fit may then run several steps a call
+    return ds.prefetch(tf.data.AUTOTUNE).apply(tf.data.experimental.assert_cardinality(batches))
 
