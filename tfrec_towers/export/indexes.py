@@ -151,10 +151,8 @@ class ScannIndex(Index):
 
     def _exclude_top_k(self, queries, k, excluded, distinct, requested):
         """ScaNN's best ``fetch`` answers with the excluded ones dropped (a prefix of a longer fetch's).
-        A first pass fetches max_k + min(M, ``FIRST_PASS_MARGIN``); rows it leaves short of k_b answers are searched
-        again fetching ``_over_fetch``. Rows whose answers lie deeper than the searched leaves reach
-        (``DepthSchedule``, from the excluded items found above their k-th answer) are searched with more
-        leaves and a re-rank shortlist grown in proportion."""
+        A first pass fetches max_k + min(M, ``FIRST_PASS_MARGIN``) from the unfiltered search's leaves;
+        rows that need more get one more search (``_more_passes``)."""
         from scann.scann_ops.py import scann_ops
 
         searcher = scann_ops.searcher_from_module(self.layer._serialized_searcher)
@@ -164,44 +162,48 @@ class ScannIndex(Index):
         short = first[2] < tf.minimum(k, self.num_items - distinct)
         more = tf.reduce_any(short)
         deepest = self.schedule.deepest(self.params["num_probe"])
-        if deepest < float("inf"):  # a row this deep needs more partitions than the first pass searched
+        if deepest < float("inf"):  # a row this deep needs more leaves than the first pass searched
             depth = filtering.answer_depth(k, first[0], first[2], excluded_scores)
             more = more | tf.reduce_any(depth > int(deepest))
         # One branch on the common path (no row short, none deeper): at batch 1 every op counts (~3 us).
-        return tf.cond(more,
-                       lambda: self._more_passes(searcher, queries, k, excluded, distinct, first, excluded_scores,
-                                                 short),
+        return tf.cond(more, lambda: self._more_passes(searcher, queries, k, excluded, distinct, first,
+                                                       excluded_scores, short),
                        lambda: first)
 
     def _more_passes(self, searcher, queries, k, excluded, distinct, first, excluded_scores, short):
-        """The passes after the first for the rows that need them: the ``short`` ones over-fetched, then the
-        ones whose answers lie deeper than the searched leaves searched with more leaves."""
-        short = tf.cast(tf.where(short)[:, 0], tf.int32)
+        """One more search for each row that needs it, fetching max_k + M. A row the first pass left
+        short of k_b answers has its k_b-th answer at depth <= k_b + its M excluded items (all of them
+        above it); another row's depth is known (``answer_depth``). Rows whose depth the unfiltered
+        leaves serve (``DepthSchedule``) search them again; deeper rows search the leaves their depth
+        needs, with a re-rank shortlist grown in proportion. Rows still short after it (a catalog whose
+        searched leaves hold too few items) search every leaf."""
+        depth = tf.where(short, k + distinct, filtering.answer_depth(k, first[0], first[2], excluded_scores))
+        need = self.schedule.probe(depth)
+        base = self.params["num_probe"]
 
-        def over_fetch():
-            # at least the first pass's width: a row can also be short because ScaNN returned padding
-            fetch = tf.maximum(self._over_fetch(tf.gather(distinct, short)), tf.shape(excluded_scores)[1])
-            again, again_excluded = self._search(searcher, tf.gather(queries, short), tf.gather(k, short),
-                                                 tf.gather(excluded, short), fetch)
-            wider = tf.pad(excluded_scores, [[0, 0], [0, fetch - tf.shape(excluded_scores)[1]]],
-                           constant_values=float("-inf"))
-            return filtering.scatter_rows(first, short, again), tf.tensor_scatter_nd_update(
-                wider, short[:, None], again_excluded)
-
-        first, excluded_scores = tf.cond(tf.size(short) > 0, over_fetch, lambda: (first, excluded_scores))
-        need, depth = filtering.deeper_probes(self.schedule, k, first[0], first[2], excluded_scores, distinct,
-                                              self.num_items)
-        rows = tf.cast(tf.where(need > self.params["num_probe"])[:, 0], tf.int32)
-
-        def deeper():
-            leaves = tf.reduce_max(tf.gather(need, rows))
-            deepest = tf.reduce_max(tf.gather(depth, rows))  # re-rank as many per answer as unfiltered
-            pre_reorder = tf.cast(tf.math.ceil(self.params["num_rerank"] * deepest / self.tuned_k), tf.int32)
-            again, _ = self._search(searcher, tf.gather(queries, rows), tf.gather(k, rows), tf.gather(excluded, rows),
+        def again(answer, rows, leaves, pre_reorder):
+            found, _ = self._search(searcher, tf.gather(queries, rows), tf.gather(k, rows), tf.gather(excluded, rows),
                                     self._over_fetch(tf.gather(distinct, rows)), leaves, pre_reorder)
-            return filtering.scatter_rows(first, rows, again)
+            return filtering.scatter_rows(answer, rows, found)
 
-        return tf.cond(tf.size(rows) > 0, deeper, lambda: first)
+        def rows_where(mask):
+            return tf.cast(tf.where(mask)[:, 0], tf.int32)
+
+        over = rows_where(short & (need <= base))  # the unfiltered leaves hold their answers: fetch deeper
+        answer = tf.cond(tf.size(over) > 0, lambda: again(first, over, base, self.params["num_rerank"]), lambda: first)
+        deep = rows_where(need > base)
+        answer = tf.cond(tf.size(deep) > 0,
+                         lambda: again(answer, deep, tf.reduce_max(tf.gather(need, deep)),
+                                       self._pre_reorder(tf.reduce_max(tf.gather(depth, deep)))),
+                         lambda: answer)
+        left = rows_where(answer[2] < tf.minimum(k, self.num_items - distinct))
+        return tf.cond(tf.size(left) > 0,
+                       lambda: again(answer, left, self.params["num_partitions"], self.num_items),
+                       lambda: answer)
+
+    def _pre_reorder(self, depth):
+        """Re-rank shortlist for answers ``depth`` deep: as many per answer as the unfiltered search."""
+        return tf.cast(tf.math.ceil(self.params["num_rerank"] * tf.cast(depth, tf.float32) / self.tuned_k), tf.int32)
 
     def _over_fetch(self, distinct):
         """Answers to fetch so that every row keeps max_k after its exclusions: max_k + M (batch max)."""
