@@ -394,6 +394,13 @@ def test_config_values_are_quoted_short_and_typed():
         Config.from_dict(bad)
     # --set goes through the same loader and checks
     config = Config.load(packaged("tutorial"))
+    # exponents without a dot are floats (YAML 1.2, JSON), in a file and in --set alike; other strings stay strings
+    assert config.with_overrides(["train.learning_rate=1e-3"]).train.learning_rate == 0.001
+    from tfrec_towers.features.spec import load_yaml
+    assert load_yaml("a: 1e-5\nb: -3E2\nc: 1e\nd: e5\ne: 1_0e1\nf: 1.5") == {
+        "a": 1e-5, "b": -300.0, "c": "1e", "d": "e5", "e": 100.0, "f": 1.5}
+    with pytest.raises(ValueError, match="expected float, got 'fast'"):
+        config.with_overrides(["train.learning_rate=fast"])
     with pytest.raises(ValueError, match="train.epochs is a value, not a section"):
         config.with_overrides(["train.epochs.x=1"])
     with pytest.raises(ValueError, match="nested deeper than 64 levels"):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import reprlib
 import typing
 from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
@@ -111,6 +112,13 @@ class _ConfigLoader(yaml.SafeLoader):
             return None
         _check_expansion(node)
         return self.construct_document(node)
+
+
+# Floats written with an exponent and no dot (``1e-5``, ``2E3``) are floats, as in YAML 1.2 and JSON:
+# PyYAML's YAML 1.1 resolver reads them as strings, so ``learning_rate: 1e-3`` or ``--set
+# model.embedding_l2=1e-5`` failed with "expected float, got '1e-5'".
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
 def _check_expansion(root: yaml.Node) -> None:
