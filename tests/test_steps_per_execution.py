@@ -57,6 +57,8 @@ def test_one_step_per_call_where_the_length_is_not_known(logs):
     assert int(make_input(config, files, training=True, stats=stats).cardinality()) < 0
     assert steps_per_execution(config, stats, tf.distribute.get_strategy()) == 1
     assert steps_per_execution(_config(), None, tf.distribute.get_strategy()) == 1  # no stats
+    # several workers: each reads a shard of the files, so the whole files' count is not asserted on its pipeline
+    assert training_batches(_config("train.strategy=multi_worker"), compute_stats(_config(), files)[0]) is None
     config = _config("data.in_memory=true", "data.corrupt_records=skip")  # in memory: counted as it is read
     assert steps_per_execution(config, stats, tf.distribute.get_strategy()) == N
 

@@ -95,11 +95,12 @@ def _at_most_records(size: int, stats: Optional[FeatureStats]) -> int:
 
 def training_batches(config: Config, stats: Optional[FeatureStats]) -> Optional[int]:
     """Batches in one training epoch over the files ``stats`` describes, or None where that is not
-    known exactly: no stats (or stats without the filtered count), or a corrupt-record policy other
-    than "fail" (skipped records would make the count a guess). ``make_input`` asserts it on the
-    dataset (an epoch of another length is an error naming both), which lets ``fit`` run
-    ``train.steps_per_execution`` steps per call."""
-    if stats is None or stats.num_filtered is None or config.data.corrupt_records != "fail":
+    known exactly: no stats (or stats without the filtered count), a corrupt-record policy other
+    than "fail" (skipped records would make the count a guess), or several workers (each reads its
+    shard of the files, not all of them). ``make_input`` asserts it on the dataset (an epoch of another
+    length is an error naming both), which lets ``fit`` run ``train.steps_per_execution`` steps per call."""
+    if (stats is None or stats.num_filtered is None or config.data.corrupt_records != "fail"
+            or config.train.strategy == "multi_worker"):
         return None
     examples = stats.num_examples + (stats.num_filtered if config.task.loss in POINTWISE_LOSSES else 0)
     return -(-examples // _at_most_records(config.train.batch_size, stats))
