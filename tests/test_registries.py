@@ -37,7 +37,7 @@ def checked_options():
 
 def test_every_checked_option_is_a_field_whose_default_passes_its_check():
     options = checked_options()
-    assert len(options) == 66  # the 65 CHOICES / RANGES entries of before issue 27, each now on its field, + train.steps_per_execution
+    assert len(options) == 67  # the 65 CHOICES / RANGES entries of before issue 27, each now on its field, + train.steps_per_execution, train.svd_init
     for key, (cls, f) in options.items():
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if "choices" in f.metadata:

@@ -235,6 +235,9 @@ class TrainConfig:
     # know an epoch's length (``tfrec_towers.train.steps_per_execution``). 16: package_basic's fit on Gowalla
     # took 10% less CPU (154-165 s a seed against 178-183 s)
     steps_per_execution: int = option(16, range=_POSITIVE)
+    # 0: random tables; s > 0: the user-ID and item-ID tables start from a truncated SVD of the training
+    # interactions, rows at s x the random rows' mean norm (tfrec_towers.svd_init; cf: 3)
+    svd_init: float = option(0.0, range=_NON_NEGATIVE)
 
 
 @dataclasses.dataclass

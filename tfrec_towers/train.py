@@ -20,6 +20,7 @@ from tfrec_towers.model import build_model, learning_rate_schedule, make_optimiz
 from tfrec_towers.negatives import build_negatives
 from tfrec_towers.features.stats import continue_stats
 from tfrec_towers.run import RunDir, dummy_batch, file_fingerprints, write_atomic
+from tfrec_towers.svd_init import svd_init
 from tfrec_towers.warm_start import WarmStartError, config_changes, copy_previous, previous_run, previous_step
 
 
@@ -260,12 +261,19 @@ def _train_locked(run: RunDir, config: Config, strategy, files, train_pattern, e
     warm = info.get("warm_start")
     model = build_trainable(config, stats, files, items_pattern, strategy, progress,
                             start_step=warm["start_step"] if warm else 0)
-    if warm and not os.path.isdir(run / "backup"):  # (a resumed run's backup holds its own state)
+    fresh = not os.path.isdir(run / "backup")  # (a resumed run's backup holds its own state)
+    if warm and fresh:
         copy_previous(model, previous, warm["vocabularies"], progress)
+    history = None
+    if config.train.svd_init and fresh and warm:
+        progress("train.svd_init: not applied (the warm start's tables are the previous run's)")
+    elif config.train.svd_init and fresh:
+        history = user_histories(config, train_pattern, progress=lambda m: None)
+        svd_init(model, config, history, progress)
     dataset = make_input(config, files, training=True, stats=stats)
     validation = None
     if valid_pattern:
-        history = user_histories(config, train_pattern, progress=lambda m: None)
+        history = history or user_histories(config, train_pattern, progress=lambda m: None)
         validation = Validation(run, config, valid_pattern, items_pattern or train_pattern, history, progress,
                                 train_epochs(config, stats.num_examples))
     callbacks = [
