@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec_towers.config import Config
-from tfrec_towers.features.encoders import LookupEmbedding
+from tfrec_towers.features.encoders import LookupEmbedding, vocabulary_tables
 
 __all__ = ["ITERATIONS", "OVERSAMPLE", "svd_init", "truncated_svd"]
 
@@ -60,7 +60,7 @@ def truncated_svd(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, shape:
 
 
 def _tables(model, source: str) -> List[LookupEmbedding]:
-    tables = [layer for layer in model.submodules if isinstance(layer, LookupEmbedding) and layer.vocab_source == source]
+    tables = [layer for layer in vocabulary_tables(model) if layer.vocab_source == source]
     if not tables:
         raise ValueError(f"train.svd_init: no embedding table with a vocabulary keyed by '{source}' (an id feature "
                          "looked up through its vocabulary, not hash_buckets); set train.svd_init: 0")
@@ -92,10 +92,10 @@ def svd_init(model, config: Config, histories: Dict[str, set], progress: Callabl
     root = np.sqrt(s)
     done = {}
     for side, rows, factors in (("user", users, left * root), ("item", items, right * root)):
+        norm = np.linalg.norm(factors, axis=1).mean()
         for table in sides[side]:
             weights = table.embedding.embeddings
             value = weights.numpy()
-            norm = np.linalg.norm(factors, axis=1).mean()
             target = np.linalg.norm(value[rows, :rank], axis=1).mean() * config.train.svd_init
             value[rows, :rank] = factors * (target / max(norm, 1e-12))
             weights.assign(value)

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec_towers.config import Config
-from tfrec_towers.features.encoders import LookupEmbedding
+from tfrec_towers.features.encoders import vocabulary_tables
 from tfrec_towers.model import build_model, make_optimizer
 from tfrec_towers.run import RunDir, dummy_batch, restore_weights
 
@@ -135,7 +135,7 @@ def copy_previous(model, previous: RunDir, changes: Dict[str, Dict], progress=pr
         raise WarmStartError(f"--warm-start {previous.path}: its model has {len(old.variables)} variables, this one "
                              f"{len(model.variables)}; train from scratch")
     fresh = _rows_to_reset(model, changes)
-    oov_tables = {id(layer.embedding.embeddings) for layer in _vocabulary_tables(model) if layer.num_oov}
+    oov_tables = {id(layer.embedding.embeddings) for layer in vocabulary_tables(model) if layer.num_oov}
     pairs = [(o, n, fresh.get(id(n))) for o, n in zip(old.variables, model.variables)]
     same_optimizer = type(old.optimizer) is type(model.optimizer)
     if same_optimizer:
@@ -175,15 +175,10 @@ def _slot_lists(optimizer, n: int) -> Dict[str, list]:
             if isinstance(value, list) and len(value) == n and n and all(isinstance(v, tf.Variable) for v in value)}
 
 
-def _vocabulary_tables(model) -> List[LookupEmbedding]:
-    """The model's embedding tables looked up through a vocabulary (not hashing): the ones that grow."""
-    return [layer for layer in model.submodules if isinstance(layer, LookupEmbedding) and layer.vocab_source]
-
-
 def _rows_to_reset(model, changes: Dict[str, Dict]) -> Dict[int, np.ndarray]:
     """id(table variable) -> table rows of evicted values (num_oov + vocabulary index)."""
     out = {}
-    for layer in _vocabulary_tables(model):
+    for layer in vocabulary_tables(model):
         evicted = (changes.get(layer.vocab_source) or {}).get("evicted") or []
         if evicted:
             out[id(layer.embedding.embeddings)] = np.array([i + layer.num_oov for i, _, _ in evicted], np.int64)

@@ -5,7 +5,7 @@ padding in multi-valued string inputs and is masked. ``EncoderFactory`` builds t
 and the training statistics and shares lookup and embedding tables where the spec asks for it; each
 feature type picks its builder (``Feature.encoder(factory)``), so no type is told apart here.
 """
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
 import tf_keras as keras
@@ -14,7 +14,8 @@ from tfrec_towers.features import spec as S
 from tfrec_towers.features.dssm_word_hashing import word_hash
 
 
-__all__ = ["AttentionPooling", "EncoderFactory", "LookupEmbedding", "SequenceEncoder", "TextEncoder", "TimestampEncoder"]
+__all__ = ["AttentionPooling", "EncoderFactory", "LookupEmbedding", "SequenceEncoder", "TextEncoder", "TimestampEncoder",
+           "vocabulary_tables"]
 
 
 def masked_pool(values: tf.Tensor, mask: tf.Tensor, mode: str) -> tf.Tensor:
@@ -77,6 +78,12 @@ class LookupEmbedding(keras.layers.Layer):
             dropped = tf.random.uniform(tf.shape(indices)) < self.oov_rate
             indices = tf.where(dropped, tf.zeros_like(indices), indices)
         return indices
+
+
+def vocabulary_tables(model) -> List[LookupEmbedding]:
+    """The model's embedding tables looked up through a vocabulary (not hashing), keyed by ``vocab_source``:
+    the ones a warm start grows and ``train.svd_init`` sets."""
+    return [layer for layer in model.submodules if isinstance(layer, LookupEmbedding) and layer.vocab_source]
 
 
 class CategoricalEncoder(keras.layers.Layer):
