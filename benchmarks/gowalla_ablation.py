@@ -22,7 +22,7 @@ import os
 import sys
 import time
 
-from benchmarks.gowalla import K, Split, package_config, run_package
+from benchmarks.gowalla import K, Split, gated_tower, package_config, run_package
 from benchmarks.harness import (add_common_flags, add_run, argument_parser, comma_list, data_dir, fresh_start, log,
                                 machine, read_json, run_info, runs_provenance, write_results, write_text)
 
@@ -52,20 +52,22 @@ REFERENCE = "reference"
 METRICS = [(f"recall@{K}", f"Recall@{K}"), (f"ndcg@{K}", f"NDCG@{K}")]
 
 
-#: cf.yaml as this ablation measured it: uniform negatives only (mixed negatives joined cf after it).
+#: cf.yaml as this ablation measured it: uniform negatives only (mixed negatives joined cf after it);
+#: ``proxy_overrides`` adds the user tower of then (``gated_tower`` without ID dropout; cf reads the user ID
+#: only since 2026-12-07).
 AS_MEASURED = ["negatives.in_batch=false", "task.logq=false"]
 
 
-def proxy_overrides(epochs: int) -> list:
+def proxy_overrides(epochs: int, dim: int) -> list:
     """The proxy's config changes to cf.yaml: no output projection (cf's item embedding is the item
-    vector), ``epochs``, ``AS_MEASURED``."""
-    return ["model.output_dim=0", f"train.epochs={epochs}"] + AS_MEASURED
+    vector), ``epochs``, the gated tower at ``dim``, ``AS_MEASURED``."""
+    return ["model.output_dim=0", f"train.epochs={epochs}"] + gated_tower(dim, oov_rate=0.0) + AS_MEASURED
 
 
 def reference_overrides(dim: int, epochs: int) -> list:
     """The proxy as shown: ``dim`` for every embedding (``package_config``'s ``embedding_dim``) and
     ``proxy_overrides``."""
-    return [f"every embedding_dim={dim}"] + proxy_overrides(epochs)
+    return [f"every embedding_dim={dim}"] + proxy_overrides(epochs, dim)
 
 
 def variant_overrides(name: str, dim: int) -> list:
@@ -74,7 +76,7 @@ def variant_overrides(name: str, dim: int) -> list:
 
 
 def variant_config(name: str, dim: int, epochs: int, seed: int):
-    return package_config("best", seed, proxy_overrides(epochs) + variant_overrides(name, dim), embedding_dim=dim)
+    return package_config("best", seed, proxy_overrides(epochs, dim) + variant_overrides(name, dim), embedding_dim=dim)
 
 
 def markdown(doc: dict) -> str:

@@ -41,7 +41,7 @@ from tfrec_towers.data import reader
 from tfrec_towers.data.inputs import compute_stats, make_input
 from tfrec_towers.train import build_trainable
 
-from benchmarks.gowalla import package_config
+from benchmarks.gowalla import gated_tower, package_config
 from benchmarks.harness import (REPO, add_common_flags, argument_parser, comma_list, fresh_start, log, provenance,
                                 write_results)
 
@@ -195,16 +195,19 @@ def markdown(doc: dict) -> str:
     return "\n".join(out)
 
 
-WHAT = {"default": "cf.yaml: gated user ID + 50-item history, 256-d, BSL over 800 uniform negatives, LazyAdam",
+WHAT = {"default": "cf.yaml: user-ID and item-ID tables, 256-d, BSL over 800 uniform + in-batch negatives, LazyAdam",
         "best": "gowalla.py's best (cf.yaml since 2026-12-06)",
         "package_basic": "the TFRS basic model's structure: user ID, item ID, in-batch softmax, Adagrad; data.in_memory",
-        "default_history_constant": "cf.yaml with model.user_gate.history_gradient false: the pooled history a "
-                                    "constant, so the item table's update covers the batch's candidates only",
-        "default_history_sampled": "cf.yaml with item_history's gradient_share 0.2: the item table learns through "
-                                   "a random fifth of the history items (weight 5)"}
+        "default_gated": "cf.yaml with the gated user tower it had until 2026-12-07 (gowalla.gated_tower: 0.8 user "
+                         "ID + 0.2 W mean(50 history items through the item table))",
+        "default_history_constant": "default_gated with model.user_gate.history_gradient false: the pooled history "
+                                    "a constant, so the item table's update covers the batch's candidates only",
+        "default_history_sampled": "default_gated with item_history's gradient_share 0.2: the item table learns "
+                                   "through a random fifth of the history items (weight 5)"}
 #: Named variants of ``default``: its overrides.
-VARIANTS = {"default_history_constant": ["model.user_gate.history_gradient=false"],
-            "default_history_sampled": ["features.query.item_history.gradient_share=0.2"]}
+VARIANTS = {"default_gated": gated_tower(),
+            "default_history_constant": gated_tower() + ["model.user_gate.history_gradient=false"],
+            "default_history_sampled": gated_tower() + ["features.query.item_history.gradient_share=0.2"]}
 
 
 def load_config(name: str, overrides) -> Config:
@@ -222,8 +225,8 @@ def main(argv=None):
     add_common_flags(p, "profile_training")
     p.add_argument("--workdir", default="/tmp/gw/bench", help="gowalla.py's workdir (converted data in data/<split>)")
     p.add_argument("--split", default="valid", choices=["valid", "test"])
-    p.add_argument("--configs", default=f"{OLD}_adam.yaml,{OLD}_lazy_adam.yaml,default,default_history_constant,"
-                                        "default_history_sampled,package_basic",
+    p.add_argument("--configs", default=f"{OLD}_adam.yaml,{OLD}_lazy_adam.yaml,default,default_gated,"
+                                        "default_history_constant,default_history_sampled,package_basic",
                    help="comma-separated: gowalla.py's default / best / package_basic, a VARIANTS name, packaged config "
                         "names or YAML paths")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",

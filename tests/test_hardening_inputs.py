@@ -407,15 +407,15 @@ def test_config_values_are_quoted_short_and_typed():
         config.with_overrides(["train.epochs=" + "[" * 5000])
     assert config.with_overrides(["train.epochs=2"]).train.epochs == 2
     # a feature of a list by its name, checked by the spec like any other
-    cf = Config.load(packaged("cf"))
-    history = cf.with_overrides(["features.query.item_history.gradient_share=0.2"]).features.by_name["item_history"]
+    movielens = Config.load(packaged("default"))
+    history = movielens.with_overrides(["features.query.item_history.gradient_share=0.2"]).features.by_name["item_history"]
     assert history.gradient_share == 0.2 and history.max_len == 50
-    with pytest.raises(ValueError, match="features.query has no feature 'nope'; it has \\['user_id', 'item_history'\\]"):
-        cf.with_overrides(["features.query.nope.x=1"])
+    with pytest.raises(ValueError, match="features.query has no feature 'nope'; it has \\['user_id', 'user_age_bucket'"):
+        movielens.with_overrides(["features.query.nope.x=1"])
     with pytest.raises(ValueError, match="features.query is a list of features: set an option of one"):
-        cf.with_overrides(["features.query.item_history=1"])
+        movielens.with_overrides(["features.query.item_history=1"])
     with pytest.raises(ValueError, match="feature 'item_history': gradient_share must be a number in"):
-        cf.with_overrides(["features.query.item_history.gradient_share=2"])
+        movielens.with_overrides(["features.query.item_history.gradient_share=2"])
 
 
 def test_json_and_yaml_documents_are_limited(tmp_path):

@@ -61,7 +61,7 @@ def lists(tmp_path_factory):
 
 
 def small_cf(**extra):
-    overrides = [f"features.query.user_id.embedding_dim={DIM}", f"features.query.item_history.embedding_dim={DIM}",
+    overrides = [f"features.query.user_id.embedding_dim={DIM}",
                  f"features.candidate.item_id.embedding_dim={DIM}", "negatives.uniform=20", "train.batch_size=64",
                  "train.epochs=1", "train.min_steps=0", "data.cache=false"]
     return Config.load(packaged("cf")).with_overrides(overrides + [f"{k}={v}" for k, v in extra.items()])

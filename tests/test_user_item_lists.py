@@ -138,7 +138,7 @@ def test_train_without_config_takes_the_cf_config_the_metadata_names(small, tmp_
     assert meta["config"] == "cf"
     args = argparse.Namespace(config=None, set=["train.epochs=1"], train=meta["files"]["train"])
     config = _config(args)
-    assert config.task.loss == "bsl" and config.model.user_gate is not None and config.train.epochs == 1
+    assert config.task.loss == "bsl" and config.model.user_gate is None and config.train.epochs == 1
     assert f"the packaged 'cf', named by {os.path.join(out, 'metadata.json')}" in capsys.readouterr().out
     args = argparse.Namespace(config="default", set=[], train=meta["files"]["train"])
     assert _config(args).task.loss == "softmax"     # --config wins
