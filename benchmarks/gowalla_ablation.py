@@ -2,7 +2,8 @@
 
 The reference is ``cf.yaml`` (``benchmarks/gowalla.py``'s ``default`` and ``best``: gated user ID + mean
 history, cosine, the bilateral softmax loss, LazyAdam, cosine schedule) with 800 uniform negatives only,
-as it was when this ablation ran (``AS_MEASURED``; its ``mixed`` row is why cf now adds in-batch ones), at a
+as it was when this ablation ran (``gated_tower`` and ``AS_MEASURED``: cf reads the user ID only since
+2026-12-07; its ``mixed`` row is why cf adds in-batch negatives), at a
 cheaper proxy: every embedding ``--dim`` (64 by default; cf's 256-d trains about 3x longer) and
 ``--epochs`` (3; cf: 5). Each variant is the reference plus the ``--set``-style overrides of
 ``VARIANTS``, trained on train.txt and scored on valid.txt with the published protocol (Recall@20 /
