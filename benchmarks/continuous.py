@@ -13,7 +13,12 @@ models trained on everything before it; the models compared on the same slices:
 * ``stale``: the initial model, never updated (new users and items are OOV), the catalog re-embedded
   from the item features at every slice;
 * ``popularity``: training positives of the ``--pop-days`` days before the slice (ties broken by the
-  count of all earlier events, then at random).
+  count of all earlier events, then at random);
+* ``full + prior w``, ``incremental + prior w``, ``stale + prior w`` (``--prior-weights``, default the
+  export's 0.05): the same models ranking by score + w log(1 + the item's events in the ``--pop-days``
+  before the slice), as ``export`` / ``refresh-items --popularity-logs`` do (``export/popularity_prior.py``;
+  the counts read by ``data.inputs.item_counts`` from those days written as a log). ``stale + prior`` is
+  a model that never retrains, only ``refresh-items`` with the new catalog and the last days' logs.
 
 For slice 1 every learned model is the initial model (trained like ``full`` on the initial period), so
 the comparison of updates averages slices 2..S (mean over slices). Metrics are the package's
@@ -43,6 +48,8 @@ Its one tested update was too noisy to choose the increments' learning rate (202
 5e-4 / 2.5e-4 / 1e-4 gave 0.334 / 0.342 / 0.348 / 0.350 (full retraining in the same runs 0.351 / 0.345
 / 0.347 / 0.349, stale 0.344), 5e-4 at 10 epochs 0.328: a warm start that moves less forgets less, hence
 ``--inc-learning-rate`` 1e-4, a tenth of the initial model's.
+The prior's weight was chosen on both tuning carves (figures in ``export/popularity_prior.py``): 0.05 and
+0.1 tie, +3% HR@50 on all events for every model.
 Tried there and not adopted (2026-12-06, seed 0): ``--trend``, the item's recent popularity as an item
 feature (``item_trend``: log2 bucket of its ratings in the 14 days before the event, the catalog's as
 of the slice start), meant to place new items the way popularity does: it lowered HR@50 over both
@@ -73,7 +80,9 @@ import tf_keras as keras
 from tfrec_towers.config import Config, packaged
 from tfrec_towers.data.movielens import catalog_at, events_by_time, write_time_window
 from tfrec_towers.data.writer import ITEM_KINDS, write_tfrecords
+from tfrec_towers.data.inputs import item_counts
 from tfrec_towers.evaluation.embeddings import embed_catalog, embed_events
+from tfrec_towers.export.popularity_prior import DEFAULT_WEIGHT, popularity_prior
 from tfrec_towers.evaluation.metrics import catalog_metrics
 from tfrec_towers.run import RunDir, load_model
 from tfrec_towers.train import train
@@ -87,6 +96,7 @@ KS = (10, 50)
 SUBSETS = ("all", "cold_items", "cold_users")
 UPDATED = ("full", "incremental", "inc+replay")
 STALE = {"stale": "main", "stale no oov_rate": "no_oov", "stale ID-only items": "id_only"}
+PRIOR_MODELS = ("full", "incremental", "stale")  # --prior-weights rows
 QUIET = lambda message: None  # noqa: E731
 TIE = 1e-5  # random tie-breaking of equal scores (subset_metrics)
 
@@ -129,16 +139,21 @@ def timed_train(config, pattern, run_dir, items, warm_start=None) -> dict:
             "train_s": round(t.wall, 2), "train_cpu_s": round(t.cpu, 2)}
 
 
-def subset_metrics(query, item_ids, item_emb, users, targets, history, cold_items, cold_users, seed=0) -> dict:
+def subset_metrics(query, item_ids, item_emb, users, targets, history, cold_items, cold_users, seed=0,
+                   prior=None) -> dict:
     """exclude_history metrics of catalog_metrics on all events and on the cold subsets.
 
     catalog_metrics ranks an item by the items scoring strictly higher, so items of equal score would all
     get the best rank of their tie: every new item of the ID-only tower (one shared OOV row), every unseen
     item of popularity. Ties are broken at random instead: one more dimension, 1 in the query and
     TIE * U(0, 1) in the items (TIE is far below the score gaps of distinct items, far above float32's
-    resolution of scores in [-1, 1])."""
+    resolution of scores in [-1, 1]). ``prior`` (one score per item, or None) is added to the items' scores
+    through the same dimension."""
     query = np.hstack([query, np.ones((len(query), 1), dtype=np.float32)])
-    item_emb = np.hstack([item_emb, TIE * np.random.default_rng(seed).random((len(item_emb), 1), dtype=np.float32)])
+    extra = TIE * np.random.default_rng(seed).random(len(item_emb), dtype=np.float32)
+    if prior is not None:
+        extra = extra + np.asarray(prior, dtype=np.float32)
+    item_emb = np.hstack([item_emb, extra[:, None]])
     masks = {"all": np.ones(len(users), dtype=bool), "cold_items": np.isin(targets, list(cold_items)),
              "cold_users": np.isin(users, list(cold_users))}
     out = {}
@@ -149,15 +164,29 @@ def subset_metrics(query, item_ids, item_emb, users, targets, history, cold_item
     return out
 
 
-def evaluate_model(run_dir, test_pattern, items_pattern, history, cold_items, cold_users) -> dict:
+def evaluate_model(run_dir, test_pattern, items_pattern, history, cold_items, cold_users, priors=None) -> dict:
+    """The run's subset_metrics; with ``priors`` ({weight: per-item prior}), {weight: subset_metrics with
+    that prior added} instead (one embedding pass for all weights)."""
     model, config = load_model(run_dir), RunDir(run_dir).config()
     item_ids, item_emb = embed_catalog(model, config, items_pattern, QUIET)
     users, targets, query = embed_events(model, config, test_pattern, QUIET)
-    out = subset_metrics(query, item_ids, item_emb, users, targets, history, cold_items, cold_users)
+    if priors is None:
+        out = subset_metrics(query, item_ids, item_emb, users, targets, history, cold_items, cold_users)
+    else:
+        out = {w: subset_metrics(query, item_ids, item_emb, users, targets, history, cold_items, cold_users,
+                                 prior=prior) for w, prior in priors.items()}
     del model
     keras.backend.clear_session()
     gc.collect()
     return out
+
+
+def recent_prior(events, start, days, item_ids, config, path_prefix) -> np.ndarray:
+    """``export.popularity_prior`` at weight 1 (log(1 + the item's events in the ``days`` days before
+    ``start``)), in ``item_ids`` order, counted by ``data.inputs.item_counts`` from those events written as
+    a real log (what ``export --popularity-logs`` reads): the rows ``--prior-weights`` scale it."""
+    paths = write_time_window(events, path_prefix, start - days * 86400, start)
+    return popularity_prior(item_ids, item_counts(config, ",".join(paths), QUIET), 1.0)
 
 
 def evaluate_popularity(events, test, start, days, item_ids, history, cold_items, cold_users) -> dict:
@@ -258,10 +287,11 @@ def checks(s: dict) -> list:
             out.append(f"{m} HR@50 {rel:+.2%} vs full at {ratio:.2f}x its fit time, "
                        f"{'above' if hr > stale else 'NOT above'} stale ({hr:.3f} vs {stale:.3f}): "
                        f"{'met' if ok else 'MISSED'}")
-    cold = {m: _m(pooled[m]["cold_items"][50]) for m in ("stale", "stale ID-only items", "popularity")}
-    ok = cold["stale"] > cold["stale ID-only items"] and cold["stale"] > cold["popularity"]
-    out.append(f"stale cold-item HR@50 {cold['stale']:.3f} vs ID-only {cold['stale ID-only items']:.3f} and "
-               f"popularity {cold['popularity']:.3f}: {'met' if ok else 'MISSED'}")
+    cold = {m: _m(v["cold_items"][50]) for m, v in pooled.items()}
+    for m in [m for m in cold if m == "stale" or " + prior " in m]:
+        ok = cold[m] > cold["stale ID-only items"] and cold[m] > cold["popularity"]
+        out.append(f"{m} cold-item HR@50 {cold[m]:.3f} vs ID-only {cold['stale ID-only items']:.3f} and "
+                   f"popularity {cold['popularity']:.3f}: {'met' if ok else 'MISSED'}")
     return out
 
 
@@ -277,6 +307,10 @@ def main(argv=None):
                    help="the increments' learning rate (the initial model's: 0.001; see above)")
     p.add_argument("--replay", type=float, default=1.0, help="replayed older events per new event")
     p.add_argument("--pop-days", type=int, default=14)
+    p.add_argument("--prior-weights", type=lambda t: comma_list(t, float), default=[DEFAULT_WEIGHT],
+                   help="comma-separated weights w: also rank full, incremental and stale by score + "
+                        "w * log(1 + the item's events in the --pop-days before the slice), as an export "
+                        f"with --popularity-logs does (default {DEFAULT_WEIGHT}, the export's; '' for none)")
     p.add_argument("--oov-rate", type=float, default=0.1)
     p.add_argument("--history-len", type=int, default=50)
     p.add_argument("--trend", action="store_true", help="add the item_trend feature to the item tower "
@@ -361,11 +395,14 @@ def main(argv=None):
             latest = {"full": os.path.join(runs, f"full-{k}"), "incremental": os.path.join(runs, f"inc-{k}"),
                       "inc+replay": os.path.join(runs, f"replay-{k}")}
         models = {}
-        for m in UPDATED:
-            models[m] = evaluate_model(latest[m], pattern(k), items_pattern, history, cold_items, cold_users)
-        for m, name in STALE.items():
-            models[m] = evaluate_model(os.path.join(runs, f"initial-{name}"), pattern(k), items_pattern, history,
-                                       cold_items, cold_users)
+        prior = recent_prior(events, start, args.pop_days, item_ids, cfg["main"], os.path.join(logs, f"recent{k:02d}"))
+        runs_k = {**latest, **{m: os.path.join(runs, f"initial-{name}") for m, name in STALE.items()}}
+        for m, run in runs_k.items():
+            weights = [0.0] + args.prior_weights if m in PRIOR_MODELS else []
+            got = evaluate_model(run, pattern(k), items_pattern, history, cold_items, cold_users,
+                                 {w: w * prior for w in weights} if weights else None)
+            models[m] = got[0.0] if weights else got
+            models.update({f"{m} + prior {w:g}": got[w] for w in weights[1:]})
         models["popularity"] = evaluate_popularity(events, test, start, args.pop_days, item_ids, history,
                                                    cold_items, cold_users)
         per_slice.append({"start": day(start), "events": len(test), "models": models, "updates": updates})

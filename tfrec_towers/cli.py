@@ -6,6 +6,7 @@ import sys
 
 from tfrec_towers import choices  # no TensorFlow: the CLI stays cheap to import
 from tfrec_towers.export import layout
+from tfrec_towers.export.popularity_prior import DEFAULT_WEIGHT as POPULARITY_WEIGHT  # numpy only
 
 
 def _config(args, data_dir=None):
@@ -144,14 +145,16 @@ def cmd_export(args):
     from tfrec_towers.export.exporter import export_run
 
     export_run(args.run_dir, args.base_dir, args.name, index=args.index, k=args.k, items=args.items,
-               index_params=_index_params(args), max_k=args.max_k)
+               index_params=_index_params(args), max_k=args.max_k, popularity_logs=args.popularity_logs,
+               popularity_weight=POPULARITY_WEIGHT if args.popularity_weight is None else args.popularity_weight)
 
 
 def cmd_refresh_items(args):
     from tfrec_towers.export.exporter import refresh_items
 
     refresh_items(args.base_dir, args.name, args.items, run_dir=args.run_dir, index=args.index, k=args.k,
-                  index_params=_index_params(args), max_k=args.max_k)
+                  index_params=_index_params(args), max_k=args.max_k, popularity_logs=args.popularity_logs,
+                  popularity_weight=args.popularity_weight)
 
 
 def cmd_ops(args):
@@ -328,6 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--num-partitions", type=int, help="index partitions/leaves (default ~sqrt(catalog))")
         sp.add_argument("--num-probe", type=int, help="partitions searched per query (default: tuned)")
         sp.add_argument("--num-rerank", type=int, help="exactly re-ranked shortlist (default max(4k, 100); scann max(15k, 100))")
+        sp.add_argument("--popularity-logs", metavar="GLOB",
+                        help="event logs (e.g. the last days'): rank by score + W * log(1 + the item's positive "
+                             "events there), so what is watched now moves up without retraining"
+                             + ("" if default else " (default: the latest version's)"))
+        sp.add_argument("--popularity-weight", type=float, metavar="W",
+                        help="W of --popularity-logs (default " + ("" if default else "the latest version's, else ")
+                             + f"{POPULARITY_WEIGHT}, for a normalize: true model's cosine scores; 0: no prior)")
 
     sp = sub.add_parser("export", help="a trained run -> BASE/NAME/<timestamp>/ SavedModel (towers + item index)")
     sp.add_argument("run_dir", metavar="RUN_DIR")

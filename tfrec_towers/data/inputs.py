@@ -17,7 +17,7 @@ from tfrec_towers.features.stats import FeatureStats, StatsAccumulator
 
 
 __all__ = ["check_training_sizes", "compute_stats", "decode", "first_occurrences", "make_input", "parse_spec",
-           "positives", "scan_logs", "training_batches", "user_histories"]
+           "item_counts", "positives", "scan_logs", "training_batches", "user_histories"]
 
 
 def parse_spec(config: Config, *extra: str):
@@ -154,6 +154,23 @@ def scan_logs(config: Config, files, spec, on_batch, keep=None, progress=print):
     if report.skipped:
         progress(report.summary())
     return report
+
+
+def item_counts(config: Config, pattern: str, progress=print) -> Dict[str, int]:
+    """item ID -> its positive events in ``pattern`` (e.g. the last days' logs: an export's popularity
+    prior). The logs need the spec's item ID and, where the config names one, the label; read with the
+    config's compression and corrupt-record policy."""
+    item_key = config.features.item_id
+    spec = {item_key: config.features.by_name[item_key].parse_feature()}
+    if config.data.label:
+        spec[config.data.label] = tf.io.FixedLenFeature([], tf.int64)
+    counts: Dict[str, int] = collections.Counter()
+
+    def on_batch(parsed):
+        counts.update(decode(parsed[item_key].numpy()).tolist())
+
+    scan_logs(config, reader.list_files(pattern), spec, on_batch, keep=positives(config), progress=progress)
+    return dict(counts)
 
 
 def user_histories(config: Config, pattern: str, progress=print) -> Dict[str, set]:

@@ -8,7 +8,8 @@ is unchanged, the index rebuilt, and no version ever mixes two models.
 Metadata (``assets/tfrec_towers.json``, also served by the ``metadata`` signature): model name and
 version, the run directory and a fingerprint of its weights, the feature spec, the index type and
 parameters, k, max-k (the filtered signatures' largest k) and, for the approximate indexes, the probe
-schedule of filtered requests, and the item catalog (files, size, fingerprint of ids and embeddings).
+schedule of filtered requests, the item catalog (files, size, fingerprint of ids and embeddings) and
+the popularity prior's logs, weight and counts, if any (``popularity_prior.py``).
 
 Warm-up (``assets.extra/tf_serving_warmup_requests``): PredictionLog records of real requests, built
 from the run's eval (else train) examples and the catalog, which TF Serving and ``tfrec-towers serve``
@@ -29,11 +30,13 @@ from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 import tfrec_towers
 from tfrec_towers.data import reader
+from tfrec_towers.data.inputs import item_counts
 from tfrec_towers.evaluation.embeddings import embed_catalog
 from tfrec_towers.export.indexes import build_index, index_class
 from tfrec_towers.export.layout import METADATA_ASSET, METADATA_FILE, WARMUP_FILE, latest_version
+from tfrec_towers.export.popularity_prior import DEFAULT_WEIGHT, check_weight, popularity_prior, with_prior
 from tfrec_towers.export.retrieval_module import (ALLOWED_INPUT, EXCLUDE_INPUT, FILTERED_SIGNATURES, K_INPUT,
-                                                  RetrievalModule)
+                                                  RetrievalModule, prior_queries)
 from tfrec_towers.export.versions import staged_version
 from tfrec_towers.features.spec import FeatureSpec
 from tfrec_towers.run import RunDir, load_model
@@ -189,7 +192,8 @@ def write_warmup(version_dir: str, logs: Sequence[prediction_log_pb2.PredictionL
 def export_run(run_dir: str, base_dir: str, name: str, index: str = "portable", k: int = 100,
                items: Optional[str] = None, index_params: Optional[Dict] = None, log=print,
                refreshed_from: Optional[int] = None, catalog: Optional[Tuple[np.ndarray, np.ndarray]] = None,
-               max_k: Optional[int] = None) -> str:
+               max_k: Optional[int] = None, popularity_logs: Optional[str] = None,
+               popularity_weight: float = DEFAULT_WEIGHT) -> str:
     """Export ``run_dir`` as a new version of BASE/NAME; returns the version directory.
 
     Args:
@@ -202,6 +206,9 @@ def export_run(run_dir: str, base_dir: str, name: str, index: str = "portable", 
       refreshed_from: the version whose model this re-exports over a new catalog (``refresh_items``).
       catalog: (ids, embeddings) of ``items`` computed elsewhere with this run's item tower (the Beam
         refresh job); by default they are computed here.
+      popularity_logs: event-log glob (e.g. the last days'): the top-k signatures rank by
+        ``q . v + popularity_weight * log(1 + the item's positive events there)`` (``popularity_prior.py``;
+        a weight of 0: no prior).
     """
     index_class(index)  # an unknown type fails now, not after embedding the catalog
     if k < 1:
@@ -216,13 +223,25 @@ def export_run(run_dir: str, base_dir: str, name: str, index: str = "portable", 
     fingerprint = weights_fingerprint(run.path)
     config = run.config()
     model = load_model(run.path)
+    counts = None
+    if popularity_logs and check_weight(popularity_weight) != 0:  # bad logs or weight fail before the embedding
+        counts = item_counts(config, popularity_logs, log)
     if catalog is None:
         log(f"embedding the item catalog {items}")
         ids, embeddings = embed_catalog(model, config, items, progress=log)
     else:
         ids, embeddings = np.asarray(catalog[0]), np.asarray(catalog[1], np.float32)
+    prior_info, vectors = None, embeddings
+    if counts is not None:
+        vectors = with_prior(embeddings, popularity_prior(ids, counts, popularity_weight))
+        in_catalog = [counts.get(str(i), 0) for i in ids]
+        prior_info = {"logs": popularity_logs, "weight": popularity_weight, "events": int(sum(counts.values())),
+                      "catalog_items_with_events": int(np.count_nonzero(in_catalog)),
+                      "events_of_items_not_in_catalog": int(sum(counts.values()) - sum(in_catalog))}
+        log(f"popularity prior: {prior_info['events']} events of {prior_info['catalog_items_with_events']} "
+            f"catalog items in {popularity_logs}, weight {popularity_weight}")
     log(f"building the {index} index over {len(ids)} items")
-    built = build_index(index, ids, embeddings, k, max_k=max_k, **(index_params or {}))
+    built = build_index(index, ids, vectors, k, max_k=max_k, **(index_params or {}))
     metadata = {
         "model_name": name, "run_dir": run.path, "weights_fingerprint": fingerprint,
         "feature_spec": config.features.to_dict(), "embedding_dim": int(embeddings.shape[1]),
@@ -231,6 +250,8 @@ def export_run(run_dir: str, base_dir: str, name: str, index: str = "portable", 
         "catalog": {"items": items, "num_items": len(ids), "fingerprint": catalog_fingerprint(ids, embeddings)},
         "tfrec_towers": tfrec_towers.__version__, "tensorflow": tf.__version__,
     }
+    if prior_info:
+        metadata["popularity_prior"] = prior_info
     if refreshed_from is not None:
         metadata["refreshed_from"] = refreshed_from
 
@@ -238,7 +259,8 @@ def export_run(run_dir: str, base_dir: str, name: str, index: str = "portable", 
         return _sample_records(pattern, config.features.parse_spec(side), config.data.compression, WARMUP_ROWS)
 
     def best_ids(inputs):  # each warm-up row excludes its own best items
-        _, top = built(model.query_tower({key: tf.constant(value) for key, value in inputs.items()}, training=False))
+        queries = model.query_tower({key: tf.constant(value) for key, value in inputs.items()}, training=False)
+        _, top = built(prior_queries(queries) if prior_info else queries)
         return [[i for i in row if i][:WARMUP_EXCLUDED] for row in top.numpy().tolist()]
 
     warmup = warmup_requests(config.features, name, {
@@ -251,7 +273,8 @@ def export_run(run_dir: str, base_dir: str, name: str, index: str = "portable", 
         meta_path = os.path.join(meta_dir, METADATA_FILE)
         with open(meta_path, "w", encoding="utf-8") as f:
             json.dump(metadata, f, indent=2)
-        module = RetrievalModule(config.features, model.query_tower, model.candidate_tower, built, meta_path)
+        module = RetrievalModule(config.features, model.query_tower, model.candidate_tower, built, meta_path,
+                                 prior=bool(prior_info))
         signatures = module.signatures()
         log(f"saving the SavedModel (signatures: {', '.join(signatures)})")
         tf.saved_model.save(module, tmp, signatures=signatures,
@@ -266,7 +289,8 @@ def export_run(run_dir: str, base_dir: str, name: str, index: str = "portable", 
 def refresh_items(base_dir: str, name: str, items: str, run_dir: Optional[str] = None, index: Optional[str] = None,
                   k: Optional[int] = None, index_params: Optional[Dict] = None, log=print,
                   catalog: Optional[Tuple[np.ndarray, np.ndarray]] = None, from_version: Optional[int] = None,
-                  max_k: Optional[int] = None) -> str:
+                  max_k: Optional[int] = None, popularity_logs: Optional[str] = None,
+                  popularity_weight: Optional[float] = None) -> str:
     """A new version of BASE/NAME: the latest version's model over the catalog ``items``.
 
     The run directory defaults to the one recorded in the latest version; its weights must still be
@@ -274,6 +298,8 @@ def refresh_items(base_dir: str, name: str, items: str, run_dir: Optional[str] =
     Index type, k and max_k default to the latest version's; partition parameters are re-tuned to the new
     catalog size unless given. ``catalog``: precomputed (ids, embeddings), as in ``export_run``;
     ``from_version``: the version they were computed with, which must still be the latest.
+    The popularity prior's logs and weight default to the latest version's (its logs counted again: a
+    date glob that names the last days picks up the new ones).
     """
     model_dir = os.path.join(os.path.abspath(base_dir), name)
     latest = latest_version(model_dir)
@@ -283,6 +309,7 @@ def refresh_items(base_dir: str, name: str, items: str, run_dir: Optional[str] =
         raise ValueError(f"version {latest} of {model_dir} appeared after the catalog was embedded with version "
                          f"{from_version}: run the refresh again")
     previous = read_metadata(os.path.join(model_dir, str(latest)))
+    prior = previous.get("popularity_prior") or {}
     run_dir = run_dir or previous["run_dir"]
     fingerprint = weights_fingerprint(run_dir)
     if fingerprint != previous["weights_fingerprint"]:
@@ -293,4 +320,7 @@ def refresh_items(base_dir: str, name: str, items: str, run_dir: Optional[str] =
     return export_run(run_dir, base_dir, name, index=index or previous["index"]["type"],
                       k=k or previous["index"]["requested_k"], items=items, index_params=index_params, log=log,
                       refreshed_from=latest, catalog=catalog,
-                      max_k=max_k or previous["index"].get("requested_max_k"))
+                      max_k=max_k or previous["index"].get("requested_max_k"),
+                      popularity_logs=popularity_logs or prior.get("logs"),
+                      popularity_weight=prior.get("weight", DEFAULT_WEIGHT) if popularity_weight is None
+                      else popularity_weight)

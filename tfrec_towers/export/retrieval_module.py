@@ -22,6 +22,9 @@ features dense and right-padded with "" as in training):
   filtered ones read ``k`` (int64, one value), ``exclude_item_ids`` and ``allowed_item_ids`` (bytes
   lists, per example) from the same tf.Example;
 * ``metadata``: no inputs -> ``metadata``, the JSON of ``assets/tfrec_towers.json``.
+
+With a popularity prior (``popularity_prior.py``) the top-k signatures' ``scores`` are
+``q . v + w log(1 + n)``; ``user_embedding``, ``item_embedding`` and ``score`` give the towers' own.
 """
 from typing import Dict
 
@@ -31,7 +34,7 @@ from tfrec_towers.export.layout import ALLOWED_INPUT, EXCLUDE_INPUT, K_INPUT
 from tfrec_towers.features.spec import FeatureSpec
 
 
-__all__ = ["FILTERED_SIGNATURES", "RetrievalModule", "filter_parse_spec"]
+__all__ = ["FILTERED_SIGNATURES", "RetrievalModule", "filter_parse_spec", "prior_queries"]
 
 
 #: The inputs the filtered signatures add to the query features (names no query feature may take).
@@ -63,8 +66,18 @@ def filter_parse_spec(allowed: bool) -> Dict:
     return spec
 
 
+def prior_queries(queries: tf.Tensor) -> tf.Tensor:
+    """The queries of an index with a popularity prior: ``[q, 1]`` ([B, D + 1]), so that
+    ``[q, 1] . [v, p] = q . v + p`` (``popularity_prior.with_prior``)."""
+    return tf.concat([queries, tf.ones_like(queries[:, :1])], axis=1)
+
+
 class RetrievalModule(tf.Module):
-    def __init__(self, features: FeatureSpec, query_tower, candidate_tower, index: tf.Module, metadata_path: str):
+    """``prior``: the index holds ``popularity_prior.with_prior`` vectors, so queries reach it as
+    ``prior_queries`` (the towers' own signatures are unchanged)."""
+
+    def __init__(self, features: FeatureSpec, query_tower, candidate_tower, index: tf.Module, metadata_path: str,
+                 prior: bool = False):
         super().__init__(name="tfrec_towers_retrieval")
         clash = sorted(set(FILTER_INPUTS) & {f.name for f in features.query})
         if clash:
@@ -73,14 +86,20 @@ class RetrievalModule(tf.Module):
         self._features = features
         self.query_tower, self.candidate_tower, self.index = query_tower, candidate_tower, index
         self.metadata_asset = tf.saved_model.Asset(metadata_path)
+        self._prior = prior
 
     # --- the computations -----------------------------------------------------------------------
+    def index_queries(self, features):
+        """The query tower's embeddings as the index takes them."""
+        queries = self.query_tower(features, training=False)
+        return prior_queries(queries) if self._prior else queries
+
     def top_k(self, features):
-        scores, ids = self.index(self.query_tower(features, training=False))
+        scores, ids = self.index(self.index_queries(features))
         return {"item_ids": ids, "scores": scores}
 
     def filtered_top_k(self, features, k, exclude, allowed=None):
-        scores, ids, count = self.index.filtered(self.query_tower(features, training=False), k, exclude, allowed)
+        scores, ids, count = self.index.filtered(self.index_queries(features), k, exclude, allowed)
         return {"item_ids": ids, "scores": scores, "count": count}
 
     def _filtered_examples(self, examples, allowed: bool):

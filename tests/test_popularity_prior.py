@@ -1,0 +1,119 @@
+"""The export's popularity prior (``export/popularity_prior.py``): item counts read from real logs, the
+top-k signatures of a reloaded SavedModel ranking by ``q . v + w log(1 + n)`` for every index type,
+refresh-items keeping it, and clear errors."""
+import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
+
+import subprocess
+
+import numpy as np
+import pytest
+
+from cli_helpers import cli
+from cli_helpers import subprocess_env as env
+from conftest import read_log, small_trained_run
+from test_export import call_in_fresh_process
+from tfrec_towers.data.inputs import item_counts
+from tfrec_towers.evaluation.embeddings import embed_catalog
+from tfrec_towers.export.exporter import export_run, read_metadata, refresh_items
+from tfrec_towers.export.popularity_prior import popularity_prior
+from tfrec_towers.run import load_model
+
+import tensorflow as tf
+
+K = 10
+#: Large enough to reorder most rows' top 10 on this catalog (checked below), so the test can fail.
+WEIGHT = 0.5
+
+
+def quiet(message):
+    pass
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prior")
+    run_dir, files, config = small_trained_run(root, num_users=300, num_items=150, num_requests=4000, seed=1, epochs=2)
+    model = load_model(run_dir)
+    ids, item_emb = embed_catalog(model, config, files["items"], progress=None)
+    records = [r.numpy() for r in tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(files["test"])),
+                                                          compression_type="GZIP").take(32)]
+    query = config.features.prepare(tf.io.parse_example(records, config.features.parse_spec("query")))
+    return {"run_dir": run_dir, "files": files, "config": config, "ids": ids, "item_emb": item_emb,
+            "query": {k: v.numpy() for k, v in query.items()}, "user_emb": model.query_tower(query).numpy()}
+
+
+def test_item_counts_are_the_positive_events_of_the_logs(trained):
+    log = read_log(trained["files"]["train"], {"item_id": "bytes", "label": "int64"})
+    expected = log[log.label >= 1].item_id.value_counts().to_dict()
+    assert 0 < sum(expected.values()) < len(log)  # the logs hold negatives too: they must not count
+    assert item_counts(trained["config"], trained["files"]["train"], quiet) == expected
+
+
+def test_the_prior_is_the_weighted_log_count_and_refuses_a_non_finite_weight():
+    prior = popularity_prior(np.array(["a", "b", "c"], dtype=object), {"a": 3, "c": 0, "z": 9}, 0.25)
+    np.testing.assert_allclose(prior, [0.25 * np.log(4), 0.0, 0.0], rtol=1e-6)
+    assert prior.dtype == np.float32
+    for weight in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="popularity weight must be a finite number"):
+            popularity_prior(np.array(["a"]), {}, weight)
+
+
+@pytest.mark.parametrize("index", ["brute", "portable", "scann"])
+def test_a_reloaded_export_ranks_by_score_plus_prior(trained, index, tmp_path):
+    logs = trained["files"]["test"]  # "the last days' logs": any event log of the schema
+    version = export_run(trained["run_dir"], str(tmp_path / "m"), "m", index=index, k=K, log=quiet,
+                         popularity_logs=logs, popularity_weight=WEIGHT)
+    counts = item_counts(trained["config"], logs, quiet)
+    prior = popularity_prior(trained["ids"], counts, WEIGHT)
+    scores = trained["user_emb"] @ trained["item_emb"].T
+    exact = np.argsort(-(scores + prior), axis=1)[:, :K]
+    assert np.mean(np.any(exact != np.argsort(-scores, axis=1)[:, :K], axis=1)) > 0.5  # the prior matters
+    query = trained["query"]
+    excluded = trained["ids"][exact[:, :3]].astype(bytes)
+    got = call_in_fresh_process(version, {
+        "top_k": ("serving_default", query), "user": ("user_embedding", query),
+        "filtered": ("filtered", {**query, "k": np.int32(K), "exclude_item_ids": excluded})}, tmp_path)["out"]
+    np.testing.assert_allclose(got["user"]["embedding"], trained["user_emb"], atol=1e-5)  # the tower's own
+    ids = got["top_k"]["item_ids"].astype(str)
+    position = {item: n for n, item in enumerate(trained["ids"])}
+    rows = np.vectorize(position.get)(ids)
+    np.testing.assert_allclose(got["top_k"]["scores"], np.take_along_axis(scores + prior, rows, 1), atol=1e-4)
+    filtered = got["filtered"]["item_ids"].astype(str)
+    assert not any(set(row) & set(e.astype(str)) for row, e in zip(filtered, excluded))
+    if index == "brute":
+        np.testing.assert_array_equal(ids, trained["ids"][exact])
+        np.testing.assert_array_equal(filtered[:, :K - 3], trained["ids"][exact[:, 3:]])
+    else:
+        recall = np.mean([len(set(a) & set(b)) / K for a, b in zip(ids, trained["ids"][exact])])
+        assert recall >= 0.9, recall
+    meta = read_metadata(version)
+    assert meta["popularity_prior"] == {
+        "logs": logs, "weight": WEIGHT, "events": sum(counts.values()),
+        "catalog_items_with_events": int(np.count_nonzero(prior)),
+        "events_of_items_not_in_catalog": sum(counts.values()) - sum(counts.get(i, 0) for i in trained["ids"])}
+    assert meta["embedding_dim"] == trained["item_emb"].shape[1]
+
+
+def test_refresh_items_keeps_the_prior_unless_told(trained, tmp_path):
+    base, logs = str(tmp_path / "m"), trained["files"]["test"]
+    export_run(trained["run_dir"], base, "m", index="brute", k=K, log=quiet, popularity_logs=logs,
+               popularity_weight=WEIGHT)
+    kept = read_metadata(refresh_items(base, "m", trained["files"]["items"], log=quiet))
+    assert kept["popularity_prior"]["logs"] == logs and kept["popularity_prior"]["weight"] == WEIGHT
+    other = read_metadata(refresh_items(base, "m", trained["files"]["items"], log=quiet,
+                                        popularity_logs=trained["files"]["train"], popularity_weight=0.2))
+    assert other["popularity_prior"]["logs"] == trained["files"]["train"]
+    assert other["popularity_prior"]["weight"] == 0.2
+    assert "popularity_prior" not in read_metadata(refresh_items(base, "m", trained["files"]["items"], log=quiet,
+                                                                 popularity_weight=0))
+
+
+def test_export_names_missing_popularity_logs_and_a_non_finite_weight(trained, tmp_path):
+    done = subprocess.run(cli("export", trained["run_dir"], tmp_path / "m", "m", "--popularity-logs",
+                              tmp_path / "none-*.gz"), env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "none-*.gz" in done.stderr, done.stderr[-2000:]
+    done = subprocess.run(cli("export", trained["run_dir"], tmp_path / "m", "m", "--popularity-logs",
+                              trained["files"]["test"], "--popularity-weight", "nan"), env=env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "popularity weight must be a finite number" in done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / "m" / "m").exists() or not list((tmp_path / "m" / "m").iterdir())
