@@ -153,7 +153,8 @@ def test_beam_refresh_equals_refresh_items(tmp_path):
 
     run_dir, files, config = small_trained_run(tmp_path, num_users=200, num_items=120, num_requests=2000, seed=2,
                                                epochs=1)
-    first = export_run(run_dir, str(tmp_path / "a"), "m", index="portable", k=10, log=lambda m: None)
+    first = export_run(run_dir, str(tmp_path / "a"), "m", index="portable", k=10, log=lambda m: None,
+                       popularity_logs=files["test"], popularity_weight=0.2)  # both refreshes keep the prior
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     # the new catalog: items 10.. of the old one, in two files
     old = records(sorted(glob.glob(files["items"]))[0])
@@ -168,8 +169,9 @@ def test_beam_refresh_equals_refresh_items(tmp_path):
                                     "--batch-size", "16", "--", "--runner", "DirectRunner"])
     assert os.path.basename(single) != os.path.basename(first) and len(list_versions(str(tmp_path / "b" / "m"))) == 2
     meta_a, meta_b = read_metadata(single), read_metadata(distributed)
-    for key in ("refreshed_from", "weights_fingerprint", "index", "feature_spec"):
+    for key in ("refreshed_from", "weights_fingerprint", "index", "feature_spec", "popularity_prior"):
         assert meta_a[key] == meta_b[key], key
+    assert meta_b["popularity_prior"]["weight"] == 0.2
     assert meta_a["catalog"]["num_items"] == meta_b["catalog"]["num_items"] == len(old) - 10
 
     queries = config.features.prepare(tf.io.parse_example(records(sorted(glob.glob(files["test"])))[:30],
