@@ -78,12 +78,12 @@ import pandas as pd
 import tf_keras as keras
 
 from tfrec_towers.config import Config, packaged
+from tfrec_towers.data.inputs import item_counts
 from tfrec_towers.data.movielens import catalog_at, events_by_time, write_time_window
 from tfrec_towers.data.writer import ITEM_KINDS, write_tfrecords
-from tfrec_towers.data.inputs import item_counts
 from tfrec_towers.evaluation.embeddings import embed_catalog, embed_events
-from tfrec_towers.export.popularity_prior import DEFAULT_WEIGHT, popularity_prior
 from tfrec_towers.evaluation.metrics import catalog_metrics
+from tfrec_towers.export.popularity_prior import DEFAULT_WEIGHT, popularity_prior
 from tfrec_towers.run import RunDir, load_model
 from tfrec_towers.train import train
 
@@ -164,17 +164,14 @@ def subset_metrics(query, item_ids, item_emb, users, targets, history, cold_item
     return out
 
 
-def evaluate_model(run_dir, test_pattern, items_pattern, history, cold_items, cold_users, priors=None) -> dict:
-    """The run's subset_metrics; with ``priors`` ({weight: per-item prior}), {weight: subset_metrics with
-    that prior added} instead (one embedding pass for all weights)."""
+def evaluate_model(run_dir, test_pattern, items_pattern, history, cold_items, cold_users, priors: dict) -> dict:
+    """{key: the run's subset_metrics with the per-item prior ``priors[key]`` added}: one embedding pass
+    for all the priors."""
     model, config = load_model(run_dir), RunDir(run_dir).config()
     item_ids, item_emb = embed_catalog(model, config, items_pattern, QUIET)
     users, targets, query = embed_events(model, config, test_pattern, QUIET)
-    if priors is None:
-        out = subset_metrics(query, item_ids, item_emb, users, targets, history, cold_items, cold_users)
-    else:
-        out = {w: subset_metrics(query, item_ids, item_emb, users, targets, history, cold_items, cold_users,
-                                 prior=prior) for w, prior in priors.items()}
+    out = {key: subset_metrics(query, item_ids, item_emb, users, targets, history, cold_items, cold_users,
+                               prior=prior) for key, prior in priors.items()}
     del model
     keras.backend.clear_session()
     gc.collect()
@@ -395,13 +392,14 @@ def main(argv=None):
             latest = {"full": os.path.join(runs, f"full-{k}"), "incremental": os.path.join(runs, f"inc-{k}"),
                       "inc+replay": os.path.join(runs, f"replay-{k}")}
         models = {}
-        prior = recent_prior(events, start, args.pop_days, item_ids, cfg["main"], os.path.join(logs, f"recent{k:02d}"))
+        prior = recent_prior(events, start, args.pop_days, item_ids, cfg["main"],
+                             os.path.join(logs, f"recent{k:02d}"))
         runs_k = {**latest, **{m: os.path.join(runs, f"initial-{name}") for m, name in STALE.items()}}
         for m, run in runs_k.items():
-            weights = [0.0] + args.prior_weights if m in PRIOR_MODELS else []
+            weights = [0.0] + (args.prior_weights if m in PRIOR_MODELS else [])
             got = evaluate_model(run, pattern(k), items_pattern, history, cold_items, cold_users,
-                                 {w: w * prior for w in weights} if weights else None)
-            models[m] = got[0.0] if weights else got
+                                 {w: w * prior for w in weights})
+            models[m] = got[0.0]
             models.update({f"{m} + prior {w:g}": got[w] for w in weights[1:]})
         models["popularity"] = evaluate_popularity(events, test, start, args.pop_days, item_ids, history,
                                                    cold_items, cold_users)
