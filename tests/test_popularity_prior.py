@@ -117,3 +117,28 @@ def test_export_names_missing_popularity_logs_and_a_non_finite_weight(trained, t
                           capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "popularity weight must be a finite number" in done.stderr, done.stderr[-2000:]
     assert not (tmp_path / "m" / "m").exists() or not list((tmp_path / "m" / "m").iterdir())
+
+
+def test_evaluate_saved_model_measures_the_prior_as_served(trained, tmp_path):
+    """`evaluate --saved-model` on a brute export with a prior gives the exact HR@K of score + prior, the
+    user's history excluded (how a weight is chosen on validation logs), and records the prior."""
+    from tfrec_towers.data.inputs import user_histories
+    from tfrec_towers.evaluation.embeddings import embed_events
+    from tfrec_towers.evaluation.job import evaluate_saved_model
+    from tfrec_towers.evaluation.metrics import catalog_metrics
+
+    config, files = trained["config"], trained["files"]
+    version = export_run(trained["run_dir"], str(tmp_path / "m"), "m", index="brute", k=50, log=quiet,
+                         popularity_logs=files["test"], popularity_weight=WEIGHT)
+    got = evaluate_saved_model(version, files["test"], output=str(tmp_path / "e.json"), progress=quiet)
+    assert got["popularity_prior"]["weight"] == WEIGHT
+    prior = popularity_prior(trained["ids"], item_counts(config, files["test"], quiet), WEIGHT)
+    users, targets, query = embed_events(load_model(trained["run_dir"]), config, files["test"], progress=None)
+    with_one = np.hstack([query, np.ones((len(query), 1), np.float32)])
+    exact = catalog_metrics(with_one, trained["ids"], np.hstack([trained["item_emb"], prior[:, None]]), users,
+                            targets, user_histories(config, files["train"], progress=None), (10, 50))
+    without = catalog_metrics(query, trained["ids"], trained["item_emb"], users, targets,
+                              user_histories(config, files["train"], progress=None), (10, 50))
+    for k in (10, 50):
+        assert got["saved_model"][f"hr@{k}"] == exact["exclude_history"][f"hr@{k}"], k
+    assert exact["exclude_history"]["hr@10"] != without["exclude_history"]["hr@10"]  # the prior is measured

@@ -122,6 +122,8 @@ def evaluate_saved_model(export_dir: str, eval_pattern: str, run_dir: Optional[s
     ``export_dir``: a version directory, or BASE/NAME (its latest version). ``run_dir`` (default: the one
     recorded in the export) gives the data config and the default ``history_pattern`` (its training logs);
     the metrics JSON goes to ``output`` (default RUN/saved_model_metrics.json), the metrics under ``saved_model``.
+    An export with a popularity prior is measured as it ranks (its logs and weight are in the JSON): export
+    with a few weights and compare them on validation logs to choose one.
     """
     from tfrec_towers.export.exporter import read_metadata
 
@@ -143,7 +145,7 @@ def evaluate_saved_model(export_dir: str, eval_pattern: str, run_dir: Optional[s
     out = {"events": int(len(users)), "users": int(len(set(users.tolist()))),
            "catalog_size": meta["catalog"]["num_items"], "export": version_dir, "index": meta["index"]["type"],
            "max_k": max_k, "saved_model": metrics, "eval": eval_pattern, "history": history_pattern,
-           "seconds": round(time.time() - start, 2)}
+           "popularity_prior": meta.get("popularity_prior"), "seconds": round(time.time() - start, 2)}
     return _write_metrics(out, output or run / "saved_model_metrics.json", progress)
 
 

@@ -20,7 +20,8 @@ all events; the test slices were not used):
   0.380 / 0.378.
 
 0.05 and 0.1 tie over both (+3% on all events), the smaller moves rankings less. A model without
-``normalize`` has scores of another scale: tune ``w`` on its validation logs.
+``normalize`` has scores of another scale: tune ``w`` on its validation logs (``evaluate --saved-model``
+of exports with a few weights).
 """
 import math
 from typing import Mapping
