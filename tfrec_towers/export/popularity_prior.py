@@ -1,12 +1,12 @@
 """The popularity prior of an export: ranking by ``q_u . v_i + w * log(1 + n_i)``.
 
-``n_i`` is item i's positive events in logs the caller picks (typically the last days': ``--popularity-logs
-'events/date=2026-12-0*/*'``), so an item that is watched a lot *now* moves up without retraining: the
-towers learn what a user likes over all of training, while what the catalog's audience watches this week
-drifts (new releases). It is one more dimension of the index, ``[v_i, w log(1 + n_i)]`` against ``[q_u,
-1]`` (``retrieval_module.prior_queries``), so every index type (brute, portable, ScaNN) ranks by the sum
-with its own search and filters; ``user_embedding``, ``item_embedding`` and ``score`` stay the towers'
-own. No TensorFlow here: the CLI reads ``DEFAULT_WEIGHT``.
+``n_i`` is item i's positive events in logs of the run's schema that the caller picks (typically the last
+days', e.g. ``tfrec-towers examples --dates FROM:TO``), so an item that is watched a lot *now* moves up
+without retraining: the towers learn what a user likes over all of training, while what the catalog's
+audience watches this week drifts (new releases). It is one more dimension of the index, ``[v_i, w log(1
++ n_i)]`` against ``[q_u, 1]`` (``retrieval_module.prior_queries``), so every index type (brute, portable,
+ScaNN) ranks by the sum with its own search and filters; ``user_embedding``, ``item_embedding`` and
+``score`` stay the towers' own. No TensorFlow here: the CLI reads ``DEFAULT_WEIGHT``.
 
 ``DEFAULT_WEIGHT`` 0.05 is in the units of a ``normalize: true`` model's scores (cosines). It was chosen
 on MovieLens-100K's initial period only (``benchmarks/continuous.py``'s tuning carves, seed 0, HR@50 over
