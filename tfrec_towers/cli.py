@@ -332,8 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--num-probe", type=int, help="partitions searched per query (default: tuned)")
         sp.add_argument("--num-rerank", type=int, help="exactly re-ranked shortlist (default max(4k, 100); scann max(15k, 100))")
         sp.add_argument("--popularity-logs", metavar="GLOB",
-                        help="event logs (e.g. the last days'): rank by score + W * log(1 + the item's positive "
-                             "events there), so what is watched now moves up without retraining"
+                        help="logs in the run's schema (e.g. the last days' examples): rank by score + W * "
+                             "log(1 + the item's positive events there), so what is watched now moves up "
+                             "without retraining"
                              + ("" if default else " (default: the latest version's)"))
         sp.add_argument("--popularity-weight", type=float, metavar="W",
                         help="W of --popularity-logs (default " + ("" if default else "the latest version's, else ")
