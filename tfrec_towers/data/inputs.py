@@ -156,34 +156,37 @@ def scan_logs(config: Config, files, spec, on_batch, keep=None, progress=print):
     return report
 
 
+def _scan_positive_ids(config: Config, pattern: str, keys, on_ids, progress) -> None:
+    """``scan_logs`` over the positive events of ``pattern`` parsing only the string fields ``keys`` (the
+    spec's item ID as the spec parses it) and the label; ``on_ids`` gets each batch's decoded ``keys``."""
+    item_key = config.features.item_id
+    spec = {key: (config.features.by_name[key].parse_feature() if key == item_key
+                  else tf.io.FixedLenFeature([], tf.string)) for key in keys}
+    if config.data.label:
+        spec[config.data.label] = tf.io.FixedLenFeature([], tf.int64)
+    def on_batch(parsed):
+        on_ids(*[decode(parsed[key].numpy()) for key in keys])
+
+    scan_logs(config, reader.list_files(pattern), spec, on_batch, keep=positives(config), progress=progress)
+
+
 def item_counts(config: Config, pattern: str, progress=print) -> Dict[str, int]:
     """item ID -> its positive events in ``pattern`` (e.g. the last days' logs: an export's popularity
     prior). The logs need the spec's item ID and, where the config names one, the label; read with the
     config's compression and corrupt-record policy."""
-    item_key = config.features.item_id
-    spec = {item_key: config.features.by_name[item_key].parse_feature()}
-    if config.data.label:
-        spec[config.data.label] = tf.io.FixedLenFeature([], tf.int64)
     counts: Dict[str, int] = collections.Counter()
-
-    def on_batch(parsed):
-        counts.update(decode(parsed[item_key].numpy()).tolist())
-
-    scan_logs(config, reader.list_files(pattern), spec, on_batch, keep=positives(config), progress=progress)
+    _scan_positive_ids(config, pattern, [config.features.item_id], lambda items: counts.update(items.tolist()),
+                       progress)
     return dict(counts)
 
 
 def user_histories(config: Config, pattern: str, progress=print) -> Dict[str, set]:
     """user -> set of item IDs among the positive events of ``pattern`` (the training logs)."""
-    user_key, item_key = config.data.user_id, config.features.item_id
-    spec = {user_key: tf.io.FixedLenFeature([], tf.string), item_key: config.features.by_name[item_key].parse_feature()}
-    if config.data.label:
-        spec[config.data.label] = tf.io.FixedLenFeature([], tf.int64)
     history = collections.defaultdict(set)
 
-    def on_batch(parsed):
-        for u, i in zip(decode(parsed[user_key].numpy()), decode(parsed[item_key].numpy())):
+    def on_ids(users, items):
+        for u, i in zip(users, items):
             history[u].add(i)
 
-    scan_logs(config, reader.list_files(pattern), spec, on_batch, keep=positives(config), progress=progress)
+    _scan_positive_ids(config, pattern, [config.data.user_id, config.features.item_id], on_ids, progress)
     return history

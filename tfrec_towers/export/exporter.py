@@ -206,7 +206,7 @@ def export_run(run_dir: str, base_dir: str, name: str, index: str = "portable", 
       refreshed_from: the version whose model this re-exports over a new catalog (``refresh_items``).
       catalog: (ids, embeddings) of ``items`` computed elsewhere with this run's item tower (the Beam
         refresh job); by default they are computed here.
-      popularity_logs: event-log glob (e.g. the last days'): the top-k signatures rank by
+      popularity_logs: glob of logs in the run's schema (e.g. the last days'): the top-k signatures rank by
         ``q . v + popularity_weight * log(1 + the item's positive events there)`` (``popularity_prior.py``;
         a weight of 0: no prior).
     """

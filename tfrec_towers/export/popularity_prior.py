@@ -53,4 +53,3 @@ def popularity_prior(ids: np.ndarray, counts: Mapping[str, int], weight: float =
 def with_prior(embeddings: np.ndarray, prior: np.ndarray) -> np.ndarray:
     """The index's item vectors: ``[v_i, prior_i]`` ([N, D + 1])."""
     return np.hstack([np.asarray(embeddings, np.float32), np.asarray(prior, np.float32)[:, None]])
-
