@@ -55,6 +55,11 @@ feature (``item_trend``: log2 bucket of its ratings in the 14 days before the ev
 of the slice start), meant to place new items the way popularity does: it lowered HR@50 over both
 slices from 0.346 to 0.331 and on cold-item events from 0.106 to 0.073 (stale model); the cold items of
 that period are not popular ones (popularity's cold-item HR@50 is 0.000 there).
+Also tried there and not adopted (2026-12-07, four slices, seed 0): the increments' new vocabulary rows
+(new users and items) learning at the initial model's rate (1e-3, a per-row rate: each step's update of
+those rows scaled by 10) while the other rows learn at 1e-4. HR@50 of the increments fell from 0.355 to
+0.349 and on cold-item events (pooled) from 0.051 to 0.037: rows fitted faster to a new item's first
+few events place it worse than the OOV row its features start it from (the stale model: 0.074 there).
 
     python -m benchmarks.continuous                                # the full run (results/continuous.*)
     python -m benchmarks.continuous --slices 3 --full-epochs 1 --output-json /tmp/c.json --output-md /tmp/c.md
