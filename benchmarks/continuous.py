@@ -88,7 +88,7 @@ from tfrec_towers.data.movielens import catalog_at, events_by_time, write_time_w
 from tfrec_towers.data.writer import ITEM_KINDS, write_tfrecords
 from tfrec_towers.evaluation.embeddings import embed_catalog, embed_events
 from tfrec_towers.evaluation.metrics import catalog_metrics
-from tfrec_towers.export.popularity_prior import DEFAULT_WEIGHT, popularity_prior
+from tfrec_towers.export.popularity_prior import DEFAULT_WEIGHT, known_items, new_item_weight, popularity_prior
 from tfrec_towers.run import RunDir, load_model
 from tfrec_towers.train import train
 
@@ -104,6 +104,7 @@ STALE = {"stale": "main", "stale no oov_rate": "no_oov", "stale ID-only items": 
 PRIOR_MODELS = ("full", "incremental", "stale")  # --prior-weights rows
 QUIET = lambda message: None  # noqa: E731
 TIE = 1e-5  # random tie-breaking of equal scores (subset_metrics)
+ONE = "one weight"  # the stale + prior row with the prior's weight for every item, new ones included
 
 
 #: The release year on the item side (selected on the initial period: see the module docstring); the
@@ -169,12 +170,21 @@ def subset_metrics(query, item_ids, item_emb, users, targets, history, cold_item
     return out
 
 
-def evaluate_model(run_dir, test_pattern, items_pattern, history, cold_items, cold_users, priors: dict) -> dict:
-    """{key: the run's subset_metrics with the per-item prior ``priors[key]`` added}: one embedding pass
-    for all the priors."""
-    model, config = load_model(run_dir), RunDir(run_dir).config()
+def evaluate_model(run_dir, test_pattern, items_pattern, history, cold_items, cold_users, counts=None,
+                   weights=(), one_weight=False) -> dict:
+    """{0.0: the run's subset_metrics; w: with the export's popularity prior at weight w (``counts``: events per
+    item; items without an ID row of the run weighted ``new_item_weight``, as ``export`` does); (w, ONE):
+    with w for every item (``one_weight``)}: one embedding pass for all of them."""
+    model, run = load_model(run_dir), RunDir(run_dir)
+    config = run.config()
     item_ids, item_emb = embed_catalog(model, config, items_pattern, QUIET)
     users, targets, query = embed_events(model, config, test_pattern, QUIET)
+    known = known_items(item_ids, run.stats(), config.features.item_id)
+    priors = {0.0: None}
+    for w in weights:
+        priors[w] = popularity_prior(item_ids, counts, w, known, new_item_weight(config))
+        if one_weight:
+            priors[(w, ONE)] = popularity_prior(item_ids, counts, w)
     out = {key: subset_metrics(query, item_ids, item_emb, users, targets, history, cold_items, cold_users,
                                prior=prior) for key, prior in priors.items()}
     del model
@@ -183,12 +193,11 @@ def evaluate_model(run_dir, test_pattern, items_pattern, history, cold_items, co
     return out
 
 
-def recent_prior(events, start, days, item_ids, config, path_prefix) -> np.ndarray:
-    """``export.popularity_prior`` at weight 1 (log(1 + the item's events in the ``days`` days before
-    ``start``)), in ``item_ids`` order, counted by ``data.inputs.item_counts`` from those events written as
-    a real log (what ``export --popularity-logs`` reads): the rows ``--prior-weights`` scale it."""
+def recent_counts(events, start, days, config, path_prefix) -> dict:
+    """Positive events per item in the ``days`` days before ``start``, counted by ``data.inputs.item_counts``
+    from those events written as a real log (what ``export --popularity-logs`` reads)."""
     paths = write_time_window(events, path_prefix, start - days * 86400, start)
-    return popularity_prior(item_ids, item_counts(config, ",".join(paths), QUIET), 1.0)
+    return item_counts(config, ",".join(paths), QUIET)
 
 
 def evaluate_popularity(events, test, start, days, item_ids, history, cold_items, cold_users) -> dict:
@@ -397,15 +406,17 @@ def main(argv=None):
             latest = {"full": os.path.join(runs, f"full-{k}"), "incremental": os.path.join(runs, f"inc-{k}"),
                       "inc+replay": os.path.join(runs, f"replay-{k}")}
         models = {}
-        prior = recent_prior(events, start, args.pop_days, item_ids, cfg["main"],
-                             os.path.join(logs, f"recent{k:02d}"))
+        counts = recent_counts(events, start, args.pop_days, cfg["main"], os.path.join(logs, f"recent{k:02d}"))
         runs_k = {**latest, **{m: os.path.join(runs, f"initial-{name}") for m, name in STALE.items()}}
         for m, run in runs_k.items():
-            weights = [0.0] + (args.prior_weights if m in PRIOR_MODELS else [])
-            got = evaluate_model(run, pattern(k), items_pattern, history, cold_items, cold_users,
-                                 {w: w * prior for w in weights})
+            weights = args.prior_weights if m in PRIOR_MODELS else []
+            got = evaluate_model(run, pattern(k), items_pattern, history, cold_items, cold_users, counts, weights,
+                                 one_weight=m == "stale")
             models[m] = got[0.0]
-            models.update({f"{m} + prior {w:g}": got[w] for w in weights[1:]})
+            for w in weights:
+                models[f"{m} + prior {w:g}"] = got[w]
+                if (w, ONE) in got:
+                    models[f"{m} + prior {w:g} {ONE}"] = got[(w, ONE)]
         models["popularity"] = evaluate_popularity(events, test, start, args.pop_days, item_ids, history,
                                                    cold_items, cold_users)
         per_slice.append({"start": day(start), "events": len(test), "models": models, "updates": updates})

@@ -4,6 +4,7 @@ refresh-items keeping it, and clear errors."""
 import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 
 import subprocess
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,8 +16,9 @@ from test_export import call_in_fresh_process
 from tfrec_towers.data.inputs import item_counts
 from tfrec_towers.evaluation.embeddings import embed_catalog
 from tfrec_towers.export.exporter import export_run, read_metadata, refresh_items
-from tfrec_towers.export.popularity_prior import popularity_prior
-from tfrec_towers.run import load_model
+from tfrec_towers.export.popularity_prior import known_items, new_item_weight, popularity_prior
+from tfrec_towers.features.stats import FeatureStats
+from tfrec_towers.run import RunDir, load_model
 
 import tensorflow as tf
 
@@ -58,13 +60,79 @@ def test_the_prior_is_the_weighted_log_count_and_refuses_a_non_finite_weight():
             popularity_prior(np.array(["a"]), {}, weight)
 
 
+def test_items_without_an_id_row_are_weighted_by_the_temperature():
+    """known_items reads the run's ID vocabulary (None for hashed IDs); new items get the unknown weight, and
+    new_item_weight is the config's temperature (None without one)."""
+    stats = FeatureStats(10, {"item_id": {"a": 3, "b": 1}}, {}, {}, {})
+    ids = np.array(["a", "b", "new"], dtype=object)
+    known = known_items(ids, stats, "item_id")
+    np.testing.assert_array_equal(known, [True, True, False])
+    assert known_items(ids, stats, "hashed_id") is None
+    prior = popularity_prior(ids, {"a": 3, "b": 0, "new": 3}, 0.05, known, 0.2)
+    np.testing.assert_allclose(prior, [0.05 * np.log(4), 0.0, 0.2 * np.log(4)], rtol=1e-6)
+    np.testing.assert_allclose(popularity_prior(ids, {"new": 3}, 0.05, None, 0.2), [0, 0, 0.05 * np.log(4)], rtol=1e-6)
+    with pytest.raises(ValueError, match="finite"):
+        popularity_prior(ids, {}, 0.05, known, float("nan"))
+    config = SimpleNamespace(task=SimpleNamespace(temperature=0.2))
+    assert new_item_weight(config) == 0.2
+    assert new_item_weight(SimpleNamespace(task=SimpleNamespace(temperature=None))) is None
+
+
+def _rewrite(pattern, out_path, copies):
+    """The GZIP TFRecords of ``pattern`` plus, for each (source record number, new item ID, n), n copies of
+    that record with its item_id replaced: new catalog items, or events of them."""
+    records = [r.numpy() for r in tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(pattern)), compression_type="GZIP")]
+    with tf.io.TFRecordWriter(out_path, options="GZIP") as writer:
+        for record in records:
+            writer.write(record)
+        for source, item, n in copies:
+            example = tf.train.Example.FromString(records[source])
+            example.features.feature["item_id"].bytes_list.value[:] = [item.encode()]
+            for _ in range(n):
+                writer.write(example.SerializeToString())
+    return out_path
+
+
+def test_refresh_items_weighs_new_items_popularity_by_the_temperature(trained, tmp_path):
+    """refresh-items with a catalog of new items (no ID row: placed by their other features) and logs where
+    they are watched: the served scores are q . v + tau log(1 + n) for them, q . v + w log(1 + n) for the
+    others (exact top-k of a brute export), and the metadata counts them."""
+    base, logs = str(tmp_path / "m"), trained["files"]["test"]
+    export_run(trained["run_dir"], base, "m", index="brute", k=K, log=quiet, popularity_logs=logs,
+               popularity_weight=WEIGHT)
+    new = [f"new-{j}" for j in range(5)]
+    catalog = _rewrite(trained["files"]["items"], str(tmp_path / "items.tfrecord.gz"), [(j, item, 1) for j, item in enumerate(new)])
+    positive = next(i for i, r in enumerate(tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(logs)), compression_type="GZIP"))
+                    if tf.train.Example.FromString(r.numpy()).features.feature["label"].int64_list.value[0] >= 1)
+    events = _rewrite(logs, str(tmp_path / "events.tfrecord.gz"), [(positive, item, 20 * (j + 1)) for j, item in enumerate(new)])
+    version = refresh_items(base, "m", catalog, log=quiet, popularity_logs=events)
+    config, stats = trained["config"], RunDir(trained["run_dir"]).stats()
+    tau = new_item_weight(config)
+    assert tau and tau != WEIGHT
+    ids, item_emb = embed_catalog(load_model(trained["run_dir"]), config, catalog, progress=None)
+    known = known_items(ids, stats, "item_id")
+    assert set(new) <= set(ids[~known]) and known.any()
+    counts = item_counts(config, events, quiet)
+    prior = popularity_prior(ids, counts, WEIGHT, known, tau)
+    one_weight = popularity_prior(ids, counts, WEIGHT)
+    scores = trained["user_emb"] @ item_emb.T
+    exact = ids[np.argsort(-(scores + prior), axis=1)[:, :K]]
+    assert np.mean(np.any(exact != ids[np.argsort(-(scores + one_weight), axis=1)[:, :K]], axis=1)) > 0.5
+    got = call_in_fresh_process(version, {"top_k": ("serving_default", trained["query"])}, tmp_path)["out"]["top_k"]
+    np.testing.assert_array_equal(got["item_ids"].astype(str), exact)
+    meta = read_metadata(version)["popularity_prior"]
+    assert meta["new_items"] == np.count_nonzero(~known) and meta["new_item_weight"] == tau and meta["weight"] == WEIGHT
+
+
 @pytest.mark.parametrize("index", ["brute", "portable", "scann"])
 def test_a_reloaded_export_ranks_by_score_plus_prior(trained, index, tmp_path):
     logs = trained["files"]["test"]  # "the last days' logs": any event log of the schema
     version = export_run(trained["run_dir"], str(tmp_path / "m"), "m", index=index, k=K, log=quiet,
                          popularity_logs=logs, popularity_weight=WEIGHT)
     counts = item_counts(trained["config"], logs, quiet)
-    prior = popularity_prior(trained["ids"], counts, WEIGHT)
+    known = known_items(trained["ids"], RunDir(trained["run_dir"]).stats(), "item_id")
+    assert 0 < np.count_nonzero(~known) < len(known)  # catalog items never trained on: no ID row
+    prior = popularity_prior(trained["ids"], counts, WEIGHT, known, new_item_weight(trained["config"]))
     scores = trained["user_emb"] @ trained["item_emb"].T
     exact = np.argsort(-(scores + prior), axis=1)[:, :K]
     assert np.mean(np.any(exact != np.argsort(-scores, axis=1)[:, :K], axis=1)) > 0.5  # the prior matters
@@ -90,7 +158,8 @@ def test_a_reloaded_export_ranks_by_score_plus_prior(trained, index, tmp_path):
     assert meta["popularity_prior"] == {
         "logs": logs, "weight": WEIGHT, "events": sum(counts.values()),
         "catalog_items_with_events": int(np.count_nonzero(prior)),
-        "events_of_items_not_in_catalog": sum(counts.values()) - sum(counts.get(i, 0) for i in trained["ids"])}
+        "events_of_items_not_in_catalog": sum(counts.values()) - sum(counts.get(i, 0) for i in trained["ids"]),
+        "new_items": int(np.count_nonzero(~known)), "new_item_weight": new_item_weight(trained["config"])}
     assert meta["embedding_dim"] == trained["item_emb"].shape[1]
 
 

@@ -28,11 +28,11 @@ prior is for recent logs: over all of training it repeats what the towers alread
 of exports with a few weights).
 """
 import math
-from typing import Mapping
+from typing import Mapping, Optional
 
 import numpy as np
 
-__all__ = ["DEFAULT_WEIGHT", "check_weight", "popularity_prior", "with_prior"]
+__all__ = ["DEFAULT_WEIGHT", "check_weight", "known_items", "new_item_weight", "popularity_prior", "with_prior"]
 
 DEFAULT_WEIGHT = 0.05
 
@@ -44,10 +44,39 @@ def check_weight(weight: float) -> float:
     return weight
 
 
-def popularity_prior(ids: np.ndarray, counts: Mapping[str, int], weight: float = DEFAULT_WEIGHT) -> np.ndarray:
-    """``weight * log(1 + counts[id])`` for each of ``ids`` (0 for an ID without events), float32."""
+def new_item_weight(config) -> Optional[float]:
+    """The prior's weight for a catalog item the towers have no ID row for: the run's ``task.temperature``
+    tau (None without one: such items get the common weight).
+
+    Such an item's vector comes from its other features through the OOV row, which stands for every item
+    the towers do not know: nothing in it says how much this item is watched, where a known item's row
+    learned that over training (hence the small common weight). Scores s are trained as logits s / tau, so
+    ``tau log(1 + n)`` adds ``log(1 + n)`` to the logit: the whole evidence of the count, not a share of it.
+    Not tuned: the tuning period of ``benchmarks/continuous.py`` has no popular new items to tune it on."""
+    temperature = getattr(config.task, "temperature", None)
+    return float(temperature) if temperature else None
+
+
+def known_items(ids: np.ndarray, stats, item_feature: str) -> Optional[np.ndarray]:
+    """Whether each of ``ids`` has an ID row of its own: is in the run's vocabulary of ``item_feature``
+    (``FeatureStats``); None for hashed IDs (every ID has a bucket)."""
+    try:
+        vocabulary = set(stats.vocabulary(item_feature))
+    except KeyError:
+        return None
+    return np.array([str(i) in vocabulary for i in ids], dtype=bool)
+
+
+def popularity_prior(ids: np.ndarray, counts: Mapping[str, int], weight: float = DEFAULT_WEIGHT,
+                     known: Optional[np.ndarray] = None, unknown_weight: Optional[float] = None) -> np.ndarray:
+    """``w_i * log(1 + counts[id])`` for each of ``ids`` (0 for an ID without events), float32: ``w_i`` is
+    ``weight``, or ``unknown_weight`` for an ID whose ``known`` is False (``known_items``, ``new_item_weight``;
+    either None: ``weight`` for every ID)."""
     n = np.array([counts.get(str(i), 0) for i in ids], dtype=np.float64)
-    return (check_weight(weight) * np.log1p(n)).astype(np.float32)
+    w = np.full(len(n), check_weight(weight))
+    if known is not None and unknown_weight is not None:
+        w = np.where(np.asarray(known, dtype=bool), w, check_weight(unknown_weight))
+    return (w * np.log1p(n)).astype(np.float32)
 
 
 def with_prior(embeddings: np.ndarray, prior: np.ndarray) -> np.ndarray:
