@@ -338,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
                              + ("" if default else " (default: the latest version's)"))
         sp.add_argument("--popularity-weight", type=float, metavar="W",
                         help="W of --popularity-logs (default " + ("" if default else "the latest version's, else ")
-                             + f"{POPULARITY_WEIGHT}, for a normalize: true model's cosine scores; 0: no prior)")
+                             + f"{POPULARITY_WEIGHT}, for a normalize: true model's cosine scores; 0: no prior); "
+                             "items without an ID row of the run (new ones) weigh the run's task.temperature")
 
     sp = sub.add_parser("export", help="a trained run -> BASE/NAME/<timestamp>/ SavedModel (towers + item index)")
     sp.add_argument("run_dir", metavar="RUN_DIR")
