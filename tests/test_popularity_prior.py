@@ -201,7 +201,9 @@ def test_evaluate_saved_model_measures_the_prior_as_served(trained, tmp_path):
                          popularity_logs=files["test"], popularity_weight=WEIGHT)
     got = evaluate_saved_model(version, files["test"], output=str(tmp_path / "e.json"), progress=quiet)
     assert got["popularity_prior"]["weight"] == WEIGHT
-    prior = popularity_prior(trained["ids"], item_counts(config, files["test"], quiet), WEIGHT)
+    known = known_items(trained["ids"], RunDir(trained["run_dir"]).stats(), "item_id")
+    prior = popularity_prior(trained["ids"], item_counts(config, files["test"], quiet), WEIGHT, known,
+                             new_item_weight(config))
     users, targets, query = embed_events(load_model(trained["run_dir"]), config, files["test"], progress=None)
     with_one = np.hstack([query, np.ones((len(query), 1), np.float32)])
     exact = catalog_metrics(with_one, trained["ids"], np.hstack([trained["item_emb"], prior[:, None]]), users,
