@@ -91,7 +91,7 @@ from tfrec_towers.data.movielens import catalog_at, events_by_time, write_time_w
 from tfrec_towers.data.writer import ITEM_KINDS, write_tfrecords
 from tfrec_towers.evaluation.embeddings import embed_catalog, embed_events
 from tfrec_towers.evaluation.metrics import catalog_metrics
-from tfrec_towers.export.popularity_prior import DEFAULT_WEIGHT, known_items, new_item_weight, popularity_prior
+from tfrec_towers.export.popularity_prior import DEFAULT_WEIGHT, popularity_prior, run_prior
 from tfrec_towers.run import RunDir, load_model
 from tfrec_towers.train import train
 
@@ -176,16 +176,15 @@ def subset_metrics(query, item_ids, item_emb, users, targets, history, cold_item
 def evaluate_model(run_dir, test_pattern, items_pattern, history, cold_items, cold_users, counts=None,
                    weights=(), one_weight=False) -> dict:
     """{0.0: the run's subset_metrics; w: with the export's popularity prior at weight w (``counts``: events per
-    item; items without an ID row of the run weighted ``new_item_weight``, as ``export`` does); (w, ONE):
+    item; ``popularity_prior.run_prior``, as ``export`` ranks); (w, ONE):
     with w for every item (``one_weight``)}: one embedding pass for all of them."""
     model, run = load_model(run_dir), RunDir(run_dir)
     config = run.config()
     item_ids, item_emb = embed_catalog(model, config, items_pattern, QUIET)
     users, targets, query = embed_events(model, config, test_pattern, QUIET)
-    known = known_items(item_ids, run.stats(), config.features.item_id)
-    priors = {0.0: None}
+    stats, priors = run.stats(), {0.0: None}
     for w in weights:
-        priors[w] = popularity_prior(item_ids, counts, w, known, new_item_weight(config))
+        priors[w] = run_prior(item_ids, counts, w, config, stats)[0]
         if one_weight:
             priors[(w, ONE)] = popularity_prior(item_ids, counts, w)
     out = {key: subset_metrics(query, item_ids, item_emb, users, targets, history, cold_items, cold_users,

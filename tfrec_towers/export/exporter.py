@@ -34,8 +34,7 @@ from tfrec_towers.data.inputs import item_counts
 from tfrec_towers.evaluation.embeddings import embed_catalog
 from tfrec_towers.export.indexes import build_index, index_class
 from tfrec_towers.export.layout import METADATA_ASSET, METADATA_FILE, WARMUP_FILE, latest_version
-from tfrec_towers.export.popularity_prior import (DEFAULT_WEIGHT, check_weight, known_items, new_item_weight,
-                                                 popularity_prior, with_prior)
+from tfrec_towers.export.popularity_prior import DEFAULT_WEIGHT, check_weight, new_item_weight, run_prior, with_prior
 from tfrec_towers.export.retrieval_module import (ALLOWED_INPUT, EXCLUDE_INPUT, FILTERED_SIGNATURES, K_INPUT,
                                                   RetrievalModule, prior_queries)
 from tfrec_towers.export.versions import staged_version
@@ -234,8 +233,8 @@ def export_run(run_dir: str, base_dir: str, name: str, index: str = "portable", 
         ids, embeddings = np.asarray(catalog[0]), np.asarray(catalog[1], np.float32)
     prior_info, vectors = None, embeddings
     if counts is not None:
-        known, unknown_weight = known_items(ids, run.stats(), config.features.item_id), new_item_weight(config)
-        vectors = with_prior(embeddings, popularity_prior(ids, counts, popularity_weight, known, unknown_weight))
+        prior, known = run_prior(ids, counts, popularity_weight, config, run.stats())
+        vectors, unknown_weight = with_prior(embeddings, prior), new_item_weight(config)
         in_catalog = [counts.get(str(i), 0) for i in ids]
         new_items = 0 if known is None else int(np.count_nonzero(~known))
         prior_info = {"logs": popularity_logs, "weight": popularity_weight, "events": int(sum(counts.values())),

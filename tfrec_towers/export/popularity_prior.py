@@ -38,11 +38,12 @@ tau (0.231 / 0.088 pooled over the four slices), on all events 0.351 for both. O
 ranking by the last 14 days' counts alone gets 0.186 there.
 """
 import math
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["DEFAULT_WEIGHT", "check_weight", "known_items", "new_item_weight", "popularity_prior", "with_prior"]
+__all__ = ["DEFAULT_WEIGHT", "check_weight", "known_items", "new_item_weight", "popularity_prior", "run_prior",
+           "with_prior"]
 
 DEFAULT_WEIGHT = 0.05
 
@@ -87,6 +88,14 @@ def popularity_prior(ids: np.ndarray, counts: Mapping[str, int], weight: float =
     if known is not None and unknown_weight is not None:
         w = np.where(np.asarray(known, dtype=bool), w, check_weight(unknown_weight))
     return (w * np.log1p(n)).astype(np.float32)
+
+
+def run_prior(ids: np.ndarray, counts: Mapping[str, int], weight: float, config,
+              stats) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """The prior an export of a run ranks by: ``popularity_prior`` with the run's ID vocabulary
+    (``known_items`` of its ``FeatureStats``) and ``new_item_weight``. Returns (prior, known)."""
+    known = known_items(ids, stats, config.features.item_id)
+    return popularity_prior(ids, counts, weight, known, new_item_weight(config)), known
 
 
 def with_prior(embeddings: np.ndarray, prior: np.ndarray) -> np.ndarray:
